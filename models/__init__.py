@@ -1,0 +1,1 @@
+"""Spiking BERT: data, metrics, model, training, compression and operation counting."""
