@@ -16,6 +16,9 @@ from .errors import SpikepruneError
 SUPPORTED_BITS: tuple[float, ...] = (1, 1.58, 2, 4, 8, 32)
 #: How a layer with T_l steps reads an input spike train of a different length (see spiking.py).
 BOUNDARY_RULES: tuple[str, ...] = ("repeat", "rate")
+#: The two files of a saved model folder (save_pretrained, save_quantized, from_pretrained).
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
 
 
 def _per_layer(name: str, value: Any, num_layers: int) -> list:

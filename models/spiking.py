@@ -22,16 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numba
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .config import SpikingBertConfig
+from .config import CONFIG_NAME, WEIGHTS_NAME, SpikingBertConfig
 from .errors import SpikepruneError
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from .quantize import unpack_state_dict
 
 #: The spiking populations of one layer, in the order they fire.
 SUBLAYERS: tuple[str, ...] = ("key", "value", "context", "attn_out", "intermediate", "output")
@@ -60,11 +60,46 @@ class IFNeuron(nn.Module):
         self.u = u * self.leak if self.leak != 1.0 else u
         return spikes
 
-    def run(self, currents: Tensor) -> Tensor:
+    def run(self, currents: Tensor, token_mask: Tensor | None = None) -> Tensor:
+        """Spike train for currents [T, ..., D] from a fresh state; ``token_mask`` ([..., 1], 0 at
+        padding) silences padded positions so they neither spike nor count."""
+        if currents.device.type == "cpu" and currents.dtype == torch.float32 and not currents.requires_grad:
+            width = currents.shape[-1]
+            flat = currents.detach().reshape(currents.shape[0], -1).numpy()
+            rows = (np.ones(flat.shape[1] // width, dtype=np.bool_) if token_mask is None else
+                    token_mask.expand(*currents.shape[1:-1], 1).reshape(-1).numpy().astype(np.bool_))
+            spikes = _if_run_cpu(flat, rows, width, np.float32(self.threshold), np.float32(self.leak))
+            return torch.from_numpy(spikes).view(currents.shape)
         self.reset()
         out = torch.stack([self.step(c) for c in currents])
         self.reset()
-        return out
+        return out if token_mask is None else out * token_mask
+
+
+@numba.njit(parallel=True, cache=True)
+def _if_run_cpu(currents: np.ndarray, rows: np.ndarray, width: int, threshold: np.float32,
+                leak: np.float32) -> np.ndarray:
+    """IFNeuron.step over a whole train [T, N] in one pass, neurons in parallel.
+
+    The arithmetic is step()'s, operation for operation in float32, so the spikes are identical;
+    it only removes the per-timestep tensor launches that made time-batching pointless on CPU.
+    Neuron i belongs to row i // width; rows marked False (padding) stay silent.
+    """
+    steps, n = currents.shape
+    out = np.zeros((steps, n), dtype=np.float32)
+    for i in numba.prange(n):
+        if not rows[i // width]:
+            continue
+        u = currents[0, i]
+        for t in range(steps):
+            if t > 0:
+                u = u + currents[t, i]
+            if u >= threshold:
+                out[t, i] = 1.0
+                u = u - threshold
+            if leak != 1.0:
+                u = u * leak
+    return out
 
 
 def align_train(spikes: Tensor, steps: int, rule: str, threshold: float) -> Tensor:
@@ -232,7 +267,7 @@ class SpikingBertForSequenceClassification(nn.Module):
     # ------------------------------------------------------------------------- simulation
     def _encode(self, embedded: Tensor, steps: int, token_mask: Tensor) -> Tensor:
         """Constant-current IF encoding of the embedding into a spike train [T, B, L, H]."""
-        return self.encoder_neuron.run(embedded.expand(steps, *embedded.shape)) * token_mask
+        return self.encoder_neuron.run(embedded.expand(steps, *embedded.shape), token_mask)
 
     def _simulate_batched(self, embedded: Tensor, token_mask: Tensor, key_mask: Tensor, record: bool,
                           keep_sublayers: bool = False) -> tuple[list[Tensor], list[Tensor], list[dict[str, int]], list[dict[str, Tensor]]]:
@@ -243,7 +278,7 @@ class SpikingBertForSequenceClassification(nn.Module):
         rates, scores, counts, sublayers = [], [], [], []
         for layer, steps in zip(self.layers, cfg.timesteps):
             x = align_train(x, steps, cfg.boundary, cfg.threshold)
-            outputs, s = layer(x, key_mask, lambda name, c, layer=layer: layer.neurons[name].run(c) * token_mask)
+            outputs, s = layer(x, key_mask, lambda name, c, layer=layer: layer.neurons[name].run(c, token_mask))
             if record:
                 counts.append(_count_layer(x, outputs, token_mask))
             if keep_sublayers:
@@ -330,7 +365,7 @@ class SpikingBertForSequenceClassification(nn.Module):
         except Exception as e:  # safetensors raises its own error types for corrupt files
             raise SpikepruneError(f"{weights} is not a readable safetensors file ({type(e).__name__}); re-export the model") from None
         model = cls(config)
-        model.load_state(state, source=str(weights))
+        model.load_state(unpack_state_dict(state, config), source=str(weights))
         return model.eval()
 
     def load_state(self, state: dict[str, Tensor], source: str) -> None:
@@ -351,12 +386,18 @@ class SpikingBertForSequenceClassification(nn.Module):
 
 
 def _count_layer(x: Tensor, outputs: dict[str, Tensor], token_mask: Tensor) -> dict[str, int]:
-    """Exact spike counts of one layer's trains (each [T, B, L, D], padding already zeroed)."""
-    lengths = token_mask[..., 0].sum(dim=-1).to(torch.float64)    # [B]
-    counts = {"input": int(x.sum(dtype=torch.float64))}
+    """Exact spike counts of one layer's trains (each [T, B, L, D], padding already zeroed).
+
+    Counts are summed per example in float32, exact while one example has < 2^24 spikes per
+    sublayer (T·L·D = 16·512·1536 is 1.3e7), then totalled in int64: cheap next to the run."""
+    lengths = token_mask[..., 0].sum(dim=-1).to(torch.int64)    # [B]
+
+    def per_example(spikes: Tensor) -> Tensor:
+        return spikes.sum(dim=(0, 2, 3)).to(torch.int64)
+
+    counts = {"input": int(per_example(x).sum())}
     for name, spikes in outputs.items():
-        counts[name] = int(spikes.sum(dtype=torch.float64))
+        counts[name] = int(per_example(spikes).sum())
     for name in ("key", "value"):
-        per_example = outputs[name].sum(dim=(0, 2, 3), dtype=torch.float64)  # [B]
-        counts[f"{name}_x_len"] = int((per_example * lengths).sum())
+        counts[f"{name}_x_len"] = int((per_example(outputs[name]) * lengths).sum())
     return counts
