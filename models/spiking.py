@@ -63,6 +63,7 @@ class IFNeuron(nn.Module):
     def run(self, currents: Tensor, token_mask: Tensor | None = None) -> Tensor:
         """Spike train for currents [T, ..., D] from a fresh state; ``token_mask`` ([..., 1], 0 at
         padding) silences padded positions so they neither spike nor count."""
+        self.reset()
         if currents.device.type == "cpu" and currents.dtype == torch.float32 and not currents.requires_grad:
             width = currents.shape[-1]
             flat = currents.detach().reshape(currents.shape[0], -1).numpy()
@@ -70,7 +71,6 @@ class IFNeuron(nn.Module):
                     token_mask.expand(*currents.shape[1:-1], 1).reshape(-1).numpy().astype(np.bool_))
             spikes = _if_run_cpu(flat, rows, width, np.float32(self.threshold), np.float32(self.leak))
             return torch.from_numpy(spikes).view(currents.shape)
-        self.reset()
         out = torch.stack([self.step(c) for c in currents])
         self.reset()
         return out if token_mask is None else out * token_mask
@@ -328,7 +328,8 @@ class SpikingBertForSequenceClassification(nn.Module):
         theta = self.config.threshold
 
         def straight_through(approx: Tensor, target: Tensor) -> Tensor:
-            return approx + (target - approx).detach()
+            # target + 0 keeps the simulated value bit-exact; approx + (target - approx) can be 1 ulp off.
+            return target + (approx - approx.detach())
 
         x = straight_through(torch.clamp(embedded / theta, 0.0, 1.0) * token_mask, simulated[0]["input"])
         rates, scores = [], []
