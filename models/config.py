@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .errors import SpikepruneError
 
 #: Weight bit widths the quantizer supports; 1.58 is ternary {-1, 0, 1}, 32 means float.
@@ -157,5 +159,24 @@ class CompressionConfig:
         if unknown:
             raise SpikepruneError(f"unknown compression config keys {unknown}; known keys are {sorted(known)}")
         return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "CompressionConfig":
+        """Read a YAML compression config (safe_load: plain data only)."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise SpikepruneError(f"compression config {path} not found; check the path") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise SpikepruneError(f"{path}{where} is not valid YAML; fix the syntax") from None
+        if not isinstance(data, dict):
+            raise SpikepruneError(f"{path} must be a YAML mapping with keys heads, neurons, timesteps, weight_bits, recovery_steps")
+        return cls.from_dict(data)
 
 

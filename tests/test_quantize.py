@@ -1,0 +1,210 @@
+"""Weight quantization: levels, error bounds, idempotence, packing and packed checkpoints."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from spikeprune.models import quantize as q
+from spikeprune.models.config import WEIGHTS_NAME, SpikingBertConfig
+from spikeprune.models.errors import SpikepruneError
+from spikeprune.models.spiking import SpikingBertForSequenceClassification
+
+WIDTHS = (1, 1.58, 2, 4, 8)
+#: Packed bits per weight (ternary lives in a 2-bit field).
+FIELD = {1: 1, 1.58: 2, 2: 2, 4: 4, 8: 8}
+
+
+def uniform(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def normal(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 0.05
+
+
+def tiny_model(seed: int = 0, hidden: int = 16, heads: int = 4,
+               ffn: int = 32) -> SpikingBertForSequenceClassification:
+    torch.manual_seed(seed)
+    config = SpikingBertConfig(vocab_size=50, hidden_size=hidden, num_layers=2, head_dim=hidden // heads,
+                               heads=heads, intermediate_sizes=ffn, timesteps=4, max_position_embeddings=16)
+    model = SpikingBertForSequenceClassification(config).eval()
+    with torch.no_grad():
+        for layer in model.layers:
+            for name in q.QUANTIZED_LINEARS:
+                getattr(layer, name).weight.mul_(3.0)
+    return model
+
+
+def tiny_batch(seed: int = 1) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    attention_mask = torch.ones(4, 8, dtype=torch.long)
+    attention_mask[2, 6:] = 0
+    return {"input_ids": torch.randint(0, 50, (4, 8), generator=generator), "attention_mask": attention_mask,
+            "token_type_ids": torch.zeros(4, 8, dtype=torch.long)}
+
+
+# -------------------------------------------------------------------------------- levels
+@pytest.mark.parametrize("bits, levels", [(1, 2), (1.58, 3), (2, 4), (4, 15), (8, 255)])
+def test_distinct_levels(bits, levels):
+    w = uniform(200, 500)
+    quantized = q.quantize(w, bits)
+    assert quantized.unique().numel() == levels <= 2 ** math.ceil(bits)
+    # The levels are the scheme's multiples of the scale.
+    units = (quantized / q.quantization_scale(w, bits)).unique().tolist()
+    expected = {1: [-1, 1], 1.58: [-1, 0, 1], 2: [-1.5, -0.5, 0.5, 1.5],
+                4: list(range(-7, 8)), 8: list(range(-127, 128))}[bits]
+    assert units == pytest.approx(expected, abs=1e-5)
+
+
+def test_hand_computed_levels():
+    w = torch.tensor([0.9, -0.3, 0.1, -1.2, 0.5])
+    # 1 bit: sign × mean|w| = 3.0 / 5
+    assert q.quantize(w, 1).tolist() == pytest.approx([0.6, -0.6, 0.6, -0.6, 0.6], rel=1e-4)
+    # ternary: threshold 0.7 × 0.6 = 0.42 zeroes 0.1 and -0.3; scale = (0.9 + 1.2 + 0.5) / 3
+    s = 2.6 / 3
+    assert q.quantize(w, 1.58).tolist() == pytest.approx([s, 0, 0, -s, s], rel=1e-4)
+    # 4 bit: step 1.2 / 7; w / step = 5.25, -1.75, 0.58, -7, 2.92 -> 5, -2, 1, -7, 3
+    step = 1.2 / 7
+    assert q.quantize(w, 4).tolist() == pytest.approx([5 * step, -2 * step, step, -7 * step, 3 * step], rel=1e-4)
+    assert torch.equal(q.quantize(w, 32), w)
+
+
+def test_two_bit_scale_minimises_the_error():
+    w = normal(300, 400)
+    quantized, s = q.quantize(w, 2), q.quantization_scale(w, 2)
+    error = (quantized - w).square().sum()
+    for other in (s * 0.9, s * 1.1, w.abs().max() / 1.5):       # neighbours and the max-based grid
+        codes = torch.clamp(torch.floor(w / other) + 2, 0, 3)
+        assert error < ((codes - 1.5) * other - w).square().sum()
+    # Bell-shaped weights: the clipped scale is near the Gaussian optimum (step ≈ 1.0 σ).
+    assert float(s) == pytest.approx(0.05, rel=0.05)
+
+
+def test_error_shrinks_with_width():
+    w = normal(256, 384)
+    errors = [float((q.quantize(w, bits) - w).square().mean()) for bits in WIDTHS]
+    assert errors == sorted(errors, reverse=True)
+
+
+@pytest.mark.parametrize("bits", (2, 4, 8))
+def test_uniform_error_bound(bits):
+    for w in (uniform(100, 300, seed=3), normal(100, 300, seed=4)):
+        s = float(q.quantization_scale(w, bits))
+        reach = 2 * s if bits == 2 else (2 ** (bits - 1) - 1) * s + s / 2   # edge of the clipping range
+        inside = w.abs() <= reach
+        error = (q.quantize(w, bits) - w).abs()
+        assert inside.float().mean() > 0.9
+        assert (error[inside] <= s / 2 * (1 + 1e-5)).all()
+
+
+@pytest.mark.parametrize("bits", WIDTHS)
+def test_quantization_is_idempotent(bits):
+    for w in (normal(64, 96), uniform(7, 13), torch.full((5, 3), 0.25), torch.zeros(4, 4), torch.tensor([[-2.0]])):
+        once = q.quantize(w, bits)
+        assert torch.equal(q.quantize(once, bits), once)
+
+
+# ------------------------------------------------------------------------------- packing
+@pytest.mark.parametrize("bits", WIDTHS)
+@pytest.mark.parametrize("shape", [(7, 13), (1,), (3, 5, 2), (64, 96), (1, 9)])
+def test_pack_round_trip_is_exact(bits, shape):
+    w = normal(*shape, seed=len(shape))
+    packed, scale, size = q.pack(w, bits)
+    assert packed.dtype == torch.uint8 and packed.dim() == 1 and size == shape
+    assert packed.numel() == math.ceil(math.prod(shape) * FIELD[bits] / 8)
+    assert torch.equal(q.unpack(packed, scale, size, bits), q.quantize(w, bits))
+
+
+@pytest.mark.parametrize("bits", WIDTHS)
+def test_packed_size_is_bits_over_32(bits):
+    w = normal(256, 384)
+    packed, scale, _ = q.pack(w, bits)
+    assert packed.numel() / (4 * w.numel()) == FIELD[bits] / 32
+    assert scale.dtype == torch.float32 and scale.numel() == 1
+
+
+def test_pack_rejects_bad_input():
+    with pytest.raises(SpikepruneError, match="not supported"):
+        q.quantize(normal(4, 4), 3)
+    with pytest.raises(SpikepruneError, match="not packed"):
+        q.pack(normal(4, 4), 32)
+    packed, scale, shape = q.pack(normal(4, 4), 4)
+    with pytest.raises(SpikepruneError, match="bytes"):
+        q.unpack(packed[:-1], scale, shape, 4)
+
+
+# -------------------------------------------------------------------------------- models
+def test_quantize_model_touches_only_encoder_linear_weights():
+    model = tiny_model()
+    quantized = q.quantize_model(model, [1.58, 32])
+    assert quantized.config.weight_bits == [1.58, 32.0] and model.config.weight_bits == [32.0, 32.0]
+    before, after = model.state_dict(), quantized.state_dict()
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    assert changed == {f"layers.0.{name}.weight" for name in q.QUANTIZED_LINEARS}
+    assert after["layers.0.key.weight"].unique().numel() == 3
+    with pytest.raises(SpikepruneError, match="already quantized"):
+        q.quantize_model(quantized, [4, 32])
+    assert torch.equal(q.quantize_model(quantized, [1.58, 8]).state_dict()["layers.0.key.weight"],
+                       after["layers.0.key.weight"])
+
+
+@pytest.mark.parametrize("weight_bits", [[1, 1.58], [2, 4], [8, 32]])
+def test_save_quantized_loads_back_identically(tmp_path, weight_bits):
+    quantized = q.quantize_model(tiny_model(), weight_bits)
+    folder = q.save_quantized(quantized, tmp_path / "export")
+    with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as f:
+        keys = set(f.keys())
+    for l, bits in enumerate(weight_bits):
+        name = f"layers.{l}.query"
+        assert (name + q.PACKED in keys) == (bits != 32)
+        assert (name + ".weight" in keys) == (bits == 32)
+
+    loaded = SpikingBertForSequenceClassification.from_pretrained(folder)
+    assert loaded.config == quantized.config
+    expected, actual = quantized.state_dict(), loaded.state_dict()
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
+    batch = tiny_batch()
+    a = quantized(**batch, record=True)
+    b = loaded(**batch, record=True)
+    assert torch.equal(a.logits, b.logits) and a.record.layers == b.record.layers
+
+
+@pytest.mark.parametrize("bits", WIDTHS)
+def test_packed_file_size(tmp_path, bits):
+    model = tiny_model(hidden=64, heads=4, ffn=256)
+    float_size = (model.save_pretrained(tmp_path / "float") / WEIGHTS_NAME).stat().st_size
+    folder = q.save_quantized(q.quantize_model(model, bits), tmp_path / "packed")
+    packed_size = (folder / WEIGHTS_NAME).stat().st_size
+    linear_bytes = 4 * sum(getattr(layer, name).weight.numel()
+                           for layer in model.layers for name in q.QUANTIZED_LINEARS)
+    expected = float_size - linear_bytes * (1 - FIELD[bits] / 32)
+    assert abs(packed_size - expected) < 4096                   # header and scales
+    assert linear_bytes > 100_000
+
+
+def test_packed_checkpoint_must_match_its_config(tmp_path):
+    model = tiny_model()
+    with pytest.raises(SpikepruneError, match="quantize_model"):
+        q.save_quantized(_claiming(model, [4, 32]), tmp_path / "liar")
+    folder = q.save_quantized(q.quantize_model(model, [4, 32]), tmp_path / "ok")
+    config = SpikingBertConfig.load(folder / "config.json")
+    config.weight_bits = [32.0, 32.0]
+    config.save(folder / "config.json")
+    with pytest.raises(SpikepruneError, match="32 bits"):
+        SpikingBertForSequenceClassification.from_pretrained(folder)
+    config.weight_bits = [8.0, 32.0]                             # 8-bit codes need twice the bytes
+    config.save(folder / "config.json")
+    with pytest.raises(SpikepruneError, match="bytes"):
+        SpikingBertForSequenceClassification.from_pretrained(folder)
+
+
+def _claiming(model: SpikingBertForSequenceClassification, weight_bits: list[float]):
+    """A float model whose config wrongly claims quantized layers."""
+    liar = copy.deepcopy(model)
+    liar.config = dataclasses.replace(model.config, weight_bits=weight_bits)
+    return liar
