@@ -1,0 +1,155 @@
+"""The trial kernel: compress the base student by one config, evaluate it, count what it costs.
+
+Every search trial, every `spikeprune evaluate` and every export re-measurement goes through
+``run_trial`` so that a number means the same thing wherever it is printed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .compress import IMPORTANCE_NAME, load_importance, prune, select_units, set_timesteps
+from .config import CompressionConfig
+from .errors import SpikepruneError
+from .glue import batches, encode, get_task, load_glue
+from .metrics import bootstrap_ci
+from .ops import OpReport, count_ops
+from .quantize import quantize_model
+from .spiking import SpikingBertForSequenceClassification
+from .train import evaluate_model, recover
+
+#: Dev examples are visited in this fixed shuffled order, so the first n of them (an early-stopping
+#: fidelity) are a random sample and every trial sees the same sample.
+DEV_ORDER_SEED = 0
+
+
+@dataclass
+class BaseBundle:
+    """What every trial starts from, loaded once per worker (or put once in Ray's object store)."""
+
+    prepared: Path
+    task: str
+    student: SpikingBertForSequenceClassification
+    importance: dict[str, Tensor]
+    dev: dict[str, list]
+    pad_id: int
+    glue_dir: str | None
+    batch_size: int = 64
+    importance_method: str = "grad"
+    _recovery_data: dict[str, list] | None = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, prepared: str | Path, glue_dir: str | Path | None = None, batch_size: int = 64,
+             importance_method: str = "grad") -> "BaseBundle":
+        from transformers import AutoTokenizer
+
+        prepared = Path(prepared)
+        meta_path = prepared / "prepare.json"
+        if not meta_path.is_file():
+            raise SpikepruneError(f"{prepared} is not a prepared base (no prepare.json); run `spikeprune prepare` first")
+        meta = json.loads(meta_path.read_text())
+        student = SpikingBertForSequenceClassification.from_pretrained(prepared / "student")
+        importance = load_importance(prepared / IMPORTANCE_NAME, student.config)
+        tokenizer = AutoTokenizer.from_pretrained(prepared / "student")
+        task = get_task(meta["task"])
+        glue = str(glue_dir) if glue_dir is not None else meta.get("glue_dir")
+        dev = load_glue(task.name, task.dev_split, glue)
+        order = np.random.default_rng(DEV_ORDER_SEED).permutation(len(dev))
+        encoded = encode(dev, tokenizer, meta["preset_config"]["max_length"])
+        encoded = {k: [v[i] for i in order] for k, v in encoded.items()}
+        return cls(prepared=prepared, task=task.name, student=student, importance=importance, dev=encoded,
+                   pad_id=tokenizer.pad_token_id or 0, glue_dir=glue, batch_size=batch_size,
+                   importance_method=importance_method)
+
+    @property
+    def dev_size(self) -> int:
+        return len(self.dev["input_ids"])
+
+    def dev_batches(self, max_examples: int | None = None) -> Iterator[dict[str, Tensor]]:
+        n = self.dev_size if max_examples is None else min(max_examples, self.dev_size)
+        head = {k: v[:n] for k, v in self.dev.items()}
+        return batches(head, self.batch_size, sort_by_length=True, pad_id=self.pad_id)
+
+
+@dataclass
+class TrialResult:
+    """Everything one trial measured; ``to_dict`` is what storage and exports keep."""
+
+    compression: CompressionConfig
+    metrics: dict[str, float]
+    metric_ci: tuple[float, float]
+    report: OpReport
+    timing: dict[str, float]
+    examples: int
+    worker: str
+
+    @property
+    def objectives(self) -> dict[str, float]:
+        """The values a study can optimise, by the objective names of the space files."""
+        r = self.report
+        return {"metric": self.metrics["metric"], "sops": r.sops, "energy_uj": r.energy_uj,
+                "sum_t": float(r.sum_t), "max_t": float(r.max_t), "size_mb": r.size_mb}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"compression": self.compression.to_dict(), "metrics": self.metrics,
+                "metric_ci": list(self.metric_ci), "report": self.report.to_dict(),
+                "timing": self.timing, "examples": self.examples, "worker": self.worker,
+                "objectives": self.objectives}
+
+
+def build_compressed(base: BaseBundle, compression: CompressionConfig, seed: int = 0
+                     ) -> tuple[SpikingBertForSequenceClassification, CompressionConfig, dict[str, float]]:
+    """Apply a compression config to the base student: prune, set timesteps, recover, quantize.
+
+    Recovery (a short distillation from the teacher) runs on the float pruned model and the
+    weights are quantized afterwards, so the evaluated model is exactly what export stores.
+    """
+    torch.manual_seed(seed)
+    resolved = compression.resolve(base.student.config)
+    t0 = time.perf_counter()
+    kept_heads, _ = select_units(base.student, resolved.heads, resolved.neurons, base.importance,
+                                 method=base.importance_method)
+    model = prune(base.student, resolved.heads, resolved.neurons, base.importance, method=base.importance_method)
+    model = set_timesteps(model, resolved.timesteps)
+    t1 = time.perf_counter()
+    if resolved.recovery_steps:
+        model = recover(model, base.prepared, base.glue_dir, steps=resolved.recovery_steps,
+                        teacher_heads=kept_heads, seed=seed)
+    t2 = time.perf_counter()
+    model = quantize_model(model, resolved.weight_bits).eval()
+    t3 = time.perf_counter()
+    return model, resolved, {"compress_s": (t1 - t0) + (t3 - t2), "recover_s": t2 - t1}
+
+
+def measure(base: BaseBundle, model: SpikingBertForSequenceClassification, compression: CompressionConfig,
+            timing: dict[str, float], *, max_examples: int | None = None, seed: int = 0,
+            energy: Any = "float45nm") -> TrialResult:
+    """Evaluate a compressed model on (the first ``max_examples`` of) the dev set and count its
+    operations; ``timing`` holds the compress/recover seconds already spent on it."""
+    t0 = time.perf_counter()
+    evaluation = evaluate_model(model, base.dev_batches(max_examples), base.task)
+    t1 = time.perf_counter()
+    report = count_ops(model.config, evaluation.record, energy)
+    t2 = time.perf_counter()
+    ci = bootstrap_ci(base.task, evaluation.predictions, evaluation.labels, seed=seed)
+    timing = {**timing, "eval_s": t1 - t0, "count_s": t2 - t1}
+    timing["total_s"] = sum(timing.values())
+    return TrialResult(compression=compression, metrics=evaluation.metrics, metric_ci=ci, report=report,
+                       timing=timing, examples=evaluation.record.examples,
+                       worker=f"{socket.gethostname()}:{os.getpid()}")
+
+
+def run_trial(base: BaseBundle, compression: CompressionConfig, *, max_examples: int | None = None,
+              seed: int = 0, energy: Any = "float45nm") -> TrialResult:
+    """Compress the base student by ``compression``, then ``measure`` it: one search trial."""
+    model, resolved, timing = build_compressed(base, compression, seed=seed)
+    return measure(base, model, resolved, timing, max_examples=max_examples, seed=seed, energy=energy)
