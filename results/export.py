@@ -151,10 +151,11 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, out_dir: str | Path, p
                  glue_dir: str | Path | None, *, tolerance: Mapping[str, float] = TOLERANCE,
                  overwrite: bool = False) -> ExportResult:
     """Rebuild ``trial``'s compressed model from its stored config, save it packed, re-measure it
-    on the examples the search used (same seed and energy model) and compare with the search-time
+    on the examples the search used, loading it back from disk first, (same seed and energy model) and compare with the search-time
     values (see TOLERANCE). ``ExportResult.problems`` lists every value beyond the tolerance."""
     from spikeprune.models.quantize import save_quantized
-    from spikeprune.models.trial import BaseBundle, build_compressed, run_trial
+    from spikeprune.models.spiking import SpikingBertForSequenceClassification
+    from spikeprune.models.trial import BaseBundle, build_compressed, measure
 
     meta = study.user_attrs.get("spikeprune") or {}
     objectives = study_objectives(study)
@@ -170,9 +171,11 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, out_dir: str | Path, p
     # A partial evaluation (early stop, or a capped dev set) used the first `examples` dev examples.
     examples = int(trial.user_attrs.get("examples", base.dev_size))
     max_examples = examples if examples < base.dev_size else None
-    model, resolved, _ = build_compressed(base, compression, seed=seed)
+    model, resolved, timing = build_compressed(base, compression, seed=seed)
     save_quantized(model, folder / "model")
-    result = run_trial(base, compression, max_examples=max_examples, seed=seed, energy=energy)
+    # Measure what was written, not the in-memory model: the export is checked as users load it.
+    exported = SpikingBertForSequenceClassification.from_pretrained(folder / "model")
+    result = measure(base, exported, resolved, timing, max_examples=max_examples, seed=seed, energy=energy)
     measured = {o.name: float(result.objectives[o.name]) for o in objectives}
     problems = compare_values(search, measured, tolerance)
 
