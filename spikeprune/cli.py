@@ -75,6 +75,101 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_study_args(p: argparse.ArgumentParser, many: bool = False) -> None:
+    if many:
+        p.add_argument("studies", nargs="+", metavar="STUDY", help="names of the studies to overlay")
+    else:
+        p.add_argument("study", metavar="STUDY", help="study name (as given to `spikeprune search --study`)")
+    p.add_argument("--storage", default=None,
+                   help="SQLAlchemy URL (postgresql+psycopg2://...) or journal file; default RUN_DIR/STUDY/journal.log")
+    p.add_argument("--run-dir", default="runs", type=Path, help="where studies live (default: ./runs)")
+
+
+def _storage_for(args: argparse.Namespace, study: str) -> str:
+    """The study's storage: --storage if given, else its embedded journal, which must exist."""
+    from spikeprune.search.storage import default_storage
+
+    if args.storage:
+        return args.storage
+    journal = default_storage(args.run_dir, study)
+    if not journal.is_file():
+        raise SpikepruneError(f"no study journal at {journal}; check the study name and --run-dir, or pass --storage")
+    return str(journal)
+
+
+def _open_study(args: argparse.Namespace, study: str):  # -> optuna.Study (optuna imported lazily)
+    from spikeprune.results.pareto import load_study
+    from spikeprune.search.storage import open_storage
+
+    return load_study(study, open_storage(_storage_for(args, study)))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from spikeprune.results.report import write_report
+
+    study = _open_study(args, args.study)
+    out = args.out or args.run_dir / args.study / "report.html"
+    written = write_report(study, out, images=args.images)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_trials(args: argparse.Namespace) -> int:
+    from spikeprune.results.tables import trials_frame, write_trials
+
+    study = _open_study(args, args.study)
+    if args.out is None:
+        frame = trials_frame(study)
+        print(frame.to_csv(index=False) if args.format == "csv" else frame.to_json(orient="records", indent=1))
+        return 0
+    print(f"wrote {write_trials(study, args.out, args.format)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from spikeprune.results.tables import compare_fronts
+
+    studies = [_open_study(args, name) for name in args.studies]
+    print(f"wrote {compare_fronts(studies, args.out, labels=args.labels)}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from spikeprune.results.export import export_trial, select_trials
+
+    study = _open_study(args, args.study)
+    meta = study.user_attrs.get("spikeprune") or {}
+    prepared = args.prepared or meta.get("prepared")
+    if not prepared:
+        raise SpikepruneError(f"study {args.study} does not record its prepared base; pass --prepared")
+    chosen = select_trials(study, trial=args.trial, pareto=args.pareto, max_sops=args.max_sops,
+                           min_metric=args.min_metric)
+    out = args.out or args.run_dir / args.study / "export"
+    failed = 0
+    for trial in chosen:
+        result = export_trial(study, trial, out, prepared, args.glue_dir, overwrite=args.overwrite)
+        verdict = "ok" if result.ok else "MISMATCH: " + "; ".join(result.problems)
+        values = ", ".join(f"{k} {v:.4g}" for k, v in result.measured.items())
+        print(f"trial {trial.number} -> {result.folder} ({values}) {verdict}")
+        failed += not result.ok
+    if failed:
+        print(f"error: {failed} export(s) re-measured outside the tolerance", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from optuna_dashboard import run_server
+
+    from spikeprune.search.storage import open_storage
+
+    storage = open_storage(_storage_for(args, args.study))
+    print(f"optuna-dashboard for {args.study} on http://{args.host}:{args.port}/ (Ctrl-C to stop)")
+    run_server(storage, host=args.host, port=args.port)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from spikeprune.models.train import prepare
 
@@ -115,6 +210,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="also write the full result as JSON here")
     p.add_argument("--glue-dir", default=os.environ.get("SPIKEPRUNE_GLUE_DIR"),
                    help="local GLUE folder (default: the one recorded when the base was prepared)")
+
+    p = add("report", cmd_report, "write the interactive HTML report of a study",
+            "Write one self-contained HTML file (works offline): the Pareto front with selectable axes\n"
+            "and per-layer configs on hover, hypervolume history, per-layer views of the Pareto configs,\n"
+            "operations per layer, objective importances and a sortable trials table.")
+    _add_study_args(p)
+    p.add_argument("--out", type=Path, default=None, help="HTML file to write (default RUN_DIR/STUDY/report.html)")
+    p.add_argument("--images", nargs="*", default=[], choices=["png", "svg", "pdf"],
+                   help="also write static images of the main plots (needs Chromium for kaleido)")
+
+    p = add("trials", cmd_trials, "export a study's trials as a table",
+            "One row per trial: state, objective values, feasibility, Pareto membership, per-layer\n"
+            "parameters, operation counts, timing and worker.")
+    _add_study_args(p)
+    p.add_argument("--format", choices=["csv", "parquet", "json"], default=None,
+                   help="table format (default: from --out's suffix, csv when printing)")
+    p.add_argument("--out", type=Path, default=None, help="file to write (default: print CSV/JSON to stdout)")
+
+    p = add("compare", cmd_compare, "overlay the Pareto fronts of several studies",
+            "Overlay the fronts of several studies with the same objectives in one HTML plot, e.g.\n"
+            "the spatial-only, temporal-only, quantization-only and joint searches.")
+    _add_study_args(p, many=True)
+    p.add_argument("--labels", nargs="+", default=None, help="legend label per study (default: study names)")
+    p.add_argument("--out", type=Path, default=Path("runs/compare.html"), help="HTML file to write (default runs/compare.html)")
+
+    p = add("export", cmd_export, "export trials as config + packed checkpoint + re-measured metrics",
+            "Export one trial (--trial N), every Pareto point (--pareto) or the best trial under a budget\n"
+            "(--max-sops X and/or --min-metric Y) as folders holding config.yaml, a packed safetensors\n"
+            "model loadable with from_pretrained, and metrics re-measured now. Exits non-zero when a\n"
+            "re-measured value differs from the search-time value beyond the stated tolerance.")
+    _add_study_args(p)
+    p.add_argument("--trial", type=int, default=None, help="export this trial number")
+    p.add_argument("--pareto", action="store_true", help="export every trial on the Pareto front")
+    p.add_argument("--max-sops", type=float, default=None, help="budget: at most this many synaptic ops per example")
+    p.add_argument("--min-metric", type=float, default=None, help="budget: at least this task metric")
+    p.add_argument("--out", type=Path, default=None, help="export folder (default RUN_DIR/STUDY/export)")
+    p.add_argument("--prepared", type=Path, default=None, help="prepared base (default: the one the study recorded)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing exports of the same trials")
+    p.add_argument("--glue-dir", default=os.environ.get("SPIKEPRUNE_GLUE_DIR"),
+                   help="local GLUE folder (default: the one recorded when the base was prepared)")
+
+    p = add("dashboard", cmd_dashboard, "serve optuna-dashboard on a study's storage",
+            "Start optuna-dashboard on the study's storage. It listens on 127.0.0.1 unless --host says\n"
+            "otherwise.")
+    _add_study_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
 
     p = add("demo", cmd_demo, "run the main job on the embedded defaults",
             "Prepare a teacher and a spiking student on SST-2 with the quick preset (cached after the\n"
