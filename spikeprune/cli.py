@@ -211,6 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--glue-dir", default=os.environ.get("SPIKEPRUNE_GLUE_DIR"),
                    help="local GLUE folder (default: the one recorded when the base was prepared)")
 
+    from spikeprune.search.cli import add_search_arguments, add_status_arguments, cmd_search, cmd_status
+
+    p = add("search", cmd_search, "run or resume a multi-objective compression search",
+            "Search the space (heads, FFN neurons, timesteps, bit widths per layer) of a prepared base with\n"
+            "an Optuna multi-objective study whose trials run as Ray tasks. The driver is the only writer to\n"
+            "storage; re-running with the same --study resumes, re-queuing trials a dead driver left running.")
+    add_search_arguments(p)
+
+    p = add("status", cmd_status, "show a study's progress and Pareto front",
+            "Print a study's trial counts, hypervolume and Pareto front (or list the studies in a storage).")
+    add_status_arguments(p)
+
     p = add("report", cmd_report, "write the interactive HTML report of a study",
             "Write one self-contained HTML file (works offline): the Pareto front with selectable axes\n"
             "and per-layer configs on hover, hypervolume history, per-layer views of the Pareto configs,\n"

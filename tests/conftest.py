@@ -90,3 +90,12 @@ def ray_local() -> Iterator[str]:
         yield context.address_info["address"]
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory, glue_dir) -> Path:
+    """A prepared base of the ``tiny`` preset on SST-2 (seconds), shared by every test that
+    needs a real teacher, student and importance scores."""
+    from spikeprune.models.train import prepare
+
+    return prepare("sst2", glue_dir, tmp_path_factory.mktemp("prepared"), preset="tiny")

@@ -366,21 +366,19 @@ def test_export_folder_stays_inside_output(tmp_path):
 
 
 @pytest.mark.slow
-def test_export_rebuilds_saves_and_remeasures(tmp_path, glue_dir):
+def test_export_rebuilds_saves_and_remeasures(tmp_path, glue_dir, tiny_prepared):
     """End to end on a tiny prepared base: a trial measured by the kernel exports as a folder whose
     re-measured values match; a trial whose stored values were altered is reported as failing."""
     import json
 
     import yaml
 
-    from spikeprune.models import train
     from spikeprune.models.config import CompressionConfig
     from spikeprune.models.spiking import SpikingBertForSequenceClassification
     from spikeprune.models.trial import BaseBundle, run_trial
     from spikeprune.results import export_trial
-    from test_train import SMALL
 
-    prepared = train.prepare("sst2", glue_dir, tmp_path, SMALL, seed=0)
+    prepared = tiny_prepared
     base = BaseBundle.load(prepared, glue_dir)
     compression = CompressionConfig(heads=1, neurons=8, timesteps=1, weight_bits=[4.0, 1.58])
     result = run_trial(base, compression, max_examples=12)

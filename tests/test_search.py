@@ -1,0 +1,238 @@
+"""The search service end to end: real Ray (the session's local cluster), real Optuna storage
+(journal file and PostgreSQL) and the real trial kernel on a tiny prepared model."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from spikeprune.models.config import CompressionConfig
+from spikeprune.models.errors import SpikepruneError
+from spikeprune.search import SearchSettings, open_storage, run_search, study_status
+from spikeprune.search.cli import main as search_main
+from spikeprune.search.driver import clearly_beaten, make_sampler
+from spikeprune.search.storage import check_study_name
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# The tiny student: 2 layers of 2 heads, FFN 64, T = 2. Every knob is searched, coarsely.
+TINY_SPACE = """
+name: tiny
+heads: {per_layer: true, min: 1, max: 2}
+neurons: {per_layer: true, min: 32, max: 64, step: 32}
+timesteps: {min: 1, max: 2}
+weight_bits: {choices: [4, 32]}
+objectives: [{name: metric, direction: maximize}, {name: sops, direction: minimize}]
+constraints: {metric_min: 0.3}
+early_stopping: {fraction: 0.5, margin: 0.0}
+"""
+MAX_EXAMPLES = 16
+
+
+@pytest.fixture
+def space_file(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_SPACE)
+    return path
+
+
+def settings(prepared: Path, space: Path, run_dir: Path, **overrides) -> SearchSettings:
+    base = dict(prepared=prepared, space=space, study_name="s", n_trials=5, workers=2, run_dir=run_dir,
+                max_examples=MAX_EXAMPLES, progress=False)
+    return SearchSettings(**{**base, **overrides})
+
+
+def complete(study: optuna.Study) -> list:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def check_trial_record(study: optuna.Study, trial, dev_size: int) -> None:
+    """The SPEC's per-trial record: compression, metrics, report, timing, worker, fidelity, constraints."""
+    attrs = trial.user_attrs
+    if "duplicate_of" in attrs:
+        twin = study.trials[attrs["duplicate_of"]]
+        assert twin.params == trial.params and twin.values == trial.values
+        return
+    config = CompressionConfig.from_dict(attrs["compression"])
+    assert isinstance(config.heads, list) and len(config.heads) == 2
+    metric, sops = trial.values
+    assert attrs["metrics"]["metric"] == metric
+    assert attrs["report"]["sops"] == pytest.approx(sops)
+    assert {"compress_s", "eval_s", "total_s"} <= set(attrs["timing"])
+    host, pid = attrs["worker"].rsplit(":", 1)
+    assert int(pid) != os.getpid()  # evaluated in a Ray worker, not the driver
+    stopped = attrs["early_stopped"]
+    assert attrs["examples"] == (MAX_EXAMPLES // 2 if stopped else MAX_EXAMPLES)
+    assert attrs["fidelity"] == pytest.approx(attrs["examples"] / dev_size)
+    assert attrs["partial"]["examples"] == MAX_EXAMPLES // 2  # every trial took the early look first
+    assert attrs["examples_evaluated"] == MAX_EXAMPLES // 2 + (0 if stopped else MAX_EXAMPLES)
+    assert trial.constraints == pytest.approx({"metric_min": 0.3 - metric})
+
+
+def test_search_end_to_end_on_the_journal(tiny_prepared, space_file, tmp_path, ray_local, capsys):
+    study = run_search(settings(tiny_prepared, space_file, tmp_path, n_trials=6))
+    assert (tmp_path / "s" / "journal.log").is_file()
+    done = complete(study)
+    assert len(done) == 6
+    meta = study.user_attrs["spikeprune"]
+    assert meta["task"] == "sst2" and meta["space"]["name"] == "tiny"
+    assert meta["objectives"] == [{"name": "metric", "direction": "maximize"}, {"name": "sops", "direction": "minimize"}]
+    assert study.metric_names == ["metric", "sops"]
+
+    baseline = study.trials[0]
+    assert baseline.user_attrs["seeded"] and baseline.user_attrs["baseline"]
+    assert baseline.params == {"heads_l0": 2, "heads_l1": 2, "neurons_l0": 64, "neurons_l1": 64,
+                               "timesteps": 2, "weight_bits": 32.0}
+    assert baseline.state == TrialState.COMPLETE and not baseline.user_attrs["early_stopped"]
+    assert meta["reference"] == {"metric": baseline.values[0], "sops": baseline.values[1]}
+    seeded = [t.number for t in study.trials if t.user_attrs.get("seeded")]
+    assert seeded == list(range(len(seeded))) and len(seeded) >= 2  # baseline and uniform seeds first
+
+    for trial in done:
+        check_trial_record(study, trial, meta["dev_examples"])
+    out = capsys.readouterr().out
+    assert "this run finished 6 trials" in out and "dev examples evaluated" in out
+
+    # Running again with the same target does nothing: finished trials are never re-run.
+    again = run_search(settings(tiny_prepared, space_file, tmp_path, n_trials=6))
+    assert len(again.trials) == len(study.trials)
+    status = study_status(str(tmp_path / "s" / "journal.log"), "s")
+    assert "study s: task sst2, space tiny" in status and "6 complete" in status and "front" in status
+
+
+def test_resume_after_the_driver_is_killed(tiny_prepared, space_file, tmp_path, ray_local):
+    journal = tmp_path / "r" / "journal.log"
+    command = [sys.executable, "-m", "spikeprune.search", "--prepared", str(tiny_prepared), "--space", str(space_file),
+               "--study", "r", "--n-trials", "6", "--workers", "2", "--run-dir", str(tmp_path),
+               "--max-examples", str(MAX_EXAMPLES), "--ray-address", ray_local, "--quiet"]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the driver finished no trial in 300 s"
+            storage = open_storage(journal) if journal.is_file() else None
+            if storage is not None and "r" in optuna.get_all_study_names(storage):
+                trials = optuna.load_study(study_name="r", storage=storage).get_trials(deepcopy=False)
+                states = {t.state for t in trials}
+                if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+                    break
+            time.sleep(0.2)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    before = {t.number: t for t in optuna.load_study(study_name="r", storage=open_storage(journal)).trials}
+    running = [n for n, t in before.items() if t.state == TrialState.RUNNING]
+    finished = {n: t.values for n, t in before.items() if t.state == TrialState.COMPLETE}
+    assert running and finished
+
+    study = run_search(settings(tiny_prepared, space_file, tmp_path, study_name="r", n_trials=6))
+    after = {t.number: t for t in study.trials}
+    assert len(complete(study)) == 6
+    for n, values in finished.items():  # finished trials kept, not re-run
+        assert after[n].state == TrialState.COMPLETE and after[n].values == values
+    for n in running:  # failed, their parameters queued again and evaluated
+        assert after[n].state == TrialState.FAIL
+        assert "stopped while the trial ran; re-queued" in after[n].user_attrs["error"]
+        retries = [t for t in study.trials if t.user_attrs.get("retry_of") == n]
+        assert len(retries) == 1 and retries[0].params == after[n].params
+        assert retries[0].state == TrialState.COMPLETE
+    fresh = [tuple(sorted(t.params.items())) for t in complete(study) if "duplicate_of" not in t.user_attrs]
+    assert len(fresh) == len(set(fresh))  # no config evaluated twice
+    assert after[0].user_attrs["baseline"] and study.user_attrs["spikeprune"]["reference"]
+
+
+def test_postgres_study(tiny_prepared, space_file, tmp_path, ray_local, postgres_url):
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    study = run_search(settings(tiny_prepared, space_file, tmp_path, study_name=name, storage=postgres_url,
+                                n_trials=3, sampler="nsga2", early_stopping=False))
+    loaded = optuna.load_study(study_name=name, storage=postgres_url)
+    assert len(complete(loaded)) == 3
+    assert [t.values for t in complete(loaded)] == [t.values for t in complete(study)]
+    assert all(t.user_attrs["fidelity"] == pytest.approx(MAX_EXAMPLES / loaded.user_attrs["spikeprune"]["dev_examples"])
+               and "partial" not in t.user_attrs for t in complete(loaded))
+    assert "3 complete" in study_status(postgres_url, name)
+    assert name in study_status(postgres_url)
+
+
+def test_resuming_with_another_space_is_refused(tiny_prepared, space_file, tmp_path, ray_local):
+    run_search(settings(tiny_prepared, space_file, tmp_path, study_name="x", n_trials=1, early_stopping=False))
+    other = tmp_path / "other.yaml"
+    other.write_text(TINY_SPACE.replace("min: 32, max: 64", "min: 64, max: 64"))
+    with pytest.raises(SpikepruneError, match="study 'x' was made with another space"):
+        run_search(settings(tiny_prepared, other, tmp_path, study_name="x", n_trials=2))
+
+
+def test_kernel_errors_come_back_as_data(tiny_prepared):
+    from spikeprune.models.trial import BaseBundle
+    from spikeprune.search.worker import evaluate
+
+    base = BaseBundle.load(tiny_prepared)
+    out = evaluate(base, CompressionConfig(heads=3).to_dict(), max_examples=4, seed=0, energy="float45nm", threads=1)
+    assert out["error"].startswith("SpikepruneError: heads[0]=3")
+    assert out["worker"].endswith(f":{os.getpid()}") and "Traceback" in out["traceback"]
+
+
+# ----------------------------------------------------------------------------- pure parts
+def test_clearly_beaten_hand_cases():
+    directions = ["maximize", "minimize"]
+    front = [[0.80, 100.0], [0.70, 50.0]]
+    assert clearly_beaten([0.75, 120.0], front, directions, 0, margin=0.02)          # 0.80 > 0.75 + 0.02, cheaper
+    assert not clearly_beaten([0.79, 120.0], front, directions, 0, margin=0.02)      # within the margin
+    assert not clearly_beaten([0.60, 40.0], front, directions, 0, margin=0.02)       # cheapest: nobody dominates
+    assert not clearly_beaten([0.75, 60.0], front, directions, 0, margin=0.0)        # 0.70@50 is worse in metric
+    assert clearly_beaten([0.75, 60.0], front, directions, 0, margin=0.0, floor=0.8)  # misses the floor
+    assert not clearly_beaten([0.79, 60.0], front, directions, 0, margin=0.02, floor=0.8)
+
+
+def test_samplers_are_chosen_explicitly():
+    tpe = make_sampler("tpe", seed=1)
+    assert isinstance(tpe, optuna.samplers.TPESampler)
+    assert tpe._multivariate and tpe._group and tpe._constant_liar
+    assert isinstance(make_sampler("nsga2", 1, population_size=8), optuna.samplers.NSGAIISampler)
+    assert isinstance(make_sampler("nsga3", 1), optuna.samplers.NSGAIIISampler)
+    assert isinstance(make_sampler("gp", 1), optuna.samplers.GPSampler)
+    assert isinstance(make_sampler("random", 1), optuna.samplers.RandomSampler)
+    with pytest.raises(SpikepruneError, match="sampler 'cmaes' is unknown; use one of tpe, nsga2"):
+        make_sampler("cmaes", 1)
+
+
+@pytest.mark.parametrize("name, ok", [("sst2-joint_1.0", True), ("a" * 64, True), ("a" * 65, False),
+                                      ("has space", False), ("a/b", False), ("..", False), ("", False)])
+def test_study_names(name, ok):
+    if ok:
+        assert check_study_name(name) == name
+    else:
+        with pytest.raises(SpikepruneError, match="use 1-64 letters, digits, '-', '_' or '.'"):
+            check_study_name(name)
+
+
+def test_storage_errors_are_one_clear_line(tmp_path):
+    cases = [
+        ("mysql://u@h/db", "storage URL scheme 'mysql' is not supported"),
+        ("postgresql+psycopg2://u@h:port/db", "is not a valid SQLAlchemy URL"),
+        ("postgresql+psycopg2://u:secret@127.0.0.1:1/db", "cannot connect to storage postgresql+psycopg2://u:***@127.0.0.1:1/db"),
+        (str(tmp_path), "is a folder; give the journal file"),
+    ]
+    for url, message in cases:
+        with pytest.raises(SpikepruneError) as err:
+            open_storage(url)
+        assert message in str(err.value) and "secret" not in str(err.value) and "\n" not in str(err.value)
+    journal = open_storage(tmp_path / "new" / "journal.log")
+    assert isinstance(journal, optuna.storages.JournalStorage) and (tmp_path / "new" / "journal.log").is_file()
+
+
+def test_cli_reports_bad_input_as_one_line(tmp_path, capsys):
+    code = search_main(["--prepared", str(tmp_path), "--study", "bad name", "--run-dir", str(tmp_path)])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "error: study name 'bad name' is not allowed; use 1-64 letters, digits, '-', '_' or '.'"
+    assert search_main(["status", "none", "--run-dir", str(tmp_path)]) == 2
+    assert "no study journal at" in capsys.readouterr().err
