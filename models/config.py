@@ -18,6 +18,9 @@ from .errors import SpikepruneError
 SUPPORTED_BITS: tuple[float, ...] = (1, 1.58, 2, 4, 8, 32)
 #: How a layer with T_l steps reads an input spike train of a different length (see spiking.py).
 BOUNDARY_RULES: tuple[str, ...] = ("repeat", "rate")
+#: What the classifier reads: the spiking rate of the last layer averaged over the real tokens
+#: ("mean") or at [CLS] alone ("cls").
+READOUTS: tuple[str, ...] = ("mean", "cls")
 #: The two files of a saved model folder (save_pretrained, save_quantized, from_pretrained).
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -54,6 +57,7 @@ class SpikingBertConfig:
     leak: float = 1.0
     num_labels: int = 2
     boundary: str = "repeat"
+    readout: str = "mean"
     task: str | None = None
 
     def __post_init__(self) -> None:
@@ -73,6 +77,8 @@ class SpikingBertConfig:
                 raise SpikepruneError(f"weight bit width {b} is not supported; use one of {SUPPORTED_BITS}")
         if self.boundary not in BOUNDARY_RULES:
             raise SpikepruneError(f"boundary rule {self.boundary!r} is unknown; use one of {BOUNDARY_RULES}")
+        if self.readout not in READOUTS:
+            raise SpikepruneError(f"readout {self.readout!r} is unknown; use one of {READOUTS}")
         if self.threshold <= 0:
             raise SpikepruneError(f"threshold must be > 0, got {self.threshold}")
         if not 0 < self.leak <= 1:

@@ -46,7 +46,8 @@ SOFTMAX_OPS_PER_ENTRY = 4
 GELU_OPS_PER_ELEMENT = 5
 #: Pooler tanh per element: one special-function op.
 TANH_OPS_PER_ELEMENT = 1
-#: Readout per [CLS] hidden unit: ASR = spike count / T, one divide (counting the spikes is free).
+#: Readout per hidden unit: ASR = spike count / (T·tokens), one divide (counting the spikes is
+#: free); the "mean" readout also adds every real token's count: one add per token and unit.
 READOUT_OPS_PER_ELEMENT = 1
 
 #: Names of the MAC kinds, in report order.
@@ -287,7 +288,7 @@ def float_macs(config: SpikingBertConfig, record: SimRecord) -> dict[str, int]:
         macs["bias"] += token_steps * sum(out for _, out in _layer_linears(config, l))
     per_example = (h * READOUT_OPS_PER_ELEMENT + h * h + h + h * TANH_OPS_PER_ELEMENT
                    + h * config.num_labels + config.num_labels)   # readout, pooler, tanh, classifier
-    macs["classifier"] = record.examples * per_example
+    macs["classifier"] = record.examples * per_example + (tokens * h if config.readout == "mean" else 0)
     return macs
 
 

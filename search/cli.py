@@ -45,13 +45,19 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
                    help="evaluate every trial on the whole dev set")
     p.add_argument("--max-failures", type=int, default=d.max_failures,
                    help=f"stop after this many failed trials (default {d.max_failures})")
+    p.add_argument("--trial-timeout", type=float, default=None, metavar="SECONDS",
+                   help="kill and fail a trial that runs longer than this (default: no limit)")
+    p.add_argument("--storage-patience", type=float, default=d.storage_patience, metavar="SECONDS",
+                   help=f"how long to wait for unreachable storage before stopping (default {d.storage_patience:g})")
+    p.add_argument("--kernel", default=d.kernel, metavar="MODULE:FUNCTION",
+                   help=f"trial function the workers run, with run_trial's arguments (default {d.kernel})")
     p.add_argument("--quiet", dest="progress", action="store_false", help="no live progress line")
 
 
 def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     keys = ("prepared", "space", "task", "study_name", "n_trials", "workers", "storage", "run_dir", "sampler",
             "seed", "ray_address", "cpus_per_trial", "gpus_per_trial", "glue_dir", "energy", "max_examples",
-            "early_stopping", "max_failures", "progress")
+            "early_stopping", "max_failures", "progress", "trial_timeout", "storage_patience", "kernel")
     return SearchSettings(**{k: getattr(args, k) for k in keys})
 
 

@@ -22,11 +22,29 @@ Resume: trials left RUNNING by a driver that is gone (same host and its process 
 heartbeat for ``stale_after_s``) are marked FAIL and their parameters enqueued again; finished
 trials are never re-run. A config equal to one already finished, or being evaluated, is not
 evaluated again either: the trial is told that trial's values (user attr ``duplicate_of``).
+
+Faults (see README "Reliability and safety"):
+
+- a kernel error, a non-finite measurement (NaN/inf) or a trial running longer than
+  ``trial_timeout`` (its Ray task is then killed) fails the trial with the reason in its ``error``
+  attr, and the search goes on (up to ``max_failures`` failures per run);
+- a worker process that dies mid-trial (killed, out of memory) makes Ray run the task again, once
+  (``TASK_RETRIES``: a transient death is retried, a config that kills its worker every time costs
+  two attempts, not an endless loop); a second death fails the trial;
+- storage calls that fail because the storage is out of reach (a database restart, a network
+  blip) are retried with backoff for ``storage_patience`` seconds (``RetryingStorage``); results
+  that finish meanwhile wait in memory, so none is lost; past the patience the driver stops with
+  one line and the next run resumes;
+- several drivers may share one study (PostgreSQL): seeds are enqueued once, queued trials are
+  taken atomically, a config another driver is evaluating is followed rather than re-run (the
+  later trial becomes its ``duplicate_of``), and ``n_trials`` counts every driver's trials.
 """
 from __future__ import annotations
 
+import abc
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -38,6 +56,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import optuna
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from spikeprune.models.config import CompressionConfig, SpikingBertConfig
@@ -46,6 +65,7 @@ from spikeprune.spaces.schema import SearchSpace
 
 from .progress import Progress
 from .storage import check_study_name, default_storage, describe, open_storage
+from .worker import DEFAULT_KERNEL, load_kernel
 
 SAMPLERS: tuple[str, ...] = ("tpe", "nsga2", "nsga3", "gp", "random")
 #: Trial user attrs copied from an earlier identical trial to a duplicate.
@@ -53,6 +73,14 @@ RESULT_ATTRS: tuple[str, ...] = ("metrics", "metric_ci", "report", "timing", "wo
                                  "fidelity", "early_stopped", "partial")
 HEARTBEAT_KEY = "spikeprune:driver:"
 HEARTBEAT_EVERY_S = 30.0
+#: Times Ray re-runs a task whose worker process died before the trial fails (see the module doc).
+TASK_RETRIES = 1
+#: How often a driver looks at a trial another driver evaluates for it, and waits for a new study's
+#: setup by the driver that created it.
+POLL_S = 1.0
+SETUP_WAIT_S = 30.0
+#: Backoff between storage retries: doubling from the first, capped at the second.
+RETRY_DELAYS_S = (0.5, 10.0)
 LOG = logging.getLogger(__name__)
 
 
@@ -81,6 +109,9 @@ class SearchSettings:
     max_failures: int = 5                   # stop after this many failed trials in one run
     stale_after_s: float = 120.0            # a driver silent this long is dead (other hosts)
     progress: bool = True                   # live status line on stderr
+    trial_timeout: float | None = None      # seconds from a trial's submission; then it is killed and failed
+    storage_patience: float = 600.0         # seconds to wait for unreachable storage before stopping
+    kernel: str = DEFAULT_KERNEL            # "module:function" the workers run per trial (worker.py)
 
     def check(self) -> None:
         check_study_name(self.study_name)
@@ -93,6 +124,10 @@ class SearchSettings:
             raise SpikepruneError("cpus_per_trial must be > 0 and gpus_per_trial >= 0")
         if self.max_examples is not None and self.max_examples < 1:
             raise SpikepruneError(f"max_examples must be >= 1, got {self.max_examples}")
+        if self.trial_timeout is not None and not self.trial_timeout > 0:
+            raise SpikepruneError(f"trial_timeout must be > 0 seconds, got {self.trial_timeout}")
+        if not self.storage_patience >= 0:
+            raise SpikepruneError(f"storage_patience must be >= 0 seconds, got {self.storage_patience}")
 
 
 def make_sampler(name: str, seed: int, population_size: int = 20) -> optuna.samplers.BaseSampler:
@@ -176,6 +211,105 @@ def ray_session(settings: SearchSettings) -> Iterator[None]:
             ray.shutdown()
 
 
+# -------------------------------------------------------------------------------- storage
+def _unreachable(error: BaseException) -> bool:
+    """Whether a storage error means the storage is out of reach for now (worth waiting for): a
+    lost or refused database connection, or an I/O error on the journal's disk or share."""
+    import sqlalchemy.exc
+
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                              sqlalchemy.exc.DisconnectionError)):
+            return True
+        if isinstance(cause, OSError) and not isinstance(cause, (PermissionError, FileNotFoundError,
+                                                                 IsADirectoryError, NotADirectoryError)):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost error's first line: what the database driver or the OS said."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class RetryingStorage(optuna.storages.BaseStorage):
+    """Any Optuna storage, with every call retried while the storage is out of reach.
+
+    A call that fails for a connection reason (``_unreachable``) is repeated with doubling delays
+    (``RETRY_DELAYS_S``) for up to ``patience`` seconds; then the outage becomes one
+    ``SpikepruneError`` and later calls fail at once (so the way out does not wait again). Each
+    storage call is one transaction, so retrying it alone is safe; the one call that is not
+    idempotent, finishing a trial, is recognised when a retry finds the first attempt did commit.
+    """
+
+    def __init__(self, inner: optuna.storages.BaseStorage, where: str, patience: float) -> None:
+        self._inner, self._where, self._patience = inner, where, patience
+        self._gave_up = False
+
+    def _call(self, name: str, args: tuple, kwargs: dict) -> Any:
+        method = getattr(self._inner, name)
+        first_failure: float | None = None
+        delay = RETRY_DELAYS_S[0]
+        while True:
+            try:
+                result = method(*args, **kwargs)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                if first_failure is not None and name == "set_trial_state_values":
+                    return True  # the attempt that seemed to fail had committed
+                raise
+            except Exception as e:
+                if self._gave_up or not _unreachable(e):
+                    raise
+                now = time.monotonic()
+                if first_failure is None:
+                    first_failure = now
+                    LOG.warning("storage %s is unreachable (%s); retrying for up to %g s",
+                                self._where, _reason(e), self._patience)
+                waited = now - first_failure
+                if waited >= self._patience:
+                    self._gave_up = True
+                    raise SpikepruneError(
+                        f"storage {self._where} unreachable for {waited:.0f} s ({_reason(e)}); finished trials "
+                        f"are saved: start the storage and rerun the same command to resume") from None
+                time.sleep(min(delay, self._patience - waited))
+                delay = min(2 * delay, RETRY_DELAYS_S[1])
+                continue
+            if first_failure is not None:
+                LOG.warning("storage %s is reachable again after %.0f s", self._where,
+                            time.monotonic() - first_failure)
+            return result
+
+
+def _retrying(name: str) -> Any:
+    def call(self: RetryingStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._call(name, args, kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    return call
+
+
+for _name, _member in vars(optuna.storages.BaseStorage).items():
+    if callable(_member) and not _name.startswith("_"):
+        setattr(RetryingStorage, _name, _retrying(_name))
+abc.update_abstractmethods(RetryingStorage)
+
+
+def task_error(error: Exception) -> str:
+    """One line for a Ray failure of the task itself (the kernel's own errors come back as data)."""
+    import ray
+
+    if isinstance(error, ray.exceptions.WorkerCrashedError):
+        return (f"WorkerCrashedError: the Ray worker running the trial died (killed, out of memory or "
+                f"crashed), also when Ray ran it again ({TASK_RETRIES} retry)")
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[-1] if text else repr(error)}"
+
+
 @dataclass
 class _Flight:
     """One trial being evaluated; ``phase`` is "partial" (the early look) or "full"."""
@@ -184,8 +318,9 @@ class _Flight:
     config: CompressionConfig
     phase: str
     seeded: bool
+    started: float = field(default_factory=time.monotonic)  # first submission, for trial_timeout
     examples: int = 0            # dev examples evaluated so far for this trial
-    #: Trials the sampler proposed with the same parameters while this one ran: told its result.
+    #: Trials with the same parameters asked while this one ran: they are told its result.
     followers: list[optuna.Trial] = field(default_factory=list)
 
 
@@ -220,6 +355,8 @@ class Driver:
         self.driver = {"id": uuid.uuid4().hex[:12], "host": self.host, "pid": self.pid}
         self.study_id = storage.get_study_id_from_name(study.study_name)
         self.flights: dict[Any, _Flight] = {}
+        #: Our trials waiting for a trial another driver evaluates, by that trial's number.
+        self.foreign: dict[int, list[optuna.Trial]] = {}
         self.stats = RunStats()
         self.last_beat = 0.0
         self.progress = Progress(study, settings.n_trials, enabled=settings.progress)
@@ -228,23 +365,37 @@ class Driver:
     def recover(self) -> None:
         """Fail trials left RUNNING by dead drivers and enqueue their parameters again."""
         self.heartbeat(force=True)
-        beats = {k[len(HEARTBEAT_KEY):]: v for k, v in self.storage.get_study_system_attrs(self.study_id).items()
-                 if k.startswith(HEARTBEAT_KEY)}
+        beats = self.beats()
+        others_alive = any(self.alive(d, beats) for d in beats if d != self.driver["id"])
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = t.user_attrs.get("driver")
-            if isinstance(owner, dict) and owner.get("id") in beats:
-                local_dead = owner.get("host") == self.host and not _pid_alive(int(owner.get("pid", 0)))
-                silent = time.time() - float(beats[owner["id"]]) > self.s.stale_after_s
-                if not (local_dead or silent):
-                    continue  # another live driver's trial
+            # A trial without an owner was just asked by a driver that has not labelled it yet.
+            if self.alive(owner.get("id"), beats) if isinstance(owner, dict) else others_alive:
+                continue
             who = f"{owner.get('host')}:{owner.get('pid')}" if isinstance(owner, dict) else "an unknown process"
             self.requeue(t.number, t.params, t.user_attrs, f"driver {who} stopped while the trial ran")
             self.stats.re_queued.append(t.number)
 
+    def beats(self) -> dict[str, Any]:
+        return {k[len(HEARTBEAT_KEY):]: v for k, v in self.storage.get_study_system_attrs(self.study_id).items()
+                if k.startswith(HEARTBEAT_KEY)}
+
+    def alive(self, driver_id: Any, beats: dict[str, Any]) -> bool:
+        """Whether a driver still runs: its process when it is on this host, else a recent heartbeat."""
+        if driver_id == self.driver["id"]:
+            return True
+        beat = beats.get(driver_id)
+        if not isinstance(beat, dict):
+            return False
+        if beat.get("host") == self.host:
+            return _pid_alive(int(beat.get("pid", 0)))
+        return time.time() - float(beat.get("time", 0)) <= self.s.stale_after_s
+
     def heartbeat(self, force: bool = False) -> None:
         now = time.time()
         if force or now - self.last_beat >= HEARTBEAT_EVERY_S:
-            self.storage.set_study_system_attr(self.study_id, HEARTBEAT_KEY + self.driver["id"], now)
+            self.storage.set_study_system_attr(self.study_id, HEARTBEAT_KEY + self.driver["id"],
+                                               {"time": now, "host": self.host, "pid": self.pid})
             self.last_beat = now
 
     # ---------------------------------------------------------------------------- loop
@@ -254,21 +405,25 @@ class Driver:
         from .worker import evaluate
 
         self.task = ray.remote(evaluate).options(num_cpus=self.s.cpus_per_trial, num_gpus=self.s.gpus_per_trial,
-                                                 max_retries=1)
+                                                 max_retries=TASK_RETRIES)
         self.base_ref = base_ref
         self.recover()
         self.progress.update(running=0)
         try:
             while True:
-                complete = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
                 while (self.stats.failed < self.s.max_failures and len(self.flights) < self.s.workers
-                       and complete + self.pending() < self.s.n_trials):
-                    complete += self.launch()
-                if not self.flights:
+                       and self.taken() < self.s.n_trials):
+                    self.launch()
+                if not self.flights and not self.foreign:
                     break
-                ready, _ = ray.wait(list(self.flights), num_returns=1, timeout=HEARTBEAT_EVERY_S)
-                for ref in ready:
-                    self.land(ref, self.flights.pop(ref))
+                if self.flights:
+                    ready, _ = ray.wait(list(self.flights), num_returns=1, timeout=self.wait_s())
+                    for ref in ready:
+                        self.land(ref, self.flights.pop(ref))
+                else:
+                    time.sleep(POLL_S)
+                self.expire()
+                self.poll_foreign()
                 self.heartbeat()
         except BaseException as e:
             self.abandon(f"driver stopped ({type(e).__name__})")
@@ -277,9 +432,24 @@ class Driver:
             self.progress.close()
         return self.stats
 
-    def launch(self) -> int:
-        """Ask for a trial and start it; returns 1 when it finished at once (a duplicate)."""
+    def taken(self) -> int:
+        """Trials of the study that are finished or being evaluated, by any driver."""
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)))
+
+    def wait_s(self) -> float:
+        """How long ``ray.wait`` may block: until the next heartbeat, foreign poll or trial deadline."""
+        wait = POLL_S if self.foreign else HEARTBEAT_EVERY_S
+        if self.s.trial_timeout:
+            now = time.monotonic()
+            wait = min([wait] + [f.started + self.s.trial_timeout - now for f in self.flights.values()])
+        return max(0.0, wait)
+
+    def launch(self) -> None:
+        """Ask for a trial and start it, or let it follow a trial with the same parameters."""
         trial = self.study.ask()
+        trial.set_user_attr("driver", self.driver)
+        if self.surplus(trial):
+            return
         seeded = bool(trial.user_attrs.get("seeded"))
         try:
             config = self.space.suggest(trial).resolve(self.model)
@@ -287,49 +457,113 @@ class Driver:
             trial.set_user_attr("error", str(e))
             self.study.tell(trial, state=TrialState.FAIL)
             self.stats.failed += 1
-            return 0
+            return
         trial.set_user_attr("compression", config.to_dict())
-        trial.set_user_attr("driver", self.driver)
-        earlier = self.finished_twin(trial)
-        if earlier is not None:
-            self.copy_result(trial, earlier)
-            return 1
-        leader = next((f for f in self.flights.values() if f.trial.params == trial.params), None)
+        leader = self.twin(trial.number, trial.params)
         if leader is not None:
-            leader.followers.append(trial)
-            return 0
+            self.follow(trial, leader)
+            return
         phase = "partial" if self.partial_examples is not None else "full"
         self.submit(_Flight(trial, config, phase, seeded))
-        return 0
 
-    def pending(self) -> int:
-        """Trials started and not told yet: those in flight and their followers."""
-        return sum(1 + len(f.followers) for f in self.flights.values())
+    def surplus(self, trial: optuna.Trial) -> bool:
+        """With several drivers, two may start the last trial at once: the one asked later (higher
+        number) steps back, PRUNED without parameters, and a queued config it took is queued again."""
+        ahead = sum(1 for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+                    if t.state == TrialState.COMPLETE or t.number < trial.number)
+        if ahead < self.s.n_trials:
+            return False
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+        fixed = self.storage.get_trial(trial_id).system_attrs.get("fixed_params")
+        if fixed:
+            flags = {k: v for k, v in trial.user_attrs.items() if k in ("seeded", "baseline", "retry_of")}
+            self.study.enqueue_trial(fixed, user_attrs=flags)
+        trial.set_user_attr("skipped", f"not needed: {ahead} trials were finished or running when it started")
+        self.study.tell(trial, state=TrialState.PRUNED)
+        return True
+
+    def twin(self, number: int, params: dict[str, Any]) -> FrozenTrial | None:
+        """The trial whose result stands for trial ``number``: the first complete evaluation of the
+        same parameters, else an earlier trial (lower number) still running with them."""
+        running = None
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+            if t.number == number or t.params != params:
+                continue
+            if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs:
+                return t
+            if t.state == TrialState.RUNNING and t.number < number and running is None:
+                running = t
+        return running
+
+    def follow(self, trial: optuna.Trial, leader: FrozenTrial, waiting: list[optuna.Trial] | None = None) -> None:
+        """Give ``trial`` (and the trials ``waiting`` for it) ``leader``'s result, now or when it has one."""
+        group = [trial, *(waiting or [])]
+        if leader.state == TrialState.COMPLETE:
+            for t in group:
+                self.copy_result(t, leader)
+            return
+        local = next((f for f in self.flights.values() if f.trial.number == leader.number), None)
+        if local is not None:
+            local.followers.extend(group)
+        else:
+            self.foreign.setdefault(leader.number, []).extend(group)
+
+    def poll_foreign(self) -> None:
+        """Settle our trials that follow another driver's trial once it has finished; re-queue it if
+        its driver is gone."""
+        for number, group in list(self.foreign.items()):
+            leader = self.storage.get_trial(self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number))
+            if leader.state == TrialState.RUNNING:
+                owner = leader.user_attrs.get("driver") or {}
+                if not self.alive(owner.get("id"), self.beats()):
+                    self.requeue(number, leader.params, leader.user_attrs,
+                                 f"driver {owner.get('host')}:{owner.get('pid')} stopped while the trial ran")
+                    self.stats.re_queued.append(number)
+                continue
+            del self.foreign[number]
+            for t in group:
+                if leader.state == TrialState.COMPLETE:
+                    self.copy_result(t, leader)
+                else:
+                    t.set_user_attr("error", f"same parameters as trial #{number}, which failed")
+                    self.study.tell(t, state=TrialState.FAIL)
 
     def copy_result(self, trial: optuna.Trial, earlier: FrozenTrial) -> None:
         """Tell ``trial`` the result of an earlier trial with the same parameters."""
         for key in RESULT_ATTRS:
             if key in earlier.user_attrs:
                 trial.set_user_attr(key, earlier.user_attrs[key])
-        trial.set_user_attr("duplicate_of", earlier.number)
+        original = earlier.user_attrs.get("duplicate_of", earlier.number)
+        trial.set_user_attr("duplicate_of", original)
         self.tell(trial, earlier.values, earlier.constraints)
         self.stats.duplicates += 1
-        self.progress.update(running=len(self.flights), last=f"#{trial.number} = #{earlier.number}")
-
-    def finished_twin(self, trial: optuna.Trial) -> FrozenTrial | None:
-        params = trial.params
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.params == params and "duplicate_of" not in t.user_attrs:
-                return t
-        return None
+        self.progress.update(running=len(self.flights), last=f"#{trial.number} = #{original}")
 
     def submit(self, flight: _Flight) -> None:
         examples = self.partial_examples if flight.phase == "partial" else self.full_examples
-        ref = self.task.remote(self.base_ref, flight.config.to_dict(),
+        ref = self.task.remote(self.base_ref, flight.config.to_dict(), kernel=self.s.kernel,
                                max_examples=None if examples >= self.dev_size else examples,
                                seed=self.s.seed, energy=self.energy, threads=max(1, int(self.s.cpus_per_trial)))
         self.flights[ref] = flight
         self.progress.update(running=len(self.flights))
+
+    def expire(self) -> None:
+        """Kill the tasks of trials past ``trial_timeout`` and fail those trials."""
+        if not self.s.trial_timeout:
+            return
+        import ray
+
+        now = time.monotonic()
+        for ref, flight in list(self.flights.items()):
+            if now - flight.started < self.s.trial_timeout:
+                continue
+            del self.flights[ref]
+            if ray.wait([ref], timeout=0)[0]:  # finished just in time
+                self.land(ref, flight)
+                continue
+            ray.cancel(ref, force=True)
+            self.fail(flight, {"error": f"timed out after {self.s.trial_timeout:g} s; raise --trial-timeout "
+                                        f"if trials need longer"})
 
     def land(self, ref: Any, flight: _Flight) -> None:
         """Handle a finished task: record a failure, decide on early stopping, or tell the result."""
@@ -338,30 +572,41 @@ class Driver:
         try:
             result = ray.get(ref)
         except ray.exceptions.RayError as e:
-            result = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e!r}"}
-        trial = flight.trial
+            result = {"error": task_error(e)}
+        if "error" not in result:
+            broken = {k: v for k, v in result["objectives"].items() if not math.isfinite(float(v))}
+            if broken:
+                shown = ", ".join(f"{k} = {v}" for k, v in broken.items())
+                result = {"error": f"the trial measured {shown}; a non-finite value cannot be ranked "
+                                   f"(the compressed model is degenerate or the kernel is wrong)",
+                          "worker": result.get("worker")}
         if "error" in result:
-            for key in ("error", "traceback", "worker"):
-                if key in result:
-                    trial.set_user_attr(key, result[key])
-            self.study.tell(trial, state=TrialState.FAIL)
-            self.stats.failed += 1
-            for follower in flight.followers:
-                follower.set_user_attr("error", f"same parameters as trial #{trial.number}, which failed")
-                self.study.tell(follower, state=TrialState.FAIL)
-            self.progress.update(running=len(self.flights), last=f"#{trial.number} failed: {result['error'][:80]}")
+            self.fail(flight, result)
             return
         flight.examples += result["examples"]
         self.stats.examples += result["examples"]
         if flight.phase == "partial":
             values = self.space.objective_values(result["objectives"])
-            trial.set_user_attr("partial", {"examples": result["examples"], "values": values,
-                                            "metrics": result["metrics"]})
-            if flight.seeded or not self.beaten(values, trial.number):
+            flight.trial.set_user_attr("partial", {"examples": result["examples"], "values": values,
+                                                   "metrics": result["metrics"]})
+            if flight.seeded or not self.beaten(values, flight.trial.number):
                 flight.phase = "full"
                 self.submit(flight)
                 return
         self.finish(flight, result)
+
+    def fail(self, flight: _Flight, result: dict[str, Any]) -> None:
+        """Record a failed evaluation on the trial (FAIL with its error) and on its followers."""
+        trial = flight.trial
+        for key in ("error", "traceback", "worker"):
+            if result.get(key) is not None:
+                trial.set_user_attr(key, result[key])
+        self.study.tell(trial, state=TrialState.FAIL)
+        self.stats.failed += 1
+        for follower in flight.followers:
+            follower.set_user_attr("error", f"same parameters as trial #{trial.number}, which failed")
+            self.study.tell(follower, state=TrialState.FAIL)
+        self.progress.update(running=len(self.flights), last=f"#{trial.number} failed: {result['error'][:80]}")
 
     def beaten(self, values: list[float], number: int) -> bool:
         others = [t.user_attrs["partial"]["values"] for t in self.study.get_trials(deepcopy=False)
@@ -371,6 +616,12 @@ class Driver:
 
     def finish(self, flight: _Flight, result: dict[str, Any]) -> None:
         trial = flight.trial
+        # Another driver may have started the same config just before us without our seeing it:
+        # the earlier trial's result stands for both (rare; it costs one evaluation, not a duplicate).
+        leader = self.twin(trial.number, trial.params)
+        if leader is not None:
+            self.follow(trial, leader, flight.followers)
+            return
         stopped = flight.phase == "partial"
         for key in ("metrics", "metric_ci", "report", "timing", "worker", "examples"):
             trial.set_user_attr(key, result[key])
@@ -414,7 +665,15 @@ class Driver:
                     self.study.tell(follower, state=TrialState.FAIL)
             except Exception as e:  # storage gone too: the next run's recover() cleans up
                 LOG.warning("could not re-queue trial %d: %s", flight.trial.number, e)
+        for number, group in self.foreign.items():
+            for follower in group:
+                try:
+                    follower.set_user_attr("error", f"{reason}; same parameters as trial #{number}")
+                    self.study.tell(follower, state=TrialState.FAIL)
+                except Exception as e:
+                    LOG.warning("could not fail trial %d: %s", follower.number, e)
         self.flights.clear()
+        self.foreign.clear()
 
     def requeue(self, number: int, params: dict[str, Any], attrs: dict[str, Any], reason: str) -> None:
         """Fail a RUNNING trial and enqueue its parameters again (keeping its seed flags)."""
@@ -429,25 +688,38 @@ class Driver:
 # ------------------------------------------------------------------------------ study
 def open_study(settings: SearchSettings, space: SearchSpace, storage: optuna.storages.BaseStorage,
                task: str, prepared: Path, model: SpikingBertConfig, energy: str, dev_size: int) -> optuna.Study:
-    """Create the study (directions, metric names, metadata, seeds) or check and load it."""
+    """Create the study (directions, metric names, seeds, then metadata) or check and load it.
+
+    Of several drivers starting together, only the one whose ``create_new_study`` succeeded sets the
+    study up; the others wait for its metadata, which it writes last, so seeds are queued once.
+    """
     sampler = make_sampler(settings.sampler, settings.seed, settings.population_size)
-    study = optuna.create_study(storage=storage, study_name=settings.study_name, sampler=sampler,
-                                directions=space.directions, load_if_exists=True)
-    meta = study.user_attrs.get("spikeprune")
+    try:
+        storage.create_new_study([StudyDirection[d.upper()] for d in space.directions], settings.study_name)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        created = False
+    study = optuna.load_study(study_name=settings.study_name, storage=storage, sampler=sampler)
     wanted = {"task": task, "objectives": [{"name": o.name, "direction": o.direction} for o in space.objectives],
               "space": space.to_dict(), "prepared": str(prepared), "energy": energy, "reference": None,
               "dev_examples": dev_size, "max_examples": settings.max_examples}
+    meta = study.user_attrs.get("spikeprune")
+    deadline = time.monotonic() + SETUP_WAIT_S
+    while meta is None and not created and time.monotonic() < deadline:
+        time.sleep(POLL_S / 5)  # another driver created the study a moment ago and is setting it up
+        meta = study.user_attrs.get("spikeprune")
     if meta is None:
-        if study.get_trials(deepcopy=False):
+        trials = study.get_trials(deepcopy=False)
+        if trials and not any(t.user_attrs.get("seeded") for t in trials):
             raise SpikepruneError(f"study {settings.study_name!r} exists but was not made by spikeprune search; "
                                   f"pick another --study name")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(space.objective_names)
-        study.set_user_attr("spikeprune", wanted)
-        for i, config in enumerate(space.seed_configs(model)):
+        for i, config in enumerate([] if trials else space.seed_configs(model)):  # queued unless a setup broke off
             flags = {"seeded": True, **({"baseline": True} if i == 0 else {})}
             study.enqueue_trial(space.params(config, model), user_attrs=flags)
+        study.set_user_attr("spikeprune", wanted)
         return study
     _check_same_study(settings.study_name, meta, wanted)
     return study
@@ -477,8 +749,10 @@ def run_search(settings: SearchSettings) -> optuna.Study:
         from spikeprune.models.ops import resolve_energy
         resolve_energy(energy)
     location = settings.storage or default_storage(settings.run_dir, settings.study_name)
-    storage = open_storage(location)
-    from spikeprune.models.trial import BaseBundle  # torch and the model code: after the cheap checks
+    storage = RetryingStorage(optuna.storages.get_storage(open_storage(location)), describe(location),
+                              settings.storage_patience)
+    load_kernel(settings.kernel)  # torch and the model code: after the cheap checks
+    from spikeprune.models.trial import BaseBundle
 
     base = BaseBundle.load(settings.prepared, settings.glue_dir)
     if settings.task and settings.task != base.task:

@@ -171,12 +171,37 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from spikeprune.models.train import prepare
+    """The main job end to end: prepare (cached), search, report, export the best under a budget."""
+    import time
 
-    out = prepare(args.task, args.glue_dir, args.run_dir, preset=args.preset, base=args.base,
-                  device=args.device, seed=args.seed)
-    print(f"prepared base: {out}")
-    return 0
+    from spikeprune.models.train import prepare
+    from spikeprune.results.export import export_trial, select_trials
+    from spikeprune.results.pareto import find_baseline
+    from spikeprune.results.report import write_report
+    from spikeprune.search import SearchSettings, run_search
+
+    start = time.perf_counter()
+    prepared = prepare(args.task, args.glue_dir, args.run_dir, preset=args.preset, base=args.base,
+                       device=args.device, seed=args.seed)
+    study_name = f"demo-{args.task}-{args.preset}"
+    study = run_search(SearchSettings(prepared=prepared, space=args.space, study_name=study_name,
+                                      n_trials=args.n_trials, workers=args.workers, run_dir=args.run_dir,
+                                      seed=args.seed, glue_dir=args.glue_dir))
+    report = write_report(study, args.run_dir / study_name / "report.html")[0]
+    baseline = find_baseline(study)
+    floor = baseline["metric"] - args.max_drop
+    chosen = select_trials(study, min_metric=floor)
+    export = export_trial(study, chosen[0], args.run_dir / study_name / "export", prepared, args.glue_dir,
+                          overwrite=True)
+    print(f"\nprepared base   {prepared}")
+    print(f"study           {study_name} in {args.run_dir / study_name / 'journal.log'} "
+          f"(spikeprune status {study_name} --run-dir {args.run_dir})")
+    print(f"report          {report}")
+    print(f"best config with metric >= {floor:.4f} (baseline {baseline['metric']:.4f} - {args.max_drop}): "
+          f"trial {export.trial}, " + ", ".join(f"{k} {v:.4g}" for k, v in export.measured.items()))
+    print(f"export          {export.folder} ({'re-measured ok' if export.ok else 'MISMATCH: ' + '; '.join(export.problems)})")
+    print(f"total time      {time.perf_counter() - start:.0f} s")
+    return 0 if export.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,10 +296,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
 
     p = add("demo", cmd_demo, "run the main job on the embedded defaults",
-            "Prepare a teacher and a spiking student on SST-2 with the quick preset (cached after the\n"
-            "first run) and print their dev scores.")
+            "The whole job on the embedded default storage: prepare a teacher and a spiking student\n"
+            "(cached after the first run), run a joint search on 2 local Ray workers, write the report\n"
+            "and export the config with the fewest synaptic operations whose metric is within\n"
+            "--max-drop of the uncompressed student, then print where each result is.")
     _add_prepare_args(p)
     _add_data_args(p)
+    p.add_argument("--space", default="joint", help="search space preset or YAML file (default joint)")
+    p.add_argument("--n-trials", type=int, default=16, help="complete trials to run (default 16)")
+    p.add_argument("--workers", type=int, default=2, help="trials in flight on local Ray workers (default 2)")
+    p.add_argument("--max-drop", type=float, default=0.01,
+                   help="budget for the export: largest metric drop from the uncompressed student (default 0.01)")
     return parser
 
 

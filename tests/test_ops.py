@@ -74,7 +74,8 @@ HAND_COUNTS = {"input": 7, "key": 7, "value": 6, "context": 6, "attn_out": 5, "i
 
 def tiny_config(**changes) -> SpikingBertConfig:
     cfg = SpikingBertConfig(vocab_size=4, hidden_size=2, num_layers=1, head_dim=1, heads=2, intermediate_sizes=2,
-                            timesteps=3, max_position_embeddings=2, type_vocab_size=1, num_labels=2)
+                            timesteps=3, max_position_embeddings=2, type_vocab_size=1, num_labels=2,
+                            readout="cls")
     return dataclasses.replace(cfg, **changes)
 
 
@@ -169,6 +170,16 @@ def test_hand_computed_operations() -> None:
     assert (report.examples, report.tokens_per_example) == (2, 1.5)
 
 
+def test_mean_readout_adds_one_add_per_token_and_unit() -> None:
+    # Same spikes, readout over the 3 real tokens (lengths 2 and 1) instead of [CLS]:
+    # 3 tokens · hidden 2 = 6 more float adds, nothing else changes.
+    record = hand_record()
+    cls = count_ops(tiny_config(), record)
+    mean = count_ops(tiny_config(readout="mean"), record)
+    assert mean.totals["macs"] - cls.totals["macs"] == 6
+    assert mean.totals["sops"] == cls.totals["sops"]
+
+
 def test_quantized_size_by_hand() -> None:
     # 24 encoder weights (six 2×2 Linears); the other 50 parameters stay float (1600 bits);
     # each quantized tensor carries a 32-bit scale (6 · 32 = 192 bits).
@@ -234,7 +245,7 @@ def test_per_layer_timesteps_set_latency_and_scale_dense_work() -> None:
     n = 11   # real tokens
     assert report.totals["macs"] == (n * 8 * 7 + 2 * n * 8 * 5 * (5 + 2) + 53 * 4 * (3 * 5 + 2 * 2)
                                      + n * 5 * (12 * 5 + 6 * 2) + n * (5 * (3 * 6 + 16 + 12) + 2 * (3 * 4 + 16 + 6))
-                                     + 3 * (8 + 64 + 8 + 8 + 16 + 2))
+                                     + 3 * (8 + 64 + 8 + 8 + 16 + 2) + n * 8)   # ... + mean readout adds
     assert report.neuron_updates == n * (8 * 5 + 5 * (3 * 6 + 16 + 12) + 2 * (3 * 4 + 16 + 6)) / 3
     for layer in report.firing_rates:
         assert all(0 <= rate <= 1 for rate in layer.values())
