@@ -24,7 +24,7 @@ from .glue import batches, encode, get_task, load_glue
 from .metrics import bootstrap_ci
 from .ops import OpReport, count_ops
 from .quantize import quantize_model
-from .spiking import SpikingBertForSequenceClassification
+from .spiking import SimRecord, SpikingBertForSequenceClassification
 from .train import evaluate_model, recover
 
 #: Dev examples are visited in this fixed shuffled order, so the first n of them (an early-stopping
@@ -91,6 +91,7 @@ class TrialResult:
     timing: dict[str, float]
     examples: int
     worker: str
+    record: SimRecord = field(repr=False, compare=False)   # the spike counts, to re-count under other energy models
 
     @property
     def objectives(self) -> dict[str, float]:
@@ -145,7 +146,7 @@ def measure(base: BaseBundle, model: SpikingBertForSequenceClassification, compr
     timing["total_s"] = sum(timing.values())
     return TrialResult(compression=compression, metrics=evaluation.metrics, metric_ci=ci, report=report,
                        timing=timing, examples=evaluation.record.examples,
-                       worker=f"{socket.gethostname()}:{os.getpid()}")
+                       worker=f"{socket.gethostname()}:{os.getpid()}", record=evaluation.record)
 
 
 def run_trial(base: BaseBundle, compression: CompressionConfig, *, max_examples: int | None = None,
