@@ -1,0 +1,83 @@
+"""The benchmark scripts still run (``--quick``: tiny model, one round) and write their figures.
+
+No timing is asserted: only that each script finishes, that its JSON holds what it printed, and the
+figures that do not depend on the machine (identical outputs, dense-operation ratios).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import numba
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_state(monkeypatch):
+    """The scripts set thread counts, the torch seed and OMP_WAIT_POLICY for the whole process."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    threads, numba_threads, rng = torch.get_num_threads(), numba.get_num_threads(), torch.get_rng_state()
+    yield
+    torch.set_num_threads(threads)
+    numba.set_num_threads(numba_threads)
+    torch.set_rng_state(rng)
+
+
+def _written(path: Path, result: dict) -> dict:
+    data = json.loads(path.read_text())
+    assert data == json.loads(json.dumps(result))
+    assert data["environment"]["threads"] == 1
+    return data
+
+
+def test_bench_simulation_quick(tmp_path):
+    out = tmp_path / "sim.json"
+    result = _script("bench_simulation").main(["--quick", "--threads", "1", "--out", str(out)])
+    data = _written(out, result)
+    assert [(s["batch_size"], s["timesteps"]) for s in data["settings"]] == [(1, 2), (4, 2)]
+    assert data["all_identical"] is True
+    assert all(s["rounds"] == 1 and s["speedup_lockstep_over_batched"] > 0 for s in data["settings"])
+
+
+def test_bench_pruned_quick(tmp_path):
+    out = tmp_path / "pruned.json"
+    result = _script("bench_pruned").main(["--quick", "--threads", "1", "--out", str(out)])
+    configs = _written(out, result)["configs"]
+    # Tiny model, per layer and timestep: Q, K, V, attn_out 4 heads·8 × 32 each, FFN 32×64 twice
+    # = 4·1024 + 2·2048 = 8192 MACs. Halving heads: 4·512 + 4096 = 6144; halving FFN: 4096 + 2048.
+    expected = {"dense": 1.0, "heads/2": 0.75, "ffn/2": 0.75, "heads/2+ffn/2": 0.5, "T/2": 0.5,
+                "heads/2+ffn/2+T/2": 0.25}
+    assert {name: c["dense_macs_ratio"] for name, c in configs.items()} == expected
+    assert configs["dense"]["dense_macs"] == 2 * 2 * 8192 * result["tokens"] / result["examples"]
+    assert configs["dense"]["sops_ratio"] == 1.0
+    assert all(0 < c["sops_ratio"] < 1 for name, c in configs.items() if name != "dense")
+
+
+def test_bench_trial_quick(tmp_path, tiny_prepared, glue_dir):
+    out = tmp_path / "trial.json"
+    result = _script("bench_trial").main(["--quick", "--threads", "1", "--prepared", str(tiny_prepared),
+                                          "--glue-dir", str(glue_dir), "--out", str(out)])
+    configs = _written(out, result)["configs"]
+    assert len(configs) == 4 and result["examples"] == 16
+    for name, c in configs.items():
+        assert sum(c["shares"].values()) == pytest.approx(1.0)
+        assert c["compression"]["recovery_steps"] == (1 if "recover" in name else 0)
+
+
+def test_bench_trial_needs_a_prepared_base(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _script("bench_trial").main(["--quick", "--out", str(tmp_path / "t.json")])
+    assert exit_info.value.code == 2
+    assert "--prepared is required" in capsys.readouterr().err
