@@ -45,7 +45,6 @@ class BaseBundle:
     glue_dir: str | None
     batch_size: int = 64
     importance_method: str = "grad"
-    _recovery_data: dict[str, list] | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, prepared: str | Path, glue_dir: str | Path | None = None, batch_size: int = 64,

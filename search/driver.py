@@ -748,9 +748,6 @@ def run_search(settings: SearchSettings) -> optuna.Study:
     if settings.energy:
         from spikeprune.models.ops import resolve_energy
         resolve_energy(energy)
-    location = settings.storage or default_storage(settings.run_dir, settings.study_name)
-    storage = RetryingStorage(optuna.storages.get_storage(open_storage(location)), describe(location),
-                              settings.storage_patience)
     load_kernel(settings.kernel)  # torch and the model code: after the cheap checks
     from spikeprune.models.trial import BaseBundle
 
@@ -759,6 +756,10 @@ def run_search(settings: SearchSettings) -> optuna.Study:
         raise SpikepruneError(f"--task {settings.task} but {settings.prepared} was prepared for {base.task}")
     model = base.student.config
     space.check(model)
+    # Last, as a journal is created on opening: a search refused for bad input leaves no files.
+    location = settings.storage or default_storage(settings.run_dir, settings.study_name)
+    storage = RetryingStorage(optuna.storages.get_storage(open_storage(location)), describe(location),
+                              settings.storage_patience)
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:

@@ -114,17 +114,25 @@ def test_resume_after_the_driver_is_killed(tiny_prepared, space_file, tmp_path, 
                "--study", "r", "--n-trials", "6", "--workers", "2", "--run-dir", str(tmp_path),
                "--max-examples", str(MAX_EXAMPLES), "--ray-address", ray_local, "--quiet"]
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def running_and_complete() -> bool:
+        storage = open_storage(journal) if journal.is_file() else None
+        if storage is None or "r" not in optuna.get_all_study_names(storage):
+            return False
+        states = {t.state for t in optuna.load_study(study_name="r", storage=storage).get_trials(deepcopy=False)}
+        return TrialState.COMPLETE in states and TrialState.RUNNING in states
+
+    # Freeze the driver (SIGSTOP) before looking, so that the trial seen RUNNING cannot finish
+    # between the look and the kill; if the look fails, let it go on and look again.
     deadline = time.monotonic() + 300
     try:
         while True:
             assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "the driver finished no trial in 300 s"
-            storage = open_storage(journal) if journal.is_file() else None
-            if storage is not None and "r" in optuna.get_all_study_names(storage):
-                trials = optuna.load_study(study_name="r", storage=storage).get_trials(deepcopy=False)
-                states = {t.state for t in trials}
-                if TrialState.COMPLETE in states and TrialState.RUNNING in states:
-                    break
+            driver.send_signal(signal.SIGSTOP)
+            if running_and_complete():
+                break
+            driver.send_signal(signal.SIGCONT)
             time.sleep(0.2)
     finally:
         driver.send_signal(signal.SIGKILL)
