@@ -36,8 +36,11 @@ from .glue import batches, encode, get_task, load_glue
 from .metrics import compute_metrics, main_metric
 from .spiking import SimRecord, SpikingBertForSequenceClassification
 
-#: Head/neuron importance is scored on this many training batches (DESIGN §5: once per base).
+#: Head/neuron importance (DESIGN §5: once per base) and the readout standardisation are
+#: computed on this many training batches.
 IMPORTANCE_BATCHES = 8
+#: Readout units whose rate varies less than this across sentences are left unscaled.
+READOUT_MIN_STD = 1e-3
 #: Environment variable that overrides the number of CPU threads torch uses.
 THREADS_ENV = "SPIKEPRUNE_THREADS"
 
@@ -408,6 +411,29 @@ def build_student(teacher: nn.Module, timesteps: int | list[int], num_layers: in
     return student
 
 
+@torch.no_grad()
+def standardize_readout(student: SpikingBertForSequenceClassification, batches: Iterable[dict[str, Tensor]]) -> None:
+    """Fold a per-unit standardisation of the readout rates into the pooler.
+
+    A copied teacher's pooler expects signed hidden states of unit scale; the student's averaged
+    rates sit near 0.1 and vary across sentences by a few hundredths, so a short distillation
+    cannot grow the head's weights enough to read them. Rewriting the pooler as
+    W·((r − μ)/σ) + b, with μ, σ of the rates on a few training batches, changes no function the
+    model can express, only where optimisation starts.
+    """
+    pooled = []
+    for batch in batches:
+        out = student(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        mask = batch["attention_mask"].to(out.hidden_rates[-1].dtype)[..., None]
+        pooled.append(student._readout(out.hidden_rates[-1], mask))
+    rates = torch.cat(pooled)
+    mean, std = rates.mean(dim=0), rates.std(dim=0)
+    scale = torch.where(std > READOUT_MIN_STD, 1.0 / std, torch.ones_like(std))
+    weight = student.pooler.weight * scale
+    student.pooler.bias -= weight @ mean
+    student.pooler.weight.copy_(weight)
+
+
 # -------------------------------------------------------------------------- distillation
 @dataclass
 class TeacherOutput:
@@ -668,9 +694,16 @@ def prepare(task: str, glue_dir: str | Path | None, run_root: str | Path, preset
         train_teacher(spec.name, base, glue_dir, out, p, device=device, seed=seed)
     teacher = AutoModelForSequenceClassification.from_pretrained(out / "teacher").to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(out / "teacher")
+    calibration = _load_split(spec.name, "train", glue_dir, tokenizer, p.max_length,
+                              IMPORTANCE_BATCHES * p.batch_size, seed + 1)
+
+    def calibration_batches() -> Iterable[dict[str, Tensor]]:
+        return batches(calibration, p.batch_size, pad_id=tokenizer.pad_token_id or 0)
+
     if not _stage_done(out / "student"):
         student = build_student(teacher, p.timesteps, p.student_layers, threshold=p.threshold,
                                 leak=p.leak, task=spec.name)
+        standardize_readout(student, calibration_batches())
         distill_student(student, teacher, spec.name, glue_dir, out, p, tokenizer=tokenizer,
                         device=device, seed=seed)
     student = SpikingBertForSequenceClassification.from_pretrained(out / "student").to(device)
@@ -685,10 +718,7 @@ def prepare(task: str, glue_dir: str | Path | None, run_root: str | Path, preset
     t1 = time.perf_counter()
     student_metrics = evaluate_model(student, dev_batches(), spec.name).metrics
     t2 = time.perf_counter()
-    calibration = _load_split(spec.name, "train", glue_dir, tokenizer, p.max_length,
-                              IMPORTANCE_BATCHES * p.batch_size, seed + 1)
-    save_importance(compute_importance(student, batches(calibration, p.batch_size, pad_id=tokenizer.pad_token_id or 0)),
-                    out / IMPORTANCE_NAME)
+    save_importance(compute_importance(student, calibration_batches()), out / IMPORTANCE_NAME)
     t3 = time.perf_counter()
     stages = {name: json.loads((out / name / "training.json").read_text()) for name in ("teacher", "student")}
     report = {
