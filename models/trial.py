@@ -55,15 +55,23 @@ class BaseBundle:
         meta_path = prepared / "prepare.json"
         if not meta_path.is_file():
             raise SpikepruneError(f"{prepared} is not a prepared base (no prepare.json); run `spikeprune prepare` first")
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+            task_name, max_length = meta["task"], int(meta["preset_config"]["max_length"])
+        except (ValueError, KeyError, TypeError):
+            raise SpikepruneError(f"{meta_path} is damaged; run `spikeprune prepare` again into a fresh --run-dir") from None
         student = SpikingBertForSequenceClassification.from_pretrained(prepared / "student")
         importance = load_importance(prepared / IMPORTANCE_NAME, student.config)
-        tokenizer = AutoTokenizer.from_pretrained(prepared / "student")
-        task = get_task(meta["task"])
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(prepared / "student")
+        except (OSError, ValueError) as e:
+            raise SpikepruneError(f"{prepared / 'student'} holds no usable tokenizer ({str(e).strip().splitlines()[0]}); "
+                                  f"run `spikeprune prepare` again into a fresh --run-dir") from None
+        task = get_task(task_name)
         glue = str(glue_dir) if glue_dir is not None else meta.get("glue_dir")
         dev = load_glue(task.name, task.dev_split, glue)
         order = np.random.default_rng(DEV_ORDER_SEED).permutation(len(dev))
-        encoded = encode(dev, tokenizer, meta["preset_config"]["max_length"])
+        encoded = encode(dev, tokenizer, max_length)
         encoded = {k: [v[i] for i in order] for k, v in encoded.items()}
         return cls(prepared=prepared, task=task.name, student=student, importance=importance, dev=encoded,
                    pad_id=tokenizer.pad_token_id or 0, glue_dir=glue, batch_size=batch_size,

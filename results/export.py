@@ -162,12 +162,12 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, out_dir: str | Path, p
     if trial.state != TrialState.COMPLETE or not trial.user_attrs.get("compression"):
         raise SpikepruneError(f"trial {trial.number} is {trial.state.name} without a result; export a complete trial")
     folder = trial_dir(out_dir, trial)
-    _prepare_folder(folder, overwrite)
     compression = CompressionConfig.from_dict(trial.user_attrs["compression"])
     search = {o.name: float(v) for o, v in zip(objectives, trial.values)}
     seed, energy = int(meta.get("seed", 0)), meta.get("energy", "float45nm")
 
-    base = BaseBundle.load(prepared_dir, glue_dir)
+    base = BaseBundle.load(prepared_dir, glue_dir)  # before the folder exists: a bad base leaves nothing
+    _prepare_folder(folder, overwrite)
     # A partial evaluation (early stop, or a capped dev set) used the first `examples` dev examples.
     examples = int(trial.user_attrs.get("examples", base.dev_size))
     max_examples = examples if examples < base.dev_size else None

@@ -9,13 +9,21 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from spikeprune.models.errors import SpikepruneError
 
 from .driver import SAMPLERS, SearchSettings, run_search
 from .progress import study_status
 from .storage import default_storage
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one ``error: ...`` line pointing at ``--help`` (exit code 2),
+    like every other bad input; ``spikeprune`` and its subcommands use it too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
 
 
 def add_search_arguments(p: argparse.ArgumentParser) -> None:
@@ -88,8 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m spikeprune.search [status] ...``"""
     argv = list(sys.argv[1:] if argv is None else argv)
     status = bool(argv) and argv[0] == "status"
-    parser = argparse.ArgumentParser(prog="python -m spikeprune.search" + (" status" if status else ""),
-                                     description="Show a stored study." if status else "Run or resume a search.")
+    parser = ArgumentParser(prog="python -m spikeprune.search" + (" status" if status else ""),
+                            description="Show a stored study." if status else "Run or resume a search.")
     (add_status_arguments if status else add_search_arguments)(parser)
     args = parser.parse_args(argv[1:] if status else argv)
     try:

@@ -8,7 +8,9 @@ reference. The same code runs on a local ``ray.init`` or on a cluster (``ray_add
 
 Counting: ``n_trials`` is the number of COMPLETE trials the study should hold, whoever ran them,
 so re-running the same command after a crash finishes the job instead of starting a new one.
-Early-stopped trials are COMPLETE (told with their partial values); failed ones do not count.
+Early-stopped trials are COMPLETE (told with their partial values); failed ones do not count. A
+driver starts no trial once the COMPLETE and RUNNING trials (of every driver) reach ``n_trials``,
+and waits for its own; a failed one makes room for another.
 
 Early stopping (Optuna's pruners do not support several objectives): with the space's
 ``early_stopping`` set, each trial is first evaluated on ``fraction`` of the dev set. If that
@@ -18,8 +20,8 @@ more than ``margin``, the trial stops there, told with its partial values and ma
 ``early_stopped`` (fidelity < 1). Otherwise it is evaluated on the whole dev set. Seeds (the
 baseline and the uniform configs) always run in full.
 
-Resume: trials left RUNNING by a driver that is gone (same host and its process is dead, or no
-heartbeat for ``stale_after_s``) are marked FAIL and their parameters enqueued again; finished
+Resume: trials left RUNNING by a driver that is gone (on this host: its process is dead; on another:
+no heartbeat for ``stale_after_s``) are marked FAIL and their parameters enqueued again; finished
 trials are never re-run. A config equal to one already finished, or being evaluated, is not
 evaluated again either: the trial is told that trial's values (user attr ``duplicate_of``).
 
@@ -193,6 +195,10 @@ def ray_session(settings: SearchSettings) -> Iterator[None]:
         if settings.ray_address:
             ray.init(address=settings.ray_address, log_to_driver=False)
         else:
+            if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") == "0":
+                # Ray reads this switch once, on import: apply it in case Ray was imported before.
+                import ray._private.ray_constants as ray_constants
+                ray_constants.ENABLE_RAY_CLUSTER = False
             gpus = settings.workers * settings.gpus_per_trial
             # A laptop cluster listens on loopback only (Ray would bind the external address).
             ray.init(num_cpus=max(1, round(settings.workers * settings.cpus_per_trial)),
@@ -388,7 +394,8 @@ class Driver:
         if not isinstance(beat, dict):
             return False
         if beat.get("host") == self.host:
-            return _pid_alive(int(beat.get("pid", 0)))
+            pid = int(beat.get("pid") or 0)
+            return pid > 0 and _pid_alive(pid)
         return time.time() - float(beat.get("time", 0)) <= self.s.stale_after_s
 
     def heartbeat(self, force: bool = False) -> None:

@@ -32,7 +32,7 @@ from optuna.storages.journal import JournalFileBackend
 from spikeprune.models.errors import SpikepruneError
 
 JOURNAL_NAME = "journal.log"
-STUDY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+STUDY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")  # \Z: "$" would let a trailing newline in
 #: URL schemes handled by RDBStorage (the SQLAlchemy dialects whose drivers we install or that
 #: ship with Python).
 RDB_SCHEMES = ("postgresql", "postgresql+psycopg2", "sqlite")

@@ -205,8 +205,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spikeprune", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from spikeprune.search.cli import ArgumentParser, add_search_arguments, add_status_arguments, cmd_search, cmd_status
+
+    parser = ArgumentParser(prog="spikeprune", description=DESCRIPTION,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version="spikeprune " + _version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -235,8 +237,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="also write the full result as JSON here")
     p.add_argument("--glue-dir", default=os.environ.get("SPIKEPRUNE_GLUE_DIR"),
                    help="local GLUE folder (default: the one recorded when the base was prepared)")
-
-    from spikeprune.search.cli import add_search_arguments, add_status_arguments, cmd_search, cmd_status
 
     p = add("search", cmd_search, "run or resume a multi-objective compression search",
             "Search the space (heads, FFN neurons, timesteps, bit widths per layer) of a prepared base with\n"
