@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from spikeprune.models.errors import SpikepruneError
 
@@ -87,7 +87,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             raise SpikepruneError("give --study NAME (its journal is RUN_DIR/NAME/journal.log) or --storage")
         storage = str(default_storage(args.run_dir, args.study_name))
         if not Path(storage).is_file():
-            raise SpikepruneError(f"no study journal at {storage}; check --run-dir and --study, or give --storage")
+            raise SpikepruneError(f"no study journal at {storage}; check the study name and --run-dir, or give --storage")
     print(study_status(storage, args.study_name))
     return 0
 
@@ -100,8 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                             description="Show a stored study." if status else "Run or resume a search.")
     (add_status_arguments if status else add_search_arguments)(parser)
     args = parser.parse_args(argv[1:] if status else argv)
+    return run_handler(cmd_status if status else cmd_search, args)
+
+
+def run_handler(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a command handler the way every entry point does: bad input is one line and exit 2."""
     try:
-        return (cmd_status if status else cmd_search)(args)
+        return handler(args)
     except SpikepruneError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
