@@ -78,6 +78,20 @@ class Progress:
             self.out.flush()
 
 
+def front_lines(study: optuna.Study, trials: list) -> list[str]:
+    """The Pareto front as a small table: objective values and the per-layer config of each point."""
+    objectives = study_objectives(study)
+    front = split_trials(trials, objectives, noise=None).front
+    if not front:
+        return []
+    lines = ["Pareto front:", "  trial  " + "  ".join(f"{o.name:>10s}" for o in objectives) + "  config"]
+    for t in sorted(front, key=lambda t: t.values[0]):
+        config = t.user_attrs.get("compression") or {}
+        shown = " ".join(f"{k}={config[k]}" for k in ("heads", "neurons", "timesteps", "weight_bits") if k in config)
+        lines.append(f"  #{t.number:<5d} " + "  ".join(f"{v:10.4g}" for v in t.values) + f"  {shown}")
+    return lines
+
+
 def study_status(storage: str, study_name: str | None = None) -> str:
     """A few lines about a study (or the list of studies when ``study_name`` is None)."""
     store = open_storage(storage)
@@ -102,6 +116,7 @@ def study_status(storage: str, study_name: str | None = None) -> str:
     fresh = [t for t in trials if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
     if fresh and full:
         lines.append(f"dev examples evaluated: {sum(evaluated)} of {full * len(fresh)} for full evaluations")
+    lines.extend(front_lines(study, trials))
     for t in trials:
         if t.state == TrialState.RUNNING:
             owner = t.user_attrs.get("driver") or {}
