@@ -114,12 +114,13 @@ class TrialResult:
                 "objectives": self.objectives}
 
 
-def build_compressed(base: BaseBundle, compression: CompressionConfig, seed: int = 0
+def build_compressed(base: BaseBundle, compression: CompressionConfig, seed: int = 0, device: str = "cpu"
                      ) -> tuple[SpikingBertForSequenceClassification, CompressionConfig, dict[str, float]]:
     """Apply a compression config to the base student: prune, set timesteps, recover, quantize.
 
     Recovery (a short distillation from the teacher) runs on the float pruned model and the
-    weights are quantized afterwards, so the evaluated model is exactly what export stores.
+    weights are quantized afterwards, so the evaluated model is exactly what export stores. The
+    model ends on ``device``, where ``measure`` then evaluates it.
     """
     torch.manual_seed(seed)
     resolved = compression.resolve(base.student.config)
@@ -127,11 +128,11 @@ def build_compressed(base: BaseBundle, compression: CompressionConfig, seed: int
     kept_heads, _ = select_units(base.student, resolved.heads, resolved.neurons, base.importance,
                                  method=base.importance_method)
     model = prune(base.student, resolved.heads, resolved.neurons, base.importance, method=base.importance_method)
-    model = set_timesteps(model, resolved.timesteps)
+    model = set_timesteps(model, resolved.timesteps).to(device)
     t1 = time.perf_counter()
     if resolved.recovery_steps:
         model = recover(model, base.prepared, base.glue_dir, steps=resolved.recovery_steps,
-                        teacher_heads=kept_heads, seed=seed)
+                        teacher_heads=kept_heads, seed=seed, device=device)
     t2 = time.perf_counter()
     model = quantize_model(model, resolved.weight_bits).eval()
     t3 = time.perf_counter()
@@ -157,7 +158,7 @@ def measure(base: BaseBundle, model: SpikingBertForSequenceClassification, compr
 
 
 def run_trial(base: BaseBundle, compression: CompressionConfig, *, max_examples: int | None = None,
-              seed: int = 0, energy: Any = "float45nm") -> TrialResult:
-    """Compress the base student by ``compression``, then ``measure`` it: one search trial."""
-    model, resolved, timing = build_compressed(base, compression, seed=seed)
+              seed: int = 0, energy: Any = "float45nm", device: str = "cpu") -> TrialResult:
+    """Compress the base student by ``compression``, then ``measure`` it (on ``device``): one search trial."""
+    model, resolved, timing = build_compressed(base, compression, seed=seed, device=device)
     return measure(base, model, resolved, timing, max_examples=max_examples, seed=seed, energy=energy)

@@ -47,6 +47,13 @@ def load_kernel(spec: str) -> Callable[..., Any]:
     return function
 
 
+def task_device() -> str:
+    """CUDA when Ray gave this task a GPU (``--gpus-per-trial``), else the CPU."""
+    import ray
+
+    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
 def evaluate(base: Any, compression: dict[str, Any], *, kernel: str = DEFAULT_KERNEL, max_examples: int | None,
              seed: int, energy: str, threads: int) -> dict[str, Any]:
     """Run the trial kernel; return ``TrialResult.to_dict()`` or ``{"error", "traceback", "worker"}``."""
@@ -55,7 +62,7 @@ def evaluate(base: Any, compression: dict[str, Any], *, kernel: str = DEFAULT_KE
     try:
         run = load_kernel(kernel)
         result = run(base, CompressionConfig.from_dict(compression), max_examples=max_examples,
-                     seed=seed, energy=energy)
+                     seed=seed, energy=energy, device=task_device())
         return result.to_dict()
     except Exception as e:  # recorded on the trial as its error; the search goes on
         return {"error": f"{type(e).__name__}: {e}".splitlines()[0], "traceback": traceback.format_exc()[-4000:],
