@@ -379,7 +379,9 @@ class Driver:
             if self.alive(owner.get("id"), beats) if isinstance(owner, dict) else others_alive:
                 continue
             who = f"{owner.get('host')}:{owner.get('pid')}" if isinstance(owner, dict) else "an unknown process"
-            self.requeue(t.number, t.params, t.user_attrs, f"driver {who} stopped while the trial ran")
+            # An enqueued config (a seed, a retry) may die before all of it was drawn: keep it whole.
+            params = {**t.system_attrs.get("fixed_params", {}), **t.params}
+            self.requeue(t.number, params, t.user_attrs, f"driver {who} stopped while the trial ran")
             self.stats.re_queued.append(t.number)
 
     def beats(self) -> dict[str, Any]:

@@ -151,9 +151,14 @@ def test_resume_after_the_driver_is_killed(tiny_prepared, space_file, tmp_path, 
         assert after[n].state == TrialState.FAIL
         assert "stopped while the trial ran; re-queued" in after[n].user_attrs["error"]
         retries = [t for t in study.trials if t.user_attrs.get("retry_of") == n]
-        # The driver may die while it is still drawing a trial's parameters, so the failed trial
-        # can hold only some of them: the retry keeps every one it had and draws the rest.
-        assert len(retries) == 1 and after[n].params.items() <= retries[0].params.items()
+        # The driver may die while it is still drawing a trial's parameters: the retry keeps every
+        # parameter that was drawn or enqueued (a seed's whole config) and draws the rest. A trial
+        # killed before any parameter existed has nothing to re-queue.
+        drawn = {**before[n].system_attrs.get("fixed_params", {}), **before[n].params}
+        if not drawn:
+            assert not retries
+            continue
+        assert len(retries) == 1 and drawn.items() <= retries[0].params.items()
         assert retries[0].state == TrialState.COMPLETE
     fresh = [tuple(sorted(t.params.items())) for t in complete(study) if "duplicate_of" not in t.user_attrs]
     assert len(fresh) == len(set(fresh))  # no config evaluated twice
