@@ -100,7 +100,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("quick", teacher_examples=4000, teacher_epochs=1, teacher_lr=5e-5, teacher_arch=None,
            batch_size=32, max_length=64, warmup_ratio=0.1, weight_decay=0.01,
            timesteps=4, student_layers=None, threshold=1.0, leak=1.0,
-           distill_examples=2000, distill_epochs=1, distill_lr=5e-4,
+           distill_examples=8000, distill_epochs=1, distill_lr=5e-4,
            hidden_weight=1.0, attention_weight=0.1, logit_weight=1.0, label_weight=0.0,
            temperature=1.0, labels_only=False,
            eval_examples=None, eval_batch_size=64, checkpoint_every=25),
