@@ -5,7 +5,7 @@ is a median over repeated rounds, and every comparison is a ratio of runs interl
 rounds (round r runs each variant once, in an order rotated by r), so a burst of load from
 elsewhere hits all variants alike.
 
-Import this module before torch: it sets ``OMP_WAIT_POLICY=PASSIVE`` (unless the environment sets
+Import this module before torch: importing ``spikeprune`` first sets ``OMP_WAIT_POLICY=PASSIVE`` (unless the environment sets
 it) before any OpenMP runtime loads. With the default (spinning) policy, idle OpenMP threads of
 torch and of numba's parallel IF kernel spin on the cores after every parallel region; when the
 cores are also busy with other work, every region then waits for the scheduler, and on the 2-core
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import spikeprune  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch loads its OpenMP runtime)
 
 import argparse
 import json
