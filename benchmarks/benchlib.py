@@ -204,6 +204,55 @@ def finish(path: Path, name: str, env: dict[str, Any], args: argparse.Namespace,
     result = {"benchmark": name, "environment": env,
               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, **figures}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"\nload average at the end {env['load_avg_end']}; figures written to {path}")
     return result
+
+
+# ------------------------------------------------------------------------ search benchmarks
+def search_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """The options of the benchmarks that run real searches (Optuna driver, Ray workers)."""
+    p = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=description)
+    p.add_argument("--run-dir", type=Path, default=Path("runs/benchmarks"),
+                   help="where the studies' journals go (default runs/benchmarks); re-running resumes them")
+    p.add_argument("--glue-dir", type=Path, default=None,
+                   help="GLUE data (default: the one recorded in each prepare.json)")
+    p.add_argument("--workers", type=int, default=2, help="Ray workers, one CPU each (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no live progress line")
+    p.add_argument("--out", type=Path, default=Path("runs/benchmarks") / f"{name}.json",
+                   help=f"JSON file of the figures (default runs/benchmarks/{name}.json)")
+    return p
+
+
+def search_setup(args: argparse.Namespace) -> dict[str, Any]:
+    """Describe the machine (searches set their own threads: one per worker)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    env = {"cores": os.cpu_count(), "usable_cores": cores, "workers": args.workers, "load_avg_start": _load(),
+           "torch": torch.__version__, "python": platform.python_version(),
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    print(f"workers: {args.workers}; cores: {env['cores']} ({cores} usable); load average {env['load_avg_start']}")
+    return env
+
+
+def prepared_task(prepared: Path) -> str:
+    """The GLUE task a prepared base was made for (its prepare.json)."""
+    meta = prepared / "prepare.json"
+    if not meta.is_file():
+        sys.exit(f"error: {prepared} is not a prepared base (no prepare.json); run `spikeprune prepare` first")
+    return str(json.loads(meta.read_text())["task"])
+
+
+def trial_point(trial: Any) -> dict[str, Any] | None:
+    """A finished, fully evaluated trial as a flat dict of what it measured; None for any other."""
+    from optuna.trial import TrialState
+
+    attrs = trial.user_attrs
+    if trial.state != TrialState.COMPLETE or attrs.get("early_stopped") or "report" not in attrs:
+        return None
+    report = attrs["report"]
+    return {"number": trial.number, "metric": float(attrs["metrics"]["metric"]), "sops": float(report["sops"]),
+            "energy_uj": float(report["energy_uj"]), "sum_t": float(report["sum_t"]),
+            "size_mb": float(report["size_mb"]), "examples": int(attrs.get("examples", report["examples"])),
+            "seconds": float((attrs.get("timing") or {}).get("total_s", float("nan"))),
+            "config": {k: v for k, v in trial.params.items()}}

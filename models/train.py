@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
@@ -113,6 +114,30 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            temperature=1.0, labels_only=False,
            eval_examples=None, eval_batch_size=128, checkpoint_every=500),
 )}
+
+
+def override_preset(preset: str | Preset, overrides: Iterable[str]) -> Preset:
+    """The preset with ``FIELD=VALUE`` overrides applied (the value parsed as YAML: 4000, 1e-4,
+    true, null), for ``spikeprune prepare --set``; the name stays so the base keeps its folder."""
+    p = get_preset(preset)
+    kinds = {"int": int, "float": (int, float), "bool": bool, "int | None": (int, type(None))}
+    fields = {f.name: kinds[str(f.type)] for f in dataclasses.fields(Preset) if str(f.type) in kinds}
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = str(item).partition("=")
+        key = key.strip()
+        if not sep or key not in fields:
+            raise SpikepruneError(f"--set {item!r} is not FIELD=VALUE with a preset field; fields: {', '.join(sorted(fields))}")
+        value = yaml.safe_load(raw)
+        if fields[key] == (int, float) and isinstance(value, str):  # YAML reads 1e-4 as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if not isinstance(value, fields[key]) or (isinstance(value, bool) and fields[key] is not bool):
+            raise SpikepruneError(f"--set {key}={raw}: expected a value like {getattr(p, key)!r}")
+        changes[key] = float(value) if fields[key] == (int, float) else value
+    return dataclasses.replace(p, **changes)
 
 
 def get_preset(preset: str | Preset) -> Preset:
@@ -686,6 +711,10 @@ def prepare(task: str, glue_dir: str | Path | None, run_root: str | Path, preset
     name = main_metric(spec.name)
     if (out / "prepare.json").is_file():
         done = json.loads((out / "prepare.json").read_text())
+        if done.get("preset_config") != p.to_dict():
+            changed = sorted(k for k, v in p.to_dict().items() if done.get("preset_config", {}).get(k) != v)
+            raise SpikepruneError(f"{out} was prepared with other preset settings ({', '.join(changed)} differ); "
+                                  f"use another --run-dir or the same --set values")
         print(f"{spec.name} dev {name} (cached in {out}): teacher {done['teacher_metrics'][name]:.4f}, "
               f"student (T={done['timesteps'][0]}) {done['student_metrics'][name]:.4f}")
         return out

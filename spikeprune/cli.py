@@ -44,13 +44,17 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
                    help="BERT-family teacher checkpoint, local folder or hub id (default: offline all-MiniLM-L6-v2)")
     p.add_argument("--device", default="cpu", help="torch device for training, e.g. cpu or cuda (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change one field of the preset, e.g. --set distill_examples=4000 (repeatable)")
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from spikeprune.models.train import prepare
 
-    out = prepare(args.task, args.glue_dir, args.run_dir, preset=args.preset, base=args.base,
-                  device=args.device, seed=args.seed)
+    from spikeprune.models.train import override_preset
+
+    out = prepare(args.task, args.glue_dir, args.run_dir, preset=override_preset(args.preset, args.overrides),
+                  base=args.base, device=args.device, seed=args.seed)
     print(f"prepared base: {out}")
     return 0
 
@@ -174,15 +178,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The main job end to end: prepare (cached), search, report, export the best under a budget."""
     import time
 
-    from spikeprune.models.train import prepare
+    from spikeprune.models.train import override_preset, prepare
     from spikeprune.results.export import export_trial, select_trials
     from spikeprune.results.pareto import find_baseline
     from spikeprune.results.report import write_report
     from spikeprune.search import SearchSettings, run_search
 
     start = time.perf_counter()
-    prepared = prepare(args.task, args.glue_dir, args.run_dir, preset=args.preset, base=args.base,
-                       device=args.device, seed=args.seed)
+    prepared = prepare(args.task, args.glue_dir, args.run_dir, preset=override_preset(args.preset, args.overrides),
+                       base=args.base, device=args.device, seed=args.seed)
     study_name = f"demo-{args.task}-{args.preset}"
     study = run_search(SearchSettings(prepared=prepared, space=args.space, study_name=study_name,
                                       n_trials=args.n_trials, workers=args.workers, run_dir=args.run_dir,

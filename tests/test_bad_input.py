@@ -145,6 +145,10 @@ CASES: dict[str, tuple[Callable[[Env], list[str]], str]] = {
                            "fix or delete this row"),
     "glue-label-invalid": (lambda e: evaluate(e.prepared, "--glue-dir", e.fake_glue("sentence\tlabel\nfine\t7\n")),
                            "fix or delete this row"),
+    "prepare-set-unknown-field": (lambda e: ["prepare", "--preset", "tiny", "--set", "epochs=2", "--run-dir", str(e.run)],
+                                  "is not FIELD=VALUE with a preset field"),
+    "prepare-set-wrong-type": (lambda e: ["prepare", "--preset", "tiny", "--set", "distill_examples=many",
+                                          "--run-dir", str(e.run)], "expected a value like 48"),
     "prepare-glue-missing": (lambda e: ["prepare", "--task", "sst2", "--preset", "tiny", "--glue-dir",
                                         str(e.root / "no-glue"), "--run-dir", str(e.run)], "pass --glue-dir"),
     # ---- storage

@@ -81,3 +81,59 @@ def test_bench_trial_needs_a_prepared_base(tmp_path, capsys):
         _script("bench_trial").main(["--quick", "--out", str(tmp_path / "t.json")])
     assert exit_info.value.code == 2
     assert "--prepared is required" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the search benchmarks
+#: One space per axis for the tiny base (2 layers, 2 heads, FFN 64, T=2).
+TINY_SPACES = {
+    "spatial": "heads: {per_layer: true, min: 1, max: 2}\nneurons: {per_layer: true, min: 16, max: 64, step: 16}\n"
+               "objectives: [{name: metric, direction: maximize}, {name: sops, direction: minimize}]\n",
+    "joint": "heads: {per_layer: true, min: 1, max: 2}\ntimesteps: {per_layer: true, min: 1, max: 2}\n"
+             "weight_bits: {per_layer: true, choices: [1, 4, 32]}\n"
+             "objectives: [{name: metric, direction: maximize}, {name: energy_uj, direction: minimize}]\n",
+}
+
+
+def _spaces(tmp_path: Path) -> list[str]:
+    paths = []
+    for name, text in TINY_SPACES.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(f"name: {name}\n{text}")
+        paths.append(str(path))
+    return paths
+
+
+def test_study_picks_the_cheapest_config_within_the_drop():
+    study = _script("study")
+    points = [{"number": 0, "metric": 0.80, "energy_uj": 10.0, "sops": 100.0},
+              {"number": 1, "metric": 0.795, "energy_uj": 4.0, "sops": 90.0},   # within 1 point
+              {"number": 2, "metric": 0.78, "energy_uj": 1.0, "sops": 10.0},    # 2 points down
+              {"number": 3, "metric": 0.792, "energy_uj": 6.0, "sops": 50.0}]
+    assert study.best_within(points, 0.80, 0.01, "energy_uj")["number"] == 1
+    assert study.best_within(points, 0.80, 0.01, "sops")["number"] == 3
+    assert study.best_within(points, 0.90, 0.01, "sops") is None
+    assert [p["number"] for p in study.front_2d(points, "energy_uj")] == [2, 1, 0]
+    rows = {"spatial": points[3], "joint": points[1]}
+    text = study.verdict("sst2", rows, points[0])
+    assert "energy: joint beats the best single-axis space (spatial)" in text and "0.67x" in text
+    assert "SOPs: joint does not beat the best single-axis space (spatial)" in text and "1.80x" in text
+
+
+def test_study_runs_real_searches_and_resumes(tmp_path, tiny_prepared, glue_dir, ray_local):
+    study = _script("study")
+    out = tmp_path / "study.json"
+    args = ["--prepared", str(tiny_prepared), "--glue-dir", str(glue_dir), "--run-dir", str(tmp_path / "runs"),
+            "--n-trials", "3", "--quiet", "--out", str(out), "--spaces", *_spaces(tmp_path)]
+    result = study.main(args)
+    task = json.loads(out.read_text())["tasks"]["sst2"]
+    assert task == json.loads(json.dumps(result["tasks"]["sst2"], default=str))
+    assert sorted(task["trials"]) == ["joint", "spatial"]
+    assert all(len(points) == 3 for points in task["trials"].values())
+    base = task["baseline"]
+    for space, row in task["least_energy"].items():
+        assert row["metric"] >= base["metric"] - 0.01 - 1e-12
+        assert row["energy_uj"] == min(p["energy_uj"] for p in task["trials"][space]
+                                       if p["metric"] >= base["metric"] - 0.01 - 1e-12)
+    assert out.with_suffix(".html").read_text().count("fronts-sst2") >= 1
+    again = study.main(args)  # resumes: the studies already hold their trials, nothing re-runs
+    assert again["tasks"]["sst2"]["trials"] == result["tasks"]["sst2"]["trials"]

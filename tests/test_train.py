@@ -250,3 +250,16 @@ def test_threads_follow_the_environment(monkeypatch):
             train.configure_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_prepare_set_overrides_reach_the_preset_and_guard_the_cache(tiny_prepared, glue_dir):
+    from spikeprune.models.errors import SpikepruneError
+    from spikeprune.models.train import override_preset, prepare
+
+    p = override_preset("quick", ["distill_examples=3668", "distill_lr=1e-4", "eval_examples=null", "labels_only=true"])
+    assert (p.name, p.distill_examples, p.distill_lr, p.eval_examples, p.labels_only) == ("quick", 3668, 1e-4, None, True)
+    assert override_preset("quick", []) == override_preset("quick", ()) and p.batch_size == 32
+    run_root = tiny_prepared.parent.parent
+    assert prepare("sst2", glue_dir, run_root, preset="tiny") == tiny_prepared  # cached, same settings
+    with pytest.raises(SpikepruneError, match="distill_examples differ"):
+        prepare("sst2", glue_dir, run_root, preset=override_preset("tiny", ["distill_examples=7"]))
