@@ -23,12 +23,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before torch loads)
-import torch  # noqa: E402
 
 from spikeprune.models.compress import prune, set_timesteps  # noqa: E402
 from spikeprune.models.config import CompressionConfig  # noqa: E402
 from spikeprune.models.ops import count_ops  # noqa: E402
-from spikeprune.models.spiking import SimRecord, SpikingBertForSequenceClassification  # noqa: E402
+from spikeprune.models.spiking import SpikingBertForSequenceClassification  # noqa: E402
 
 NAME = "bench_pruned"
 #: Config name -> which of heads, FFN neurons, timesteps are halved.
@@ -41,12 +40,6 @@ CONFIGS: dict[str, tuple[str, ...]] = {
 def build(base: benchlib.Base, compression: CompressionConfig) -> SpikingBertForSequenceClassification:
     model = prune(base.model, compression.heads, compression.neurons, base.importance)
     return set_timesteps(model, compression.timesteps).eval()
-
-
-def dense_macs_per_token(model: SpikingBertForSequenceClassification) -> int:
-    """Σ_l T_l · Σ in×out of layer l's Linears: one token through the network as dense matmuls."""
-    return sum(steps * sum(m.in_features * m.out_features for m in layer.modules() if isinstance(m, torch.nn.Linear))
-               for layer, steps in zip(model.layers, model.config.timesteps))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -66,22 +59,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     configs = {name: benchlib.halved(base.model.config, parts) for name, parts in CONFIGS.items()}
     models = {name: build(base, c) for name, c in configs.items()}
 
-    def one_pass(model: SpikingBertForSequenceClassification, record: bool = False) -> SimRecord:
-        total = SimRecord()
-        with torch.inference_mode():
-            for batch in data:
-                out = model(**benchlib.inputs(batch), mode="batched", record=record)
-                if record:
-                    total.merge(out.record)
-        return total
-
-    reports = {name: count_ops(m.config, one_pass(m, record=True)) for name, m in models.items()}
-    times = benchlib.interleaved({name: (lambda m=m: one_pass(m)) for name, m in models.items()},
+    reports = {name: count_ops(m.config, benchlib.one_pass(m, data, record=True)) for name, m in models.items()}
+    times = benchlib.interleaved({name: (lambda m=m: benchlib.one_pass(m, data)) for name, m in models.items()},
                                  args.repeats, args.budget, warmup=False)   # the record pass warmed up
     figures, rows = {}, []
     for name, model in models.items():
         report = reports[name]
-        dense = dense_macs_per_token(model) * tokens / args.examples
+        dense = benchlib.dense_macs_per_token(model) * tokens / args.examples
         figures[name] = {"compression": configs[name].to_dict(), "seconds": times[name],
                          "median_s": benchlib.median(times[name]), "dense_macs": dense, "sops": report.sops,
                          "energy_uj": report.energy_uj, "parameters": report.parameters}

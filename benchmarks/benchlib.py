@@ -37,7 +37,7 @@ from torch import Tensor
 from spikeprune.models.compress import importance_shapes
 from spikeprune.models.config import CompressionConfig, SpikingBertConfig
 from spikeprune.models.glue import batches
-from spikeprune.models.spiking import SpikingBertForSequenceClassification
+from spikeprune.models.spiking import SimRecord, SpikingBertForSequenceClassification
 
 #: The random stand-in for a prepared base: MiniLM-L6 shaped (6 layers, width 384, 12 heads of
 #: 32, FFN 1536), BERT's vocabulary, T=4 (the quick preset's).
@@ -165,6 +165,23 @@ def inputs(batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 # -------------------------------------------------------------------------------- timing
+def dense_macs_per_token(model: SpikingBertForSequenceClassification) -> int:
+    """Σ_l T_l · Σ in×out of layer l's Linears: one token through the network as dense matmuls."""
+    return sum(steps * sum(m.in_features * m.out_features for m in layer.modules() if isinstance(m, torch.nn.Linear))
+               for layer, steps in zip(model.layers, model.config.timesteps))
+
+
+def one_pass(model: SpikingBertForSequenceClassification, data: list[dict[str, Tensor]], record: bool = False) -> SimRecord:
+    """The batched simulation over ``data`` (what the timing loops run); the spike counts with ``record``."""
+    total = SimRecord()
+    with torch.inference_mode():
+        for batch in data:
+            out = model(**inputs(batch), mode="batched", record=record)
+            if record:
+                total.merge(out.record)
+    return total
+
+
 def interleaved(variants: Mapping[str, Callable[[], Any]], repeats: int, budget: float,
                 warmup: bool = True) -> dict[str, list[float]]:
     """Seconds of each variant per round. Round r runs every variant once, starting at variant r
@@ -251,7 +268,8 @@ def trial_point(trial: Any) -> dict[str, Any] | None:
     if trial.state != TrialState.COMPLETE or attrs.get("early_stopped") or "report" not in attrs:
         return None
     report = attrs["report"]
-    return {"number": trial.number, "metric": float(attrs["metrics"]["metric"]), "sops": float(report["sops"]),
+    return {"number": trial.number, "metric": float(attrs["metrics"]["metric"]),
+            "metrics": {k: float(v) for k, v in attrs["metrics"].items()}, "sops": float(report["sops"]),
             "energy_uj": float(report["energy_uj"]), "sum_t": float(report["sum_t"]),
             "size_mb": float(report["size_mb"]), "examples": int(attrs.get("examples", report["examples"])),
             "seconds": float((attrs.get("timing") or {}).get("total_s", float("nan"))),

@@ -690,9 +690,24 @@ def evaluate_model(model: nn.Module, batches: Iterable[dict[str, Tensor]], task:
         labels.append(batch["labels"])
     model.train(was_training)
     preds, golds = torch.cat(predictions).numpy(), torch.cat(labels).numpy()
-    metrics = compute_metrics(task, preds, golds)
+    return Evaluation(_scores(task, preds, golds), record, preds, golds)
+
+
+def merge_evaluations(first: Evaluation, rest: Evaluation, task: str) -> Evaluation:
+    """One evaluation of two disjoint sets of examples: scores over both, spike counts added
+    (an early-stopping look and the rest of the dev set, without evaluating the look twice)."""
+    preds = np.concatenate([first.predictions, rest.predictions])
+    golds = np.concatenate([first.labels, rest.labels])
+    record = None
+    if first.record is not None and rest.record is not None:
+        record = SimRecord().merge(first.record).merge(rest.record)
+    return Evaluation(_scores(task, preds, golds), record, preds, golds)
+
+
+def _scores(task: str, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    metrics = compute_metrics(task, predictions, labels)
     metrics["metric"] = metrics[main_metric(task)]
-    return Evaluation(metrics, record, preds, golds)
+    return metrics
 
 
 # ------------------------------------------------------------------------------- prepare

@@ -2,16 +2,21 @@
 
 Every search trial, every `spikeprune evaluate` and every export re-measurement goes through
 ``run_trial`` so that a number means the same thing wherever it is printed.
+
+Early stopping happens inside the kernel (``EarlyStop``): the model is compressed once, evaluated
+on the first examples of the dev set, and either stops there (clearly beaten) or goes on with the
+rest of the dev set only, so a trial that survives the look costs exactly one full evaluation.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +30,7 @@ from .metrics import bootstrap_ci
 from .ops import OpReport, count_ops
 from .quantize import quantize_model
 from .spiking import SimRecord, SpikingBertForSequenceClassification
-from .train import evaluate_model, recover
+from .train import Evaluation, evaluate_model, merge_evaluations, recover
 
 #: Dev examples are visited in this fixed shuffled order, so the first n of them (an early-stopping
 #: fidelity) are a random sample and every trial sees the same sample.
@@ -81,10 +86,48 @@ class BaseBundle:
     def dev_size(self) -> int:
         return len(self.dev["input_ids"])
 
-    def dev_batches(self, max_examples: int | None = None) -> Iterator[dict[str, Tensor]]:
+    def dev_batches(self, max_examples: int | None = None, start: int = 0) -> Iterator[dict[str, Tensor]]:
+        """Dev examples ``start`` up to ``max_examples`` (of the fixed order) in length-sorted batches."""
         n = self.dev_size if max_examples is None else min(max_examples, self.dev_size)
-        head = {k: v[:n] for k, v in self.dev.items()}
-        return batches(head, self.batch_size, sort_by_length=True, pad_id=self.pad_id)
+        part = {k: v[start:n] for k, v in self.dev.items()}
+        return batches(part, self.batch_size, sort_by_length=True, pad_id=self.pad_id)
+
+
+def clearly_beaten(values: Sequence[float], others: Sequence[Sequence[float]], directions: Sequence[str], metric: int,
+                   margin: float, floor: float | None = None) -> bool:
+    """Whether a partial result is clearly worse than another on the same examples: some other
+    point is no worse in every objective and better in the metric (index ``metric``) by more than
+    ``margin``; or the metric misses the ``floor`` constraint by more than ``margin``."""
+    if floor is not None and values[metric] < floor - margin:
+        return True
+    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
+    mine = [s * v for s, v in zip(signs, values)]
+    for point in others:
+        other = [s * v for s, v in zip(signs, point)]
+        if all(o <= x for o, x in zip(other, mine)) and other[metric] < mine[metric] - margin:
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """The early look of one trial: after the first ``examples`` dev examples its values (the
+    ``objectives`` named, in order) are compared with ``others``, the looks of earlier trials on
+    the same examples; ``clearly_beaten`` ends the trial there. Plain data, sent with the task."""
+
+    examples: int
+    objectives: tuple[str, ...]
+    directions: tuple[str, ...]
+    metric: int
+    margin: float
+    floor: float | None = None
+    others: tuple[tuple[float, ...], ...] = ()
+
+    def values(self, measured: dict[str, float]) -> list[float]:
+        return [float(measured[name]) for name in self.objectives]
+
+    def stops(self, measured: dict[str, float]) -> bool:
+        return clearly_beaten(self.values(measured), self.others, self.directions, self.metric, self.margin, self.floor)
 
 
 @dataclass
@@ -99,6 +142,8 @@ class TrialResult:
     examples: int
     worker: str
     record: SimRecord = field(repr=False, compare=False)   # the spike counts, to re-count under other energy models
+    early_stopped: bool = False                            # ended after its early look (``EarlyStop``)
+    partial: dict[str, Any] | None = None                  # the early look: examples, objectives, metrics
 
     @property
     def objectives(self) -> dict[str, float]:
@@ -111,7 +156,7 @@ class TrialResult:
         return {"compression": self.compression.to_dict(), "metrics": self.metrics,
                 "metric_ci": list(self.metric_ci), "report": self.report.to_dict(),
                 "timing": self.timing, "examples": self.examples, "worker": self.worker,
-                "objectives": self.objectives}
+                "objectives": self.objectives, "early_stopped": self.early_stopped, "partial": self.partial}
 
 
 def build_compressed(base: BaseBundle, compression: CompressionConfig, seed: int = 0, device: str = "cpu"
@@ -141,24 +186,48 @@ def build_compressed(base: BaseBundle, compression: CompressionConfig, seed: int
 
 def measure(base: BaseBundle, model: SpikingBertForSequenceClassification, compression: CompressionConfig,
             timing: dict[str, float], *, max_examples: int | None = None, seed: int = 0,
-            energy: Any = "float45nm") -> TrialResult:
+            energy: Any = "float45nm", early_stop: EarlyStop | None = None) -> TrialResult:
     """Evaluate a compressed model on (the first ``max_examples`` of) the dev set and count its
-    operations; ``timing`` holds the compress/recover seconds already spent on it."""
-    t0 = time.perf_counter()
-    evaluation = evaluate_model(model, base.dev_batches(max_examples), base.task)
-    t1 = time.perf_counter()
-    report = count_ops(model.config, evaluation.record, energy)
-    t2 = time.perf_counter()
-    ci = bootstrap_ci(base.task, evaluation.predictions, evaluation.labels, seed=seed)
-    timing = {**timing, "eval_s": t1 - t0, "count_s": t2 - t1}
-    timing["total_s"] = sum(timing.values())
-    return TrialResult(compression=compression, metrics=evaluation.metrics, metric_ci=ci, report=report,
-                       timing=timing, examples=evaluation.record.examples,
-                       worker=f"{socket.gethostname()}:{os.getpid()}", record=evaluation.record)
+    operations; ``timing`` holds the compress/recover seconds already spent on it. With
+    ``early_stop`` the first ``early_stop.examples`` are evaluated first, and the rest only if the
+    look is not clearly beaten."""
+    full = base.dev_size if max_examples is None else min(max_examples, base.dev_size)
+    timing = {**timing, "eval_s": 0.0, "count_s": 0.0}
+
+    def result(evaluation: Evaluation) -> TrialResult:
+        t0 = time.perf_counter()
+        report = count_ops(model.config, evaluation.record, energy)
+        timing["count_s"] += time.perf_counter() - t0
+        ci = bootstrap_ci(base.task, evaluation.predictions, evaluation.labels, seed=seed)
+        return TrialResult(compression=compression, metrics=evaluation.metrics, metric_ci=ci, report=report,
+                           timing=dict(timing), examples=evaluation.record.examples,
+                           worker=f"{socket.gethostname()}:{os.getpid()}", record=evaluation.record)
+
+    def evaluate(start: int, stop: int) -> Evaluation:
+        t0 = time.perf_counter()
+        evaluation = evaluate_model(model, base.dev_batches(stop, start=start), base.task)
+        timing["eval_s"] += time.perf_counter() - t0
+        return evaluation
+
+    if early_stop is None or early_stop.examples >= full:
+        final = result(evaluate(0, full))
+    else:
+        look = evaluate(0, early_stop.examples)
+        first = result(look)
+        partial = {"examples": first.examples, "objectives": first.objectives, "metrics": first.metrics}
+        if early_stop.stops(first.objectives):
+            final = dataclasses.replace(first, early_stopped=True)
+        else:
+            final = result(merge_evaluations(look, evaluate(early_stop.examples, full), base.task))
+        final.partial = partial
+    final.timing["total_s"] = sum(v for k, v in final.timing.items() if k != "total_s")
+    return final
 
 
 def run_trial(base: BaseBundle, compression: CompressionConfig, *, max_examples: int | None = None,
-              seed: int = 0, energy: Any = "float45nm", device: str = "cpu") -> TrialResult:
+              seed: int = 0, energy: Any = "float45nm", device: str = "cpu",
+              early_stop: EarlyStop | None = None) -> TrialResult:
     """Compress the base student by ``compression``, then ``measure`` it (on ``device``): one search trial."""
     model, resolved, timing = build_compressed(base, compression, seed=seed, device=device)
-    return measure(base, model, resolved, timing, max_examples=max_examples, seed=seed, energy=energy)
+    return measure(base, model, resolved, timing, max_examples=max_examples, seed=seed, energy=energy,
+                   early_stop=early_stop)

@@ -13,12 +13,14 @@ driver starts no trial once the COMPLETE and RUNNING trials (of every driver) re
 and waits for its own; a failed one makes room for another.
 
 Early stopping (Optuna's pruners do not support several objectives): with the space's
-``early_stopping`` set, each trial is first evaluated on ``fraction`` of the dev set. If that
-partial result is beaten by another trial's partial result on the same examples — no worse in
-every objective and better in the metric by more than ``margin`` — or misses the metric floor by
-more than ``margin``, the trial stops there, told with its partial values and marked
-``early_stopped`` (fidelity < 1). Otherwise it is evaluated on the whole dev set. Seeds (the
-baseline and the uniform configs) always run in full.
+``early_stopping`` set, each trial's task first evaluates ``fraction`` of the dev set (the look).
+If the look is beaten by another trial's look on the same examples — no worse in every objective
+and better in the metric by more than ``margin`` — or misses the metric floor by more than
+``margin``, the trial stops there, told with its partial values and marked ``early_stopped``
+(fidelity < 1). Otherwise the same task goes on with the rest of the dev set (the look is not
+evaluated twice). The decision is made in the worker (``models.trial.EarlyStop``) against the
+looks the study held when the task was submitted. Seeds (the baseline and the uniform configs)
+take the look, for later trials to compare with, and always run in full.
 
 Resume: trials left RUNNING by a driver that is gone (on this host: its process is dead; on another:
 no heartbeat for ``stale_after_s``) are marked FAIL and their parameters enqueued again; finished
@@ -63,6 +65,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from spikeprune.models.config import CompressionConfig, SpikingBertConfig
 from spikeprune.models.errors import SpikepruneError
+from spikeprune.models.trial import EarlyStop
 from spikeprune.spaces.schema import SearchSpace
 
 from .progress import Progress
@@ -149,22 +152,6 @@ def make_sampler(name: str, seed: int, population_size: int = 20) -> optuna.samp
         if name == "random":
             return s.RandomSampler(seed=seed)
     raise SpikepruneError(f"sampler {name!r} is unknown; use one of {', '.join(SAMPLERS)}")
-
-
-def clearly_beaten(values: list[float], others: list[list[float]], directions: list[str], metric: int,
-                   margin: float, floor: float | None = None) -> bool:
-    """Whether a partial result is clearly worse than another on the same examples: some other
-    point is no worse in every objective and better in the metric (index ``metric``) by more than
-    ``margin``; or the metric misses the ``floor`` constraint by more than ``margin``."""
-    if floor is not None and values[metric] < floor - margin:
-        return True
-    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
-    mine = [s * v for s, v in zip(signs, values)]
-    for point in others:
-        other = [s * v for s, v in zip(signs, point)]
-        if all(o <= x for o, x in zip(other, mine)) and other[metric] < mine[metric] - margin:
-            return True
-    return False
 
 
 def _pid_alive(pid: int) -> bool:
@@ -318,14 +305,12 @@ def task_error(error: Exception) -> str:
 
 @dataclass
 class _Flight:
-    """One trial being evaluated; ``phase`` is "partial" (the early look) or "full"."""
+    """One trial being evaluated."""
 
     trial: optuna.Trial
     config: CompressionConfig
-    phase: str
     seeded: bool
-    started: float = field(default_factory=time.monotonic)  # first submission, for trial_timeout
-    examples: int = 0            # dev examples evaluated so far for this trial
+    started: float = field(default_factory=time.monotonic)  # submission, for trial_timeout
     #: Trials with the same parameters asked while this one ran: they are told its result.
     followers: list[optuna.Trial] = field(default_factory=list)
 
@@ -472,8 +457,7 @@ class Driver:
         if leader is not None:
             self.follow(trial, leader)
             return
-        phase = "partial" if self.partial_examples is not None else "full"
-        self.submit(_Flight(trial, config, phase, seeded))
+        self.submit(_Flight(trial, config, seeded))
 
     def surplus(self, trial: optuna.Trial) -> bool:
         """With several drivers, two may start the last trial at once: the one asked later (higher
@@ -548,11 +532,25 @@ class Driver:
         self.stats.duplicates += 1
         self.progress.update(running=len(self.flights), last=f"#{trial.number} = #{original}")
 
+    def early_stop(self, flight: _Flight) -> EarlyStop | None:
+        """The look this trial's task takes, with the looks of the study's other trials so far
+        (a seed compares with nothing: it always runs in full)."""
+        if self.partial_examples is None:
+            return None
+        others = () if flight.seeded else tuple(
+            tuple(t.user_attrs["partial"]["values"]) for t in self.study.get_trials(deepcopy=False)
+            if t.number != flight.trial.number
+            and (t.user_attrs.get("partial") or {}).get("examples") == self.partial_examples)
+        return EarlyStop(examples=self.partial_examples, objectives=tuple(self.space.objective_names),
+                         directions=tuple(self.space.directions), metric=self.metric_index, margin=self.margin,
+                         floor=None if flight.seeded else self.space.constraints.get("metric_min"), others=others)
+
     def submit(self, flight: _Flight) -> None:
-        examples = self.partial_examples if flight.phase == "partial" else self.full_examples
+        examples = self.full_examples
         ref = self.task.remote(self.base_ref, flight.config.to_dict(), kernel=self.s.kernel,
                                max_examples=None if examples >= self.dev_size else examples,
-                               seed=self.s.seed, energy=self.energy, threads=max(1, int(self.s.cpus_per_trial)))
+                               seed=self.s.seed, energy=self.energy, threads=max(1, int(self.s.cpus_per_trial)),
+                               early_stop=self.early_stop(flight))
         self.flights[ref] = flight
         self.progress.update(running=len(self.flights))
 
@@ -592,16 +590,11 @@ class Driver:
         if "error" in result:
             self.fail(flight, result)
             return
-        flight.examples += result["examples"]
         self.stats.examples += result["examples"]
-        if flight.phase == "partial":
-            values = self.space.objective_values(result["objectives"])
-            flight.trial.set_user_attr("partial", {"examples": result["examples"], "values": values,
-                                                   "metrics": result["metrics"]})
-            if flight.seeded or not self.beaten(values, flight.trial.number):
-                flight.phase = "full"
-                self.submit(flight)
-                return
+        look = result.get("partial")
+        if look:
+            flight.trial.set_user_attr("partial", {"examples": look["examples"], "metrics": look["metrics"],
+                                                   "values": self.space.objective_values(look["objectives"])})
         self.finish(flight, result)
 
     def fail(self, flight: _Flight, result: dict[str, Any]) -> None:
@@ -617,12 +610,6 @@ class Driver:
             self.study.tell(follower, state=TrialState.FAIL)
         self.progress.update(running=len(self.flights), last=f"#{trial.number} failed: {result['error'][:80]}")
 
-    def beaten(self, values: list[float], number: int) -> bool:
-        others = [t.user_attrs["partial"]["values"] for t in self.study.get_trials(deepcopy=False)
-                  if t.number != number and (t.user_attrs.get("partial") or {}).get("examples") == self.partial_examples]
-        return clearly_beaten(values, others, self.space.directions, self.metric_index, self.margin,
-                              self.space.constraints.get("metric_min"))
-
     def finish(self, flight: _Flight, result: dict[str, Any]) -> None:
         trial = flight.trial
         # Another driver may have started the same config just before us without our seeing it:
@@ -631,12 +618,11 @@ class Driver:
         if leader is not None:
             self.follow(trial, leader, flight.followers)
             return
-        stopped = flight.phase == "partial"
+        stopped = bool(result.get("early_stopped"))
         for key in ("metrics", "metric_ci", "report", "timing", "worker", "examples"):
             trial.set_user_attr(key, result[key])
         trial.set_user_attr("fidelity", result["examples"] / self.dev_size)
         trial.set_user_attr("early_stopped", stopped)
-        trial.set_user_attr("examples_evaluated", flight.examples)
         values = self.space.objective_values(result["objectives"])
         self.tell(trial, values, self.space.constraint_values(result["objectives"]))
         self.stats.early_stopped += stopped

@@ -111,11 +111,11 @@ def study_status(storage: str, study_name: str | None = None) -> str:
     lines = [f"study {study_name}: task {meta.get('task')}, space {meta.get('space', {}).get('name')}, "
              f"objectives {objectives}",
              counts_line(study, trials)]
-    evaluated = [t.user_attrs.get("examples_evaluated", 0) for t in trials if t.state == TrialState.COMPLETE]
     full = meta.get("dev_examples") if not meta.get("max_examples") else min(meta["max_examples"], meta["dev_examples"])
     fresh = [t for t in trials if t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs]
     if fresh and full:
-        lines.append(f"dev examples evaluated: {sum(evaluated)} of {full * len(fresh)} for full evaluations")
+        evaluated = sum(int(t.user_attrs.get("examples", 0)) for t in fresh)
+        lines.append(f"dev examples evaluated: {evaluated} of {full * len(fresh)} for full evaluations")
     lines.extend(front_lines(study, trials))
     for t in trials:
         if t.state == TrialState.RUNNING:

@@ -7,8 +7,10 @@ can record them on the trial; only a crashed worker surfaces as a Ray error.
 
 The kernel is named ``module:function`` (``SearchSettings.kernel``, ``--kernel``) and imported in
 the worker, so a custom evaluation (another metric, a wrapper that logs) runs without changing the
-driver: it takes the arguments of ``run_trial`` and returns a ``TrialResult``. The module must be
-importable on every Ray worker (installed, or on the ``PYTHONPATH`` the workers inherit).
+driver: it takes the arguments of ``run_trial`` and returns a ``TrialResult``. When the space
+stops trials early it is also given ``early_stop`` (``models.trial.EarlyStop``; pass it on to
+``run_trial``). The module must be importable on every Ray worker (installed, or on the
+``PYTHONPATH`` the workers inherit).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import torch
 
 from spikeprune.models.config import CompressionConfig
 from spikeprune.models.errors import SpikepruneError
+from spikeprune.models.trial import EarlyStop
 
 DEFAULT_KERNEL = "spikeprune.models.trial:run_trial"
 
@@ -55,14 +58,15 @@ def task_device() -> str:
 
 
 def evaluate(base: Any, compression: dict[str, Any], *, kernel: str = DEFAULT_KERNEL, max_examples: int | None,
-             seed: int, energy: str, threads: int) -> dict[str, Any]:
+             seed: int, energy: str, threads: int, early_stop: EarlyStop | None = None) -> dict[str, Any]:
     """Run the trial kernel; return ``TrialResult.to_dict()`` or ``{"error", "traceback", "worker"}``."""
     # A reused Ray worker keeps the thread count of its first task: set it for this task's CPUs.
     torch.set_num_threads(max(1, threads))
     try:
         run = load_kernel(kernel)
+        extra = {} if early_stop is None else {"early_stop": early_stop}
         result = run(base, CompressionConfig.from_dict(compression), max_examples=max_examples,
-                     seed=seed, energy=energy, device=task_device())
+                     seed=seed, energy=energy, device=task_device(), **extra)
         return result.to_dict()
     except Exception as e:  # recorded on the trial as its error; the search goes on
         return {"error": f"{type(e).__name__}: {e}".splitlines()[0], "traceback": traceback.format_exc()[-4000:],

@@ -90,7 +90,8 @@ TINY_SPACES = {
                "objectives: [{name: metric, direction: maximize}, {name: sops, direction: minimize}]\n",
     "joint": "heads: {per_layer: true, min: 1, max: 2}\ntimesteps: {per_layer: true, min: 1, max: 2}\n"
              "weight_bits: {per_layer: true, choices: [1, 4, 32]}\n"
-             "objectives: [{name: metric, direction: maximize}, {name: energy_uj, direction: minimize}]\n",
+             "objectives: [{name: metric, direction: maximize}, {name: energy_uj, direction: minimize}]\n"
+             "early_stopping: {fraction: 0.5, margin: 0.0}\n",
 }
 
 
@@ -137,3 +138,59 @@ def test_study_runs_real_searches_and_resumes(tmp_path, tiny_prepared, glue_dir,
     assert out.with_suffix(".html").read_text().count("fronts-sst2") >= 1
     again = study.main(args)  # resumes: the studies already hold their trials, nothing re-runs
     assert again["tasks"]["sst2"]["trials"] == result["tasks"]["sst2"]["trials"]
+
+
+def test_bench_search_compares_samplers_and_early_stopping(tmp_path, tiny_prepared, glue_dir, ray_local):
+    out = tmp_path / "search.json"
+    joint = _spaces(tmp_path)[1]
+    result = _script("bench_search").main([
+        "--prepared", str(tiny_prepared), "--glue-dir", str(glue_dir), "--space", joint, "--run-dir",
+        str(tmp_path / "runs"), "--samplers", "tpe", "random", "--seeds", "0", "--n-trials", "5",
+        "--max-examples", "16", "--every", "5", "--quiet", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["arms"] == json.loads(json.dumps(result["arms"]))
+    assert sorted(data["arms"]) == ["random", "tpe", "tpe+es"]
+    for arm, figures in data["arms"].items():
+        (run,) = figures["runs"]
+        curve = run["hypervolume"]
+        assert len(curve) == 5 and all(b >= a for a, b in zip(curve, curve[1:])) and 0 <= curve[-1] <= 1
+        full = 5 - run["duplicates"] - run["stopped_early"]
+        assert run["examples"] == 16 * full + 8 * run["stopped_early"]  # a stopped trial cost its look only
+    assert data["arms"]["tpe"]["runs"][0]["stopped_early"] == 0
+    assert set(data["early_stopping"]) == {"examples_ratio", "kernel_s_ratio", "final_hv_early", "final_hv_plain"}
+
+
+def test_bench_orchestration_runs_the_same_trials_in_every_layout(tmp_path, tiny_prepared, glue_dir):
+    out = tmp_path / "orchestration.json"
+    joint = _spaces(tmp_path)[1]
+    result = _script("bench_orchestration").main([
+        "--prepared", str(tiny_prepared), "--glue-dir", str(glue_dir), "--space", joint, "--n-trials", "3",
+        "--max-examples", "8", "--repeats", "3", "--quiet", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["same_configs"] is True and len(data["searches"]) == 3
+    assert all(s["trials"] == 3 and s["kernel_s"] > 0 for s in data["searches"].values())
+    pieces = result["pieces"]
+    assert len(pieces["ray_round_trip_s"]["seconds"]) == 3 and len(pieces["journal_ask_tell_s"]["seconds"]) == 3
+
+
+def test_bench_exported_times_exported_models(tmp_path, tiny_prepared, glue_dir):
+    from spikeprune.models.compress import prune
+    from spikeprune.models.quantize import quantize_model, save_quantized
+    from spikeprune.models.trial import BaseBundle
+
+    base = BaseBundle.load(tiny_prepared, glue_dir)
+    folder = tmp_path / "exports" / "trial-00007"
+    model = quantize_model(prune(base.student, 1, 32, base.importance), [4.0, 32.0])
+    save_quantized(model, folder / "model")
+    (folder / "metrics.json").write_text(json.dumps({"metrics": {"metric": 0.5}}))
+    out = tmp_path / "exported.json"
+    result = _script("bench_exported").main(["--quick", "--threads", "1", "--prepared", str(tiny_prepared),
+                                             "--glue-dir", str(glue_dir), "--exports", str(tmp_path / "exports"),
+                                             "--out", str(out)])
+    models = _written(out, result)["models"]
+    assert sorted(models) == ["trial-00007", "uncompressed"]
+    # Per layer and timestep: Q, K, V, attn_out 32 x (2 heads of 16) each + FFN 32 x 64 twice = 8192 MACs;
+    # one head and 32 neurons: 4 x 512 + 2 x 1024 = 4096, half of it.
+    assert models["trial-00007"]["dense_macs_ratio"] == 0.5
+    assert models["trial-00007"]["dev_metric"] == 0.5 and models["uncompressed"]["dev_metric"] is None
+    assert 0 < models["trial-00007"]["size_ratio"] < 1 and models["uncompressed"]["time_ratio"] == 1.0

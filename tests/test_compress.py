@@ -249,3 +249,29 @@ def test_set_timesteps(model):
         compress.set_timesteps(model, [3, 2, 1])
     with pytest.raises(SpikepruneError, match="boundary"):
         compress.set_timesteps(model, 2, boundary="cut")
+
+
+def test_early_stop_look_then_rest_equals_one_evaluation(tiny_prepared, glue_dir):
+    """The staged kernel: a look that survives goes on with the rest only, and the merged result is
+    the unsplit evaluation's (metric, predictions' CI, every spike count); a beaten look stops."""
+    from spikeprune.models.config import CompressionConfig
+    from spikeprune.models.trial import BaseBundle, EarlyStop, run_trial
+
+    base = BaseBundle.load(tiny_prepared, glue_dir, batch_size=5)
+    compression = CompressionConfig(heads=1, neurons=32, timesteps=[2, 1])
+    whole = run_trial(base, compression, max_examples=24)
+    look = run_trial(base, compression, max_examples=10)
+    goes_on = EarlyStop(examples=10, objectives=("metric", "sops"), directions=("maximize", "minimize"),
+                        metric=0, margin=0.0, others=((look.metrics["metric"] - 0.1, look.report.sops * 2),))
+    staged = run_trial(base, compression, max_examples=24, early_stop=goes_on)
+    assert not staged.early_stopped and staged.examples == 24
+    assert staged.metrics == whole.metrics and staged.metric_ci == whole.metric_ci
+    assert staged.record == whole.record and staged.report.sops == whole.report.sops
+    assert staged.partial == {"examples": 10, "objectives": look.objectives, "metrics": look.metrics}
+
+    beaten = EarlyStop(examples=10, objectives=("metric", "sops"), directions=("maximize", "minimize"),
+                       metric=0, margin=0.0, others=((look.metrics["metric"] + 0.1, look.report.sops),))
+    stopped = run_trial(base, compression, max_examples=24, early_stop=beaten)
+    assert stopped.early_stopped and stopped.examples == 10
+    assert stopped.objectives == look.objectives and stopped.partial["objectives"] == look.objectives
+    assert stopped.to_dict()["early_stopped"] is True

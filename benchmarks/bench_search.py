@@ -1,0 +1,131 @@
+"""Search efficiency: hypervolume against trial count per sampler, and what early stopping saves.
+
+Runs (or resumes) one real search per arm and seed on one prepared base and space (default the
+joint preset), the same trial budget and dev subset for all, early stopping off; the extra arm
+``tpe+es`` is TPE with the space's Pareto-aware early stopping on. Every study enqueues the same
+seeds first (the dense baseline and uniform configs), so arms differ in what their sampler picks
+after them. Hypervolume is measured from one reference point (derived from the dense baseline,
+which every study measures identically) over fully evaluated trials, after each completed trial.
+
+Prints, per arm, the hypervolume after 10, 20, ... trials (median and range over seeds), the dev
+examples evaluated, the seconds trials spent in the kernel and how many stopped early; writes the
+figures as JSON and an offline HTML page with the curves.
+
+    .venv/bin/python benchmarks/bench_search.py --prepared runs/study/prepared/sst2-quick \\
+        --run-dir runs/bench-search --n-trials 30 --max-examples 64
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before torch loads)
+
+import plotly.graph_objects as go  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from spikeprune.results import plots  # noqa: E402
+from spikeprune.results.pareto import analyse_study, front_hypervolume, is_duplicate  # noqa: E402
+from spikeprune.search import SearchSettings, run_search  # noqa: E402
+
+NAME = "bench_search"
+EARLY = "tpe+es"
+COLOURS = {"tpe": "#1f77b4", "nsga2": "#2ca02c", "gp": "#9467bd", "random": "#7f7f7f", EARLY: "#d62728"}
+
+
+def curve(trials: list[Any], reference: Any) -> list[float]:
+    """Hypervolume of the fully evaluated trials among the first k COMPLETE ones, for k = 1, 2, ..."""
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.number)
+    return [front_hypervolume(done[:k], reference) for k in range(1, len(done) + 1)]
+
+
+def spread(values: list[float], digits: int = 3) -> str:
+    """'median [min-max]' of a list (one value: just it)."""
+    if not values:
+        return "-"
+    mid = benchlib.median(values)
+    if len(values) == 1:
+        return f"{mid:.{digits}f}"
+    return f"{mid:.{digits}f} [{min(values):.{digits}f}-{max(values):.{digits}f}]"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = benchlib.search_parser(NAME, __doc__.splitlines()[0])
+    p.add_argument("--prepared", type=Path, required=True, help="the prepared base to search")
+    p.add_argument("--space", default="joint", help="space preset or file (default joint)")
+    p.add_argument("--samplers", nargs="+", default=["tpe", "nsga2", "gp", "random"],
+                   help="samplers to compare (default tpe nsga2 gp random)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="sampler seeds per arm (default 0 1 2)")
+    p.add_argument("--n-trials", type=int, default=30, help="COMPLETE trials per study (default 30)")
+    p.add_argument("--max-examples", type=int, default=64, help="dev examples per full evaluation (default 64)")
+    p.add_argument("--population-size", type=int, default=10, help="NSGA-II generation size (default 10)")
+    p.add_argument("--no-early-stopping-arm", action="store_true", help=f"leave out the {EARLY} arm")
+    p.add_argument("--every", type=int, default=10, help="report the hypervolume every this many trials (default 10)")
+    args = p.parse_args(argv)
+    env = benchlib.search_setup(args)
+    arms = [*args.samplers] + ([] if args.no_early_stopping_arm else [EARLY])
+    studies: dict[str, list[Any]] = {arm: [] for arm in arms}
+    walls: dict[str, list[float]] = {arm: [] for arm in arms}
+    for arm in arms:
+        for seed in args.seeds:
+            t0 = time.perf_counter()
+            studies[arm].append(run_search(SearchSettings(
+                prepared=args.prepared, space=args.space, study_name=f"{NAME}-{arm.replace('+', '-')}-s{seed}",
+                n_trials=args.n_trials, workers=args.workers, run_dir=args.run_dir,
+                sampler="tpe" if arm == EARLY else arm, seed=seed, glue_dir=args.glue_dir,
+                max_examples=args.max_examples, early_stopping=arm == EARLY,
+                population_size=args.population_size, progress=not args.quiet)))
+            walls[arm].append(time.perf_counter() - t0)
+    reference = analyse_study(studies[arms[0]][0]).reference
+    figures: dict[str, Any] = {"reference": {"worst": reference.worst, "ideal": reference.ideal,
+                                             "objectives": [o.name for o in reference.objectives]}, "arms": {}}
+    checkpoints = list(range(args.every, args.n_trials + 1, args.every)) or [args.n_trials]
+    header = ["arm", *[f"HV@{k}" for k in checkpoints], "examples", "kernel s", "stopped early"]
+    rows = []
+    fig = go.Figure()
+    for arm in arms:
+        runs = []
+        for seed, study in zip(args.seeds, studies[arm]):
+            trials = study.get_trials(deepcopy=False)
+            fresh = [t for t in trials if t.state == TrialState.COMPLETE and not is_duplicate(t)]
+            runs.append({"seed": seed, "study": study.study_name, "hypervolume": curve(trials, reference),
+                         "examples": sum(int(t.user_attrs.get("examples", 0)) for t in fresh),
+                         "kernel_s": sum(float(t.user_attrs.get("timing", {}).get("total_s", 0.0)) for t in fresh),
+                         "stopped_early": sum(bool(t.user_attrs.get("early_stopped")) for t in fresh),
+                         "duplicates": sum(is_duplicate(t) for t in trials if t.state == TrialState.COMPLETE)})
+        figures["arms"][arm] = {"runs": runs, "this_run_wall_s": walls[arm]}
+        at = {k: [r["hypervolume"][k - 1] for r in runs if len(r["hypervolume"]) >= k] for k in checkpoints}
+        rows.append([arm, *[spread(at[k]) for k in checkpoints], spread([r["examples"] for r in runs], 0),
+                     spread([r["kernel_s"] for r in runs], 0), spread([r["stopped_early"] for r in runs], 0)])
+        for r in runs:
+            fig.add_trace(go.Scatter(x=list(range(1, len(r["hypervolume"]) + 1)), y=r["hypervolume"], mode="lines",
+                                     line=dict(color=COLOURS.get(arm, "#333"), width=1.5), opacity=0.7,
+                                     name=f"{arm} seed {r['seed']}", legendgroup=arm))
+    fig.update_layout(title="hypervolume against completed trials", xaxis_title="completed trials",
+                      yaxis_title="normalised hypervolume", template="plotly_white", height=480)
+    print(f"\n{args.space} space, {args.n_trials} trials per study, {args.max_examples} dev examples per "
+          f"evaluation, seeds {' '.join(map(str, args.seeds))} (median [min-max] over seeds)")
+    print(benchlib.table(header, rows))
+    if EARLY in arms and "tpe" in arms:
+        plain, early = figures["arms"]["tpe"]["runs"], figures["arms"][EARLY]["runs"]
+        ratio = {key: benchlib.median([e[key] / max(q[key], 1e-9) for e, q in zip(early, plain)])
+                 for key in ("examples", "kernel_s")}
+        hv = (benchlib.median([r["hypervolume"][-1] for r in early]), benchlib.median([r["hypervolume"][-1] for r in plain]))
+        figures["early_stopping"] = {"examples_ratio": ratio["examples"], "kernel_s_ratio": ratio["kernel_s"],
+                                     "final_hv_early": hv[0], "final_hv_plain": hv[1]}
+        print(f"early stopping: {ratio['examples']:.0%} of the dev examples and {ratio['kernel_s']:.0%} of the kernel "
+              f"seconds of plain TPE (median of per-seed ratios); final hypervolume {hv[0]:.3f} vs {hv[1]:.3f}")
+    html = args.out.with_suffix(".html")
+    html.parent.mkdir(parents=True, exist_ok=True)
+    html.write_text(plots.page("spikeprune: search efficiency", [
+        "<h1>Search efficiency</h1>", f"<pre>{benchlib.table(header, rows)}</pre>", plots.figure_div(fig, "hv")]),
+        encoding="utf-8")
+    print(f"curves: {html}")
+    return benchlib.finish(args.out, NAME, env, args, figures)
+
+
+if __name__ == "__main__":
+    main()
