@@ -43,17 +43,11 @@ def exported_models(folder: Path) -> dict[str, tuple[SpikingBertForSequenceClass
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = benchlib.parser(NAME, __doc__.splitlines()[0], repeats=5, budget=60.0)
     p.add_argument("--exports", type=Path, required=True, help="folder of exported trials (`spikeprune export --out`)")
-    p.add_argument("--examples", type=int, default=64, help="dev examples per pass (default 64)")
-    p.add_argument("--batch-size", type=int, default=16, help="default 16")
+    benchlib.add_pass_options(p)
     args = p.parse_args(argv)
     if args.prepared is None:
         p.error("--prepared is required: the exported models are compared with its uncompressed student")
-    if args.quick:
-        args.examples, args.batch_size, args.repeats = 8, 4, 1
-    env = benchlib.setup(args)
-    base = benchlib.load_base(args, args.examples)
-    data = base.batches(args.examples, args.batch_size)
-    tokens = sum(int(b["attention_mask"].sum()) for b in data)
+    env, base, data, tokens = benchlib.pass_setup(args)
     models = {DENSE: (base.model, {})} | exported_models(args.exports)
     print(f"{len(models) - 1} exported models from {args.exports}; {args.examples} dev examples in {len(data)} "
           f"batches of {args.batch_size}, {tokens / args.examples:.1f} tokens each")

@@ -44,15 +44,9 @@ def build(base: benchlib.Base, compression: CompressionConfig) -> SpikingBertFor
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = benchlib.parser(NAME, __doc__.splitlines()[0], repeats=5, budget=60.0)
-    p.add_argument("--examples", type=int, default=64, help="examples per pass (default 64)")
-    p.add_argument("--batch-size", type=int, default=16, help="default 16")
+    benchlib.add_pass_options(p)
     args = p.parse_args(argv)
-    if args.quick:
-        args.examples, args.batch_size, args.repeats = 8, 4, 1
-    env = benchlib.setup(args)
-    base = benchlib.load_base(args, args.examples)
-    data = base.batches(args.examples, args.batch_size)
-    tokens = sum(int(b["attention_mask"].sum()) for b in data)
+    env, base, data, tokens = benchlib.pass_setup(args)
     print(f"model: {base.source}; {benchlib.describe(base.model)}")
     print(f"{args.examples} examples in {len(data)} batches of {args.batch_size}, {tokens / args.examples:.1f} tokens each")
 

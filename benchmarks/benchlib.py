@@ -70,6 +70,23 @@ def parser(name: str, description: str, *, repeats: int, budget: float) -> argpa
     return p
 
 
+def add_pass_options(p: argparse.ArgumentParser) -> None:
+    """The options of the scripts that time passes over dev batches."""
+    p.add_argument("--examples", type=int, default=64, help="examples per pass (default 64)")
+    p.add_argument("--batch-size", type=int, default=16, help="default 16")
+
+
+def pass_setup(args: argparse.Namespace) -> tuple[dict[str, Any], "Base", list[dict[str, Tensor]], int]:
+    """``setup``, the base and the batches one pass runs, and their real tokens (``--quick``:
+    8 examples in batches of 4, one round)."""
+    if args.quick:
+        args.examples, args.batch_size, args.repeats = 8, 4, 1
+    env = setup(args)
+    base = load_base(args, args.examples)
+    data = base.batches(args.examples, args.batch_size)
+    return env, base, data, sum(int(b["attention_mask"].sum()) for b in data)
+
+
 def setup(args: argparse.Namespace) -> dict[str, Any]:
     """Fix the thread counts and describe the machine; printed and stored with every result."""
     if args.threads < 1:
