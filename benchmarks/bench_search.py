@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--population-size", type=int, default=10, help="NSGA-II generation size (default 10)")
     p.add_argument("--no-early-stopping-arm", action="store_true", help=f"leave out the {EARLY} arm")
     p.add_argument("--every", type=int, default=10, help="report the hypervolume every this many trials (default 10)")
+    p.add_argument("--images", nargs="*", default=[], help="also write the curves in these formats, e.g. png")
     args = p.parse_args(argv)
     env = benchlib.search_setup(args)
     arms = [*args.samplers] + ([] if args.no_early_stopping_arm else [EARLY])
@@ -124,6 +125,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "<h1>Search efficiency</h1>", f"<pre>{benchlib.table(header, rows)}</pre>", plots.figure_div(fig, "hv")]),
         encoding="utf-8")
     print(f"curves: {html}")
+    if args.images:
+        from spikeprune.results.report import write_images
+
+        for path in write_images({"hypervolume": fig}, html.parent, args.images, stem=html.stem):
+            print(f"image: {path}")
     return benchlib.finish(args.out, NAME, env, args, figures)
 
 
