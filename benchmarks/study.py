@@ -58,6 +58,15 @@ def front_2d(points: list[dict[str, Any]], cost: str) -> list[dict[str, Any]]:
     return front
 
 
+def compact(params: dict[str, Any]) -> str:
+    """{'heads_l0': 8, 'heads_l1': 6, 'timesteps': 2} -> 'heads [8, 6] timesteps 2'."""
+    knobs: dict[str, list[Any]] = {}
+    for name, value in params.items():
+        knob, _, layer = name.rpartition("_l")
+        knobs.setdefault(knob if layer.isdigit() else name, []).append(value)
+    return " ".join(f"{k} {benchlib.short(v) if len(v) > 1 else v[0]}" for k, v in knobs.items())
+
+
 def verdict(task: str, rows: dict[str, dict[str, Any] | None], baseline: dict[str, Any]) -> str:
     """One plain sentence per cost: does the joint search beat every single-axis space?"""
     lines = []
@@ -165,7 +174,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                   str(len(per_space[label]))])
                     continue
                 lines.append([f"{label}: {tag}", *cells(row), f"#{row['number']}", str(len(per_space[label]))])
-        text = verdict(task, rows, baseline)
+        chosen = {(label, row["number"]): row for label in per_space for row in (rows[label], by_sops[label]) if row}
+        configs = [f"  {label} #{number}: {compact(row['config'])}" for (label, number), row in chosen.items()]
+        text = verdict(task, rows, baseline) + "\n" + "\n".join(configs)
         print(f"\n{task} (dev {baseline['examples']} examples; best within {args.max_drop * 100:g} point of the "
               f"uncompressed student; energy under {args.energy})")
         print(benchlib.table(header, lines))
