@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     reference = analyse_study(studies[arms[0]][0]).reference
     figures: dict[str, Any] = {"reference": {"worst": reference.worst, "ideal": reference.ideal,
                                              "objectives": [o.name for o in reference.objectives]}, "arms": {}}
-    checkpoints = list(range(args.every, args.n_trials + 1, args.every)) or [args.n_trials]
+    checkpoints = sorted({*range(args.every, args.n_trials + 1, args.every), args.n_trials})
     header = ["arm", *[f"HV@{k}" for k in checkpoints], "examples", "kernel s", "stopped early"]
     rows = []
     fig = go.Figure()
