@@ -101,10 +101,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         at = {k: [r["hypervolume"][k - 1] for r in runs if len(r["hypervolume"]) >= k] for k in checkpoints}
         rows.append([arm, *[spread(at[k]) for k in checkpoints], spread([r["examples"] for r in runs], 0),
                      spread([r["kernel_s"] for r in runs], 0), spread([r["stopped_early"] for r in runs], 0)])
+        colour = COLOURS.get(arm, "#333")
         for r in runs:
             fig.add_trace(go.Scatter(x=list(range(1, len(r["hypervolume"]) + 1)), y=r["hypervolume"], mode="lines",
-                                     line=dict(color=COLOURS.get(arm, "#333"), width=1.5), opacity=0.7,
+                                     line=dict(color=colour, width=1), opacity=0.3, showlegend=False,
                                      name=f"{arm} seed {r['seed']}", legendgroup=arm))
+        length = min(len(r["hypervolume"]) for r in runs)
+        fig.add_trace(go.Scatter(x=list(range(1, length + 1)), mode="lines", line=dict(color=colour, width=3),
+                                 y=[benchlib.median([r["hypervolume"][k] for r in runs]) for k in range(length)],
+                                 name=f"{arm} (median of {len(runs)} seeds)", legendgroup=arm))
     fig.update_layout(title="hypervolume against completed trials", xaxis_title="completed trials",
                       yaxis_title="normalised hypervolume", template="plotly_white", height=480)
     print(f"\n{args.space} space, {args.n_trials} trials per study, {args.max_examples} dev examples per "
