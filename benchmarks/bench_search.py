@@ -41,15 +41,6 @@ def curve(trials: list[Any], reference: Any) -> list[float]:
     return [front_hypervolume(done[:k], reference) for k in range(1, len(done) + 1)]
 
 
-def span_s(trials: list[Any]) -> float:
-    """Seconds from the first trial's start to the last one's end: the study's search time,
-    whichever runs (resumes) it took."""
-    done = [t for t in trials if t.datetime_start is not None and t.datetime_complete is not None]
-    if not done:
-        return 0.0
-    return (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
-
-
 def spread(values: list[float], digits: int = 3) -> str:
     """'median [min-max]' of a list (one value: just it)."""
     if not values:
@@ -102,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "kernel_s": sum(float(t.user_attrs.get("timing", {}).get("total_s", 0.0)) for t in fresh),
                          "stopped_early": sum(bool(t.user_attrs.get("early_stopped")) for t in fresh),
                          "duplicates": sum(is_duplicate(t) for t in trials if t.state == TrialState.COMPLETE),
-                         "wall_s": span_s(trials)})
+                         "wall_s": benchlib.span_s(trials)})
         figures["arms"][arm] = {"runs": runs}
         at = {k: [r["hypervolume"][k - 1] for r in runs if len(r["hypervolume"]) >= k] for k in checkpoints}
         rows.append([arm, *[spread(at[k]) for k in checkpoints], spread([r["examples"] for r in runs], 0),

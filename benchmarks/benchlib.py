@@ -277,6 +277,15 @@ def prepared_task(prepared: Path) -> str:
     return str(json.loads(meta.read_text())["task"])
 
 
+def span_s(trials: list[Any]) -> float:
+    """Seconds from the first trial's start to the last one's end: the study's search time,
+    whichever runs (resumes) it took."""
+    done = [t for t in trials if t.datetime_start is not None and t.datetime_complete is not None]
+    if not done:
+        return 0.0
+    return (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
+
+
 def trial_point(trial: Any) -> dict[str, Any] | None:
     """A finished, fully evaluated trial as a flat dict of what it measured; None for any other."""
     from optuna.trial import TrialState

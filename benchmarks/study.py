@@ -20,7 +20,6 @@ Re-running the same command resumes the studies (finished trials are never re-ru
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -142,12 +141,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         baselines, timings = {}, {}
         for space in args.spaces:
             label = Path(space).stem
-            t0 = time.perf_counter()
             study = run_search(SearchSettings(
                 prepared=prepared, space=space, study_name=f"{NAME}-{task}-{label}", n_trials=args.n_trials,
                 workers=args.workers, run_dir=args.run_dir, sampler=args.sampler, seed=args.seed,
                 glue_dir=args.glue_dir, energy=args.energy, early_stopping=False, progress=not args.quiet))
-            timings[label] = time.perf_counter() - t0
+            timings[label] = benchlib.span_s(study.get_trials(deepcopy=False))
             per_space[label], baselines[label] = collect(study)
         baseline = next(b for b in baselines.values() if b is not None)
         rows: dict[str, dict[str, Any] | None] = {}
@@ -182,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(benchlib.table(header, lines))
         print(text)
         for label, seconds in timings.items():
-            print(f"  {label}: {len(per_space[label])} trials, this run {seconds:.0f} s")
+            print(f"  {label}: {len(per_space[label])} trials in {seconds:.0f} s (first trial's start to last one's end)")
         fig = figure(task, per_space, baseline, args.max_drop)
         figures[task] = fig
         html_sections += [f"<h2>{task}</h2>", f"<pre>{benchlib.table(header, lines)}\n\n{text}</pre>",
