@@ -546,9 +546,8 @@ class Driver:
                          floor=None if flight.seeded else self.space.constraints.get("metric_min"), others=others)
 
     def submit(self, flight: _Flight) -> None:
-        examples = self.full_examples
         ref = self.task.remote(self.base_ref, flight.config.to_dict(), kernel=self.s.kernel,
-                               max_examples=None if examples >= self.dev_size else examples,
+                               max_examples=None if self.full_examples >= self.dev_size else self.full_examples,
                                seed=self.s.seed, energy=self.energy, threads=max(1, int(self.s.cpus_per_trial)),
                                early_stop=self.early_stop(flight))
         self.flights[ref] = flight

@@ -48,14 +48,16 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
                    help="change one field of the preset, e.g. --set distill_examples=4000 (repeatable)")
 
 
+def _prepare(args: argparse.Namespace) -> Path:
+    """``prepare`` with the options of ``_add_prepare_args`` (the preset changed by any --set)."""
+    from spikeprune.models.train import override_preset, prepare
+
+    return prepare(args.task, args.glue_dir, args.run_dir, preset=override_preset(args.preset, args.overrides),
+                   base=args.base, device=args.device, seed=args.seed)
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from spikeprune.models.train import prepare
-
-    from spikeprune.models.train import override_preset
-
-    out = prepare(args.task, args.glue_dir, args.run_dir, preset=override_preset(args.preset, args.overrides),
-                  base=args.base, device=args.device, seed=args.seed)
-    print(f"prepared base: {out}")
+    print(f"prepared base: {_prepare(args)}")
     return 0
 
 
@@ -178,15 +180,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The main job end to end: prepare (cached), search, report, export the best under a budget."""
     import time
 
-    from spikeprune.models.train import override_preset, prepare
     from spikeprune.results.export import export_trial, select_trials
     from spikeprune.results.pareto import find_baseline
     from spikeprune.results.report import write_report
     from spikeprune.search import SearchSettings, run_search
 
     start = time.perf_counter()
-    prepared = prepare(args.task, args.glue_dir, args.run_dir, preset=override_preset(args.preset, args.overrides),
-                       base=args.base, device=args.device, seed=args.seed)
+    prepared = _prepare(args)
     study_name = f"demo-{args.task}-{args.preset}"
     study = run_search(SearchSettings(prepared=prepared, space=args.space, study_name=study_name,
                                       n_trials=args.n_trials, workers=args.workers, run_dir=args.run_dir,
