@@ -9,25 +9,22 @@ be chosen by accuracy at equal operations.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
+import sys
 from pathlib import Path
 
-from spikeprune.models.config import BOUNDARY_RULES, CompressionConfig
-from spikeprune.models.trial import BaseBundle, build_compressed, measure
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before torch loads)
+
+from spikeprune.models.config import BOUNDARY_RULES, CompressionConfig  # noqa: E402
+from spikeprune.models.trial import BaseBundle, build_compressed, measure  # noqa: E402
 
 #: Per-layer timesteps for the 6-layer, T=4 quick student: shrinking, growing and alternating.
 SCHEDULES: list[list[int]] = [[4, 4, 3, 3, 2, 2], [2, 2, 3, 3, 4, 4], [4, 2, 4, 2, 4, 2]]
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--prepared", type=Path, required=True, help="prepared base (`spikeprune prepare`)")
-    p.add_argument("--glue-dir", default=None, help="GLUE folder (default: the one the base recorded)")
-    p.add_argument("--max-examples", type=int, default=None, help="first N dev examples only")
-    p.add_argument("--out", type=Path, default=Path("runs/benchmarks/bench_boundary.json"))
-    args = p.parse_args(argv)
+    args = benchlib.kernel_parser("bench_boundary", __doc__.splitlines()[0]).parse_args(argv)
 
     base = BaseBundle.load(args.prepared, args.glue_dir)
     layers = base.student.config.num_layers
@@ -43,8 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append({"timesteps": schedule, "rule": rule, "metric": result.metrics["metric"],
                          "sops": result.report.sops, "examples": result.examples})
             print(f"{str(schedule):22s} {rule:7s} {result.metrics['metric']:7.4f} {result.report.sops:10.4g}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    benchlib.write_json(args.out, rows)
     print(f"wrote {args.out}")
     return {"rows": rows}
 

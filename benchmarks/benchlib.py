@@ -237,13 +237,27 @@ def finish(path: Path, name: str, env: dict[str, Any], args: argparse.Namespace,
     env = {**env, "load_avg_end": _load()}
     result = {"benchmark": name, "environment": env,
               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, **figures}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(path, result)
     print(f"\nload average at the end {env['load_avg_end']}; figures written to {path}")
     return result
 
 
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
 # ------------------------------------------------------------------------ search benchmarks
+def kernel_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """The options of the scripts that run the trial kernel on a prepared base's dev set."""
+    p = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=description)
+    p.add_argument("--prepared", type=Path, required=True, help="prepared base (`spikeprune prepare`)")
+    p.add_argument("--glue-dir", default=None, help="GLUE folder (default: the one the base recorded)")
+    p.add_argument("--max-examples", type=int, default=None, help="first N dev examples only")
+    p.add_argument("--out", type=Path, default=Path("runs/benchmarks") / f"{name}.json")
+    return p
+
+
 def search_parser(name: str, description: str) -> argparse.ArgumentParser:
     """The options of the benchmarks that run real searches (Optuna driver, Ray workers)."""
     p = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=description)
@@ -299,4 +313,4 @@ def trial_point(trial: Any) -> dict[str, Any] | None:
             "energy_uj": float(report["energy_uj"]), "sum_t": float(report["sum_t"]),
             "size_mb": float(report["size_mb"]), "examples": int(attrs.get("examples", report["examples"])),
             "seconds": float((attrs.get("timing") or {}).get("total_s", float("nan"))),
-            "config": {k: v for k, v in trial.params.items()}}
+            "config": dict(trial.params)}

@@ -8,13 +8,15 @@ metric, synaptic operations, energy (float45nm and int45nm) and Σ T per example
 """
 from __future__ import annotations
 
-import argparse
-import json
+import sys
 from pathlib import Path
 
-from spikeprune.models.config import CompressionConfig, SpikingBertConfig
-from spikeprune.models.ops import count_ops
-from spikeprune.models.trial import BaseBundle, build_compressed, measure
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before torch loads)
+
+from spikeprune.models.config import CompressionConfig, SpikingBertConfig  # noqa: E402
+from spikeprune.models.ops import count_ops  # noqa: E402
+from spikeprune.models.trial import BaseBundle, build_compressed, measure  # noqa: E402
 
 def configs(model: SpikingBertConfig) -> dict[str, CompressionConfig]:
     """Halve one axis at a time (joint: three quarters of each, T-1, 8-bit), from the model's own sizes."""
@@ -31,12 +33,7 @@ def configs(model: SpikingBertConfig) -> dict[str, CompressionConfig]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--prepared", type=Path, required=True, help="prepared base (`spikeprune prepare`)")
-    p.add_argument("--glue-dir", default=None, help="GLUE folder (default: the one the base recorded)")
-    p.add_argument("--max-examples", type=int, default=None, help="first N dev examples only")
-    p.add_argument("--out", type=Path, default=Path("runs/benchmarks/compression_table.json"))
-    args = p.parse_args(argv)
+    args = benchlib.kernel_parser("compression_table", __doc__.splitlines()[0]).parse_args(argv)
 
     base = BaseBundle.load(args.prepared, args.glue_dir)
     rows = {}
@@ -53,8 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
                       "sum_t": spikes.sum_t, "compression": resolved.to_dict(), "examples": result.examples}
         print(f"{name:48s} {result.metrics['metric']:7.4f} {lo:7.4f}..{hi:6.4f} {spikes.sops:10.4g} "
               f"{spikes.energy_uj:10.3f} {int_energy:9.3f} {spikes.sum_t:3d}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    benchlib.write_json(args.out, rows)
     print(f"wrote {args.out}")
     return rows
 
