@@ -32,18 +32,12 @@ from spikeprune.search import SearchSettings, run_search
 from spikeprune.search.driver import RetryingStorage
 
 from faulty_kernels import KERNEL, claimed, copy_base
+from tiny_spaces import TINY_KNOBS
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 REPO = Path(__file__).resolve().parents[1]
-SPACE = """
-name: tiny
-heads: {per_layer: true, min: 1, max: 2}
-neurons: {per_layer: true, min: 32, max: 64, step: 32}
-timesteps: {min: 1, max: 2}
-weight_bits: {choices: [4, 32]}
-objectives: [{name: metric, direction: maximize}, {name: sops, direction: minimize}]
-"""
+SPACE = "name: tiny" + TINY_KNOBS
 #: Four configs in all, so that five trials must repeat some: duplicates across drivers are certain.
 SMALL_SPACE = """
 name: small

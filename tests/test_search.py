@@ -22,17 +22,12 @@ from spikeprune.models.trial import clearly_beaten
 from spikeprune.search.driver import make_sampler
 from spikeprune.search.storage import check_study_name
 
+from tiny_spaces import TINY_KNOBS
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # The tiny student: 2 layers of 2 heads, FFN 64, T = 2. Every knob is searched, coarsely.
-TINY_SPACE = """
-name: tiny
-heads: {per_layer: true, min: 1, max: 2}
-neurons: {per_layer: true, min: 32, max: 64, step: 32}
-timesteps: {min: 1, max: 2}
-weight_bits: {choices: [4, 32]}
-objectives: [{name: metric, direction: maximize}, {name: sops, direction: minimize}]
-constraints: {metric_min: 0.3}
+TINY_SPACE = "name: tiny" + TINY_KNOBS + """constraints: {metric_min: 0.3}
 early_stopping: {fraction: 0.5, margin: 0.0}
 """
 MAX_EXAMPLES = 16
