@@ -356,9 +356,13 @@ class Driver:
     def recover(self) -> None:
         """Fail trials left RUNNING by dead drivers and enqueue their parameters again."""
         self.heartbeat(force=True)
+        # Trials before heartbeats: a driver writes its heartbeat before it asks any trial, so every
+        # owner of a trial listed here has a beat in the later read. The other order let a driver
+        # that started a moment after us be taken for dead and its first trial re-queued.
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         beats = self.beats()
         others_alive = any(self.alive(d, beats) for d in beats if d != self.driver["id"])
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for t in running:
             owner = t.user_attrs.get("driver")
             # A trial without an owner was just asked by a driver that has not labelled it yet.
             if self.alive(owner.get("id"), beats) if isinstance(owner, dict) else others_alive:
