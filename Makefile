@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt | $(VENV)/bin/python
 	touch $@
 
 # Environment for anything that runs the package: fail fast on Hugging Face hub access (there is
-# no internet here), keep Ray on 127.0.0.1, without usage stats or token auth (DESIGN.md §8).
+# no internet here), keep Ray on 127.0.0.1, without usage stats or token auth (docs/DESIGN.md §8).
 # A value already set in the environment wins. The tests read the GLUE data from SPIKEPRUNE_GLUE_DIR.
 demo test: export SPIKEPRUNE_GLUE_DIR := $(GLUE_DIR)
 demo test: export HF_HUB_OFFLINE ?= 1

@@ -27,10 +27,11 @@ import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before tor
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from spikeprune.models.trial import BaseBundle  # noqa: E402
-from spikeprune.search import SearchSettings, open_storage, run_search  # noqa: E402
-from spikeprune.search.driver import ray_session  # noqa: E402
-from spikeprune.spaces.schema import SearchSpace  # noqa: E402
+from spikeprune._trial.base import BaseBundle  # noqa: E402
+from spikeprune import SearchSettings, open_storage, run_search  # noqa: E402
+from spikeprune._search.cluster import ray_session  # noqa: E402
+from spikeprune._spaces.schema import SearchSpace  # noqa: E402
+from spikeprune.records import TrialRecord  # noqa: E402
 
 NAME = "bench_orchestration"
 #: (label, workers, CPUs per trial) of the search runs, in the order they run.
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     progress=not args.quiet))
                 wall = time.perf_counter() - t0
                 done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-                kernel = sum(float(t.user_attrs["timing"]["total_s"]) for t in done)
+                kernel = sum(float(TrialRecord.of(t).timing["total_s"]) for t in done)
                 figures["searches"][label] = {
                     "workers": workers, "cpus_per_trial": cpus, "trials": len(done), "wall_s": wall, "kernel_s": kernel,
                     "overhead_per_trial_s": (wall - kernel / workers) / len(done),

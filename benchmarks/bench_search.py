@@ -26,9 +26,10 @@ import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before tor
 import plotly.graph_objects as go  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from spikeprune.results import plots  # noqa: E402
-from spikeprune.results.pareto import analyse_study, front_hypervolume, is_duplicate  # noqa: E402
-from spikeprune.search import SearchSettings, run_search  # noqa: E402
+from spikeprune._results import plots  # noqa: E402
+from spikeprune._results.pareto import analyse_study, front_hypervolume, is_duplicate  # noqa: E402
+from spikeprune.records import TrialRecord  # noqa: E402
+from spikeprune import SearchSettings, run_search  # noqa: E402
 
 NAME = "bench_search"
 EARLY = "tpe+es"
@@ -87,11 +88,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs = []
         for seed, study in zip(args.seeds, studies[arm]):
             trials = study.get_trials(deepcopy=False)
-            fresh = [t for t in trials if t.state == TrialState.COMPLETE and not is_duplicate(t)]
+            fresh = [TrialRecord.of(t) for t in trials if t.state == TrialState.COMPLETE and not is_duplicate(t)]
             runs.append({"seed": seed, "study": study.study_name, "hypervolume": curve(trials, reference),
-                         "examples": sum(int(t.user_attrs.get("examples", 0)) for t in fresh),
-                         "kernel_s": sum(float(t.user_attrs.get("timing", {}).get("total_s", 0.0)) for t in fresh),
-                         "stopped_early": sum(bool(t.user_attrs.get("early_stopped")) for t in fresh),
+                         "examples": sum(r.examples or 0 for r in fresh),
+                         "kernel_s": sum(float((r.timing or {}).get("total_s", 0.0)) for r in fresh),
+                         "stopped_early": sum(r.early_stopped for r in fresh),
                          "duplicates": sum(is_duplicate(t) for t in trials if t.state == TrialState.COMPLETE),
                          "wall_s": benchlib.span_s(trials)})
         figures["arms"][arm] = {"runs": runs}
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         encoding="utf-8")
     print(f"curves: {html}")
     if args.images:
-        from spikeprune.results.report import write_images
+        from spikeprune._results.report import write_images
 
         for path in write_images({"hypervolume": fig}, html.parent, args.images, stem=html.stem):
             print(f"image: {path}")

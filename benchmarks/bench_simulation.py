@@ -1,4 +1,4 @@
-"""Time-batched against lockstep simulation, and what spike counting adds (DESIGN.md §3).
+"""Time-batched against lockstep simulation, and what spike counting adds (docs/DESIGN.md §3).
 
 For each batch size and number of timesteps T, three variants run interleaved in the same rounds:
 ``batched`` (record=False), ``batched+rec`` (record=True, as evaluation runs) and ``lockstep+rec``.
@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before torch loads)
 import torch  # noqa: E402
 
-from spikeprune.models.compress import set_timesteps  # noqa: E402
-from spikeprune.models.spiking import SpikingOutput  # noqa: E402
+from spikeprune._model.compress import set_timesteps  # noqa: E402
+from spikeprune._model.spiking import SpikingOutput  # noqa: E402
 
 NAME = "bench_simulation"
 VARIANTS = {"batched": ("batched", False), "batched+rec": ("batched", True), "lockstep+rec": ("lockstep", True)}

@@ -34,10 +34,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from spikeprune.models.compress import importance_shapes
-from spikeprune.models.config import CompressionConfig, SpikingBertConfig
-from spikeprune.models.glue import batches
-from spikeprune.models.spiking import SimRecord, SpikingBertForSequenceClassification
+from spikeprune._model.compress import importance_shapes
+from spikeprune._model.config import CompressionConfig, SpikingBertConfig
+from spikeprune._model.glue import batches
+from spikeprune._model.spiking import SimRecord, SpikingBertForSequenceClassification
+from spikeprune.errors import SpikepruneError
+from spikeprune.records import PreparedRecord, TrialRecord
 
 #: The random stand-in for a prepared base: MiniLM-L6 shaped (6 layers, width 384, 12 heads of
 #: 32, FFN 1536), BERT's vocabulary, T=4 (the quick preset's).
@@ -131,7 +133,7 @@ def load_base(args: argparse.Namespace, examples: int) -> Base:
     """``--prepared``: its student, importance scores and (shuffled) dev set. Otherwise a random
     MiniLM-shaped student (tiny with ``--quick``), random scores and random SST-2-sized examples."""
     if args.prepared is not None:
-        from spikeprune.models.trial import BaseBundle
+        from spikeprune._trial.base import BaseBundle
 
         bundle = BaseBundle.load(args.prepared, args.glue_dir)
         return Base(bundle.student.eval(), bundle.importance, bundle.dev, bundle.pad_id,
@@ -285,10 +287,10 @@ def search_setup(args: argparse.Namespace) -> dict[str, Any]:
 
 def prepared_task(prepared: Path) -> str:
     """The GLUE task a prepared base was made for (its prepare.json)."""
-    meta = prepared / "prepare.json"
-    if not meta.is_file():
-        sys.exit(f"error: {prepared} is not a prepared base (no prepare.json); run `spikeprune prepare` first")
-    return str(json.loads(meta.read_text())["task"])
+    try:
+        return PreparedRecord.read(prepared).task
+    except SpikepruneError as e:
+        sys.exit(f"error: {e}")
 
 
 def span_s(trials: list[Any]) -> float:
@@ -304,13 +306,14 @@ def trial_point(trial: Any) -> dict[str, Any] | None:
     """A finished, fully evaluated trial as a flat dict of what it measured; None for any other."""
     from optuna.trial import TrialState
 
-    attrs = trial.user_attrs
-    if trial.state != TrialState.COMPLETE or attrs.get("early_stopped") or "report" not in attrs:
+    record = TrialRecord.of(trial)
+    if trial.state != TrialState.COMPLETE or record.early_stopped or record.report is None:
         return None
-    report = attrs["report"]
-    return {"number": trial.number, "metric": float(attrs["metrics"]["metric"]),
-            "metrics": {k: float(v) for k, v in attrs["metrics"].items()}, "sops": float(report["sops"]),
+    report = record.report
+    return {"number": trial.number, "metric": float(record.metrics["metric"]),
+            "metrics": {k: float(v) for k, v in record.metrics.items()}, "sops": float(report["sops"]),
             "energy_uj": float(report["energy_uj"]), "sum_t": float(report["sum_t"]),
-            "size_mb": float(report["size_mb"]), "examples": int(attrs.get("examples", report["examples"])),
-            "seconds": float((attrs.get("timing") or {}).get("total_s", float("nan"))),
+            "size_mb": float(report["size_mb"]),
+            "examples": int(report["examples"] if record.examples is None else record.examples),
+            "seconds": float((record.timing or {}).get("total_s", float("nan"))),
             "config": dict(trial.params)}

@@ -16,8 +16,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from spikeprune.models.glue import batches, encode, load_glue
-from spikeprune.models.train import build_student
+from spikeprune._model.glue import batches, encode, load_glue
+from spikeprune._training.convert import build_student
 
 
 def features(student, tokenizer, split: str, n: int, seed: int, glue_dir: str) -> tuple[dict, np.ndarray]:

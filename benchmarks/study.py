@@ -26,13 +26,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before torch loads)
 
-import numpy as np  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 from plotly.subplots import make_subplots  # noqa: E402
 
-from spikeprune.results import plots  # noqa: E402
-from spikeprune.results.pareto import baseline_trial  # noqa: E402
-from spikeprune.search import SearchSettings, run_search  # noqa: E402
+from spikeprune._results import plots  # noqa: E402
+from spikeprune._results.pareto import baseline_trial  # noqa: E402
+from spikeprune.objectives import dominates  # noqa: E402
+from spikeprune import SearchSettings, run_search  # noqa: E402
 
 NAME = "study"
 SPACES: tuple[str, ...] = ("spatial", "temporal", "quantization", "joint")
@@ -47,14 +47,12 @@ def best_within(points: list[dict[str, Any]], baseline: float, max_drop: float, 
 
 
 def front_2d(points: list[dict[str, Any]], cost: str) -> list[dict[str, Any]]:
-    """Points no other point beats in both metric (higher) and ``cost`` (lower), by cost."""
+    """Points no other point dominates in (metric, ``cost``), by cost; of equal points, the first."""
+    directions, key = ("maximize", "minimize"), lambda p: (p["metric"], p[cost])
     ordered = sorted(points, key=lambda p: (p[cost], -p["metric"]))
-    front, best = [], -np.inf
-    for p in ordered:
-        if p["metric"] > best:
-            front.append(p)
-            best = p["metric"]
-    return front
+    return [p for i, p in enumerate(ordered)
+            if not any(dominates(key(q), key(p), directions) or (j < i and key(q) == key(p))
+                       for j, q in enumerate(ordered))]
 
 
 def compact(params: dict[str, Any]) -> str:
@@ -192,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     html.write_text(plots.page("spikeprune study", html_sections), encoding="utf-8")
     print(f"fronts: {html}")
     if args.images:
-        from spikeprune.results.report import write_images
+        from spikeprune._results.report import write_images
 
         for path in write_images(figures, html.parent, args.images, stem=html.stem):
             print(f"image: {path}")

@@ -16,7 +16,7 @@ SERVICES = REPO / "scripts" / "services.sh"
 
 # Set before anything imports transformers or ray (both read them at import): there is no
 # internet, so any Hugging Face hub access must fail fast; Ray must bind to 127.0.0.1 (not the
-# machine's external address), send no usage stats and write no auth token (DESIGN.md §8).
+# machine's external address), send no usage stats and write no auth token (docs/DESIGN.md §8).
 os.environ.update(
     HF_HUB_OFFLINE="1",
     RAY_USAGE_STATS_ENABLED="0",
@@ -96,6 +96,6 @@ def ray_local() -> Iterator[str]:
 def tiny_prepared(tmp_path_factory, glue_dir) -> Path:
     """A prepared base of the ``tiny`` preset on SST-2 (seconds), shared by every test that
     needs a real teacher, student and importance scores."""
-    from spikeprune.models.train import prepare
+    from spikeprune._training.prepare import prepare
 
     return prepare("sst2", glue_dir, tmp_path_factory.mktemp("prepared"), preset="tiny")

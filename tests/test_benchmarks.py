@@ -174,14 +174,14 @@ def test_bench_orchestration_runs_the_same_trials_in_every_layout(tmp_path, tiny
 
 
 def test_bench_exported_times_exported_models(tmp_path, tiny_prepared, glue_dir):
-    from spikeprune.models.compress import prune
-    from spikeprune.models.quantize import quantize_model, save_quantized
-    from spikeprune.models.trial import BaseBundle
+    from spikeprune._model.compress import prune
+    from spikeprune._model.quantize import quantize_model
+    from spikeprune._trial.base import BaseBundle
 
     base = BaseBundle.load(tiny_prepared, glue_dir)
     folder = tmp_path / "exports" / "trial-00007"
     model = quantize_model(prune(base.student, 1, 32, base.importance), [4.0, 32.0])
-    save_quantized(model, folder / "model")
+    model.save_pretrained(folder / "model", packed=True)
     (folder / "metrics.json").write_text(json.dumps({"metrics": {"metric": 0.5}}))
     out = tmp_path / "exported.json"
     result = _script("bench_exported").main(["--quick", "--threads", "1", "--prepared", str(tiny_prepared),
@@ -194,3 +194,13 @@ def test_bench_exported_times_exported_models(tmp_path, tiny_prepared, glue_dir)
     assert models["trial-00007"]["dense_macs_ratio"] == 0.5
     assert models["trial-00007"]["dev_metric"] == 0.5 and models["uncompressed"]["dev_metric"] is None
     assert 0 < models["trial-00007"]["size_ratio"] < 1 and models["uncompressed"]["time_ratio"] == 1.0
+
+
+def test_bench_startup_help_imports_nothing_heavy(tmp_path):
+    """`spikeprune --help`, `--version` and `search --help` answer without torch, Ray or Optuna."""
+    out = tmp_path / "startup.json"
+    result = _script("bench_startup").main(["--repeats", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    rows = result["commands"]
+    assert set(rows) == {"python -c pass", "spikeprune --help", "spikeprune --version", "spikeprune search --help"}
+    assert all(row["heavy_imports"] == [] for row in rows.values())

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spikeprune.models import compress
-from spikeprune.models.config import SpikingBertConfig
-from spikeprune.models.errors import SpikepruneError
-from spikeprune.models.quantize import quantize_model
-from spikeprune.models.spiking import SpikingBertForSequenceClassification
+from spikeprune._model import compress
+from spikeprune._model.config import SpikingBertConfig
+from spikeprune.errors import SpikepruneError
+from spikeprune._model.quantize import quantize_model
+from spikeprune._model.spiking import SpikingBertForSequenceClassification
 
 HEAD_DIM = 4
 
@@ -254,8 +254,9 @@ def test_set_timesteps(model):
 def test_early_stop_look_then_rest_equals_one_evaluation(tiny_prepared, glue_dir):
     """The staged kernel: a look that survives goes on with the rest only, and the merged result is
     the unsplit evaluation's (metric, predictions' CI, every spike count); a beaten look stops."""
-    from spikeprune.models.config import CompressionConfig
-    from spikeprune.models.trial import BaseBundle, EarlyStop, run_trial
+    from spikeprune._model.config import CompressionConfig
+    from spikeprune._trial.base import BaseBundle
+    from spikeprune._trial.kernel import EarlyStop, run_trial
 
     base = BaseBundle.load(tiny_prepared, glue_dir, batch_size=5)
     compression = CompressionConfig(heads=1, neurons=32, timesteps=[2, 1])

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from spikeprune.models.errors import SpikepruneError
-from spikeprune.models.glue import TASKS, GlueSplit, batches, encode, get_task, load_glue
+from spikeprune.errors import SpikepruneError
+from spikeprune._model.glue import TASKS, GlueSplit, batches, encode, get_task, load_glue
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from spikeprune.models.errors import SpikepruneError
-from spikeprune.models.metrics import (
+from spikeprune.errors import SpikepruneError
+from spikeprune._model.metrics import (
     accuracy,
     compute_metrics,
     f1,

@@ -47,12 +47,12 @@ import math
 import pytest
 import torch
 
-from spikeprune.models.config import SpikingBertConfig
-from spikeprune.models.errors import SpikepruneError
-from spikeprune.models.ops import (
+from spikeprune._model.config import SpikingBertConfig
+from spikeprune.errors import SpikepruneError
+from spikeprune._model.ops import (
     ENERGY_PRESETS, MAC_KINDS, SOP_BUCKETS, EnergyModel, OpReport, count_ops, count_parameters, format_report,
     resolve_energy, size_bits)
-from spikeprune.models.spiking import SUBLAYERS, SimRecord, SpikingBertForSequenceClassification
+from spikeprune._model.spiking import SUBLAYERS, SimRecord, SpikingBertForSequenceClassification
 
 IDS = torch.tensor([[1, 2], [3, 0]])
 MASK = torch.tensor([[1, 1], [1, 0]])

@@ -9,10 +9,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from spikeprune.models import quantize as q
-from spikeprune.models.config import WEIGHTS_NAME, SpikingBertConfig
-from spikeprune.models.errors import SpikepruneError
-from spikeprune.models.spiking import SpikingBertForSequenceClassification
+from spikeprune._model import quantize as q
+from spikeprune._model.checkpoint import PACKED, WEIGHTS_NAME
+from spikeprune._model.config import SpikingBertConfig
+from spikeprune.errors import SpikepruneError
+from spikeprune._model.spiking import SpikingBertForSequenceClassification
 
 WIDTHS = (1, 1.58, 2, 4, 8)
 #: Packed bits per weight (ternary lives in a 2-bit field).
@@ -156,12 +157,12 @@ def test_quantize_model_touches_only_encoder_linear_weights():
 @pytest.mark.parametrize("weight_bits", [[1, 1.58], [2, 4], [8, 32]])
 def test_save_quantized_loads_back_identically(tmp_path, weight_bits):
     quantized = q.quantize_model(tiny_model(), weight_bits)
-    folder = q.save_quantized(quantized, tmp_path / "export")
+    folder = quantized.save_pretrained(tmp_path / "export", packed=True)
     with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as f:
         keys = set(f.keys())
     for l, bits in enumerate(weight_bits):
         name = f"layers.{l}.query"
-        assert (name + q.PACKED in keys) == (bits != 32)
+        assert (name + PACKED in keys) == (bits != 32)
         assert (name + ".weight" in keys) == (bits == 32)
 
     loaded = SpikingBertForSequenceClassification.from_pretrained(folder)
@@ -178,7 +179,7 @@ def test_save_quantized_loads_back_identically(tmp_path, weight_bits):
 def test_packed_file_size(tmp_path, bits):
     model = tiny_model(hidden=64, heads=4, ffn=256)
     float_size = (model.save_pretrained(tmp_path / "float") / WEIGHTS_NAME).stat().st_size
-    folder = q.save_quantized(q.quantize_model(model, bits), tmp_path / "packed")
+    folder = q.quantize_model(model, bits).save_pretrained(tmp_path / "packed", packed=True)
     packed_size = (folder / WEIGHTS_NAME).stat().st_size
     linear_bytes = 4 * sum(getattr(layer, name).weight.numel()
                            for layer in model.layers for name in q.QUANTIZED_LINEARS)
@@ -190,8 +191,8 @@ def test_packed_file_size(tmp_path, bits):
 def test_packed_checkpoint_must_match_its_config(tmp_path):
     model = tiny_model()
     with pytest.raises(SpikepruneError, match="quantize_model"):
-        q.save_quantized(_claiming(model, [4, 32]), tmp_path / "liar")
-    folder = q.save_quantized(q.quantize_model(model, [4, 32]), tmp_path / "ok")
+        _claiming(model, [4, 32]).save_pretrained(tmp_path / "liar", packed=True)
+    folder = q.quantize_model(model, [4, 32]).save_pretrained(tmp_path / "ok", packed=True)
     config = SpikingBertConfig.load(folder / "config.json")
     config.weight_bits = [32.0, 32.0]
     config.save(folder / "config.json")

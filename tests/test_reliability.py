@@ -27,9 +27,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from spikeprune.models.errors import SpikepruneError
-from spikeprune.search import SearchSettings, run_search
-from spikeprune.search.driver import RetryingStorage
+from spikeprune.errors import SpikepruneError
+from spikeprune import SearchSettings, run_search
+from spikeprune._search.storage import RetryingStorage
 
 from faulty_kernels import KERNEL, claimed, copy_base
 from tiny_spaces import TINY_KNOBS
@@ -144,7 +144,7 @@ def test_two_drivers_on_one_postgres_study(tiny_prepared, tmp_path, ray_local, p
     base = copy_base(tiny_prepared, tmp_path / "base", "pair", "pair")  # the first two trials overlap
     space = tmp_path / "small.yaml"
     space.write_text(SMALL_SPACE)
-    command = [sys.executable, "-m", "spikeprune.search", "--prepared", str(base), "--space", str(space),
+    command = [sys.executable, "-m", "spikeprune", "search", "--prepared", str(base), "--space", str(space),
                "--study", name, "--n-trials", "5", "--workers", "1", "--storage", postgres_url,
                "--max-examples", str(MAX_EXAMPLES), "--ray-address", ray_local, "--quiet",
                "--no-early-stopping", "--kernel", KERNEL, "--run-dir", str(tmp_path)]
@@ -251,7 +251,7 @@ def test_storage_outage_is_waited_out(tiny_prepared, tmp_path, ray_local, postgr
     """PostgreSQL stops while a trial runs and that trial finishes during the outage: the driver
     waits, keeps the result, and tells it once the database is back."""
     base = copy_base(tiny_prepared, tmp_path / "base", "gate")
-    logger = logging.getLogger("spikeprune.search.driver")
+    logger = logging.getLogger("spikeprune._search.storage")
     seen = _Seen("is unreachable")
     logger.addHandler(seen)
     with private_postgres(postgres_url) as pg:

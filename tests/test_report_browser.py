@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from spikeprune.results import write_report
+from spikeprune import write_report
 
 from test_results import make_study, random_study, toy_trials
 

@@ -1,6 +1,6 @@
 """Pareto split, hypervolume, trial tables, report file and export selection on synthetic studies.
 
-The studies are in-memory Optuna studies filled with hand-made trials in the SPEC storage format,
+The studies are in-memory Optuna studies filled with hand-made trials in the stored format (records.StudyRecord, records.TrialRecord),
 so every expected number below is computed by hand.
 """
 from __future__ import annotations
@@ -16,14 +16,15 @@ import pytest
 from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from spikeprune.models.errors import SpikepruneError
-from spikeprune.models.metrics import bootstrap_ci
-from spikeprune.results import (NoiseRule, analyse_study, compare_fronts, hypervolume, hypervolume_history,
-                                load_study, read_trials, reference_from_baseline, select_trials, split_trials,
-                                study_objectives, trial_dir, trials_frame, write_report, write_trials)
-from spikeprune.results.export import compare_values
-from spikeprune.results.report import objective_importances
-from spikeprune.spaces.schema import Objective
+from spikeprune.errors import SpikepruneError
+from spikeprune._model.metrics import bootstrap_ci
+from spikeprune._results.export import compare_values, select_trials, trial_dir
+from spikeprune._results.pareto import (NoiseRule, analyse_study, hypervolume, hypervolume_history, load_study,
+                                        reference_from_baseline, split_trials, study_objectives)
+from spikeprune._results.report import write_report
+from spikeprune._results.tables import compare_fronts, read_trials, trials_frame, write_trials
+from spikeprune._results.report import objective_importances
+from spikeprune.objectives import Objective
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -36,7 +37,7 @@ def fake_trial(metric: float, sops: float, *, state: TrialState = TrialState.COM
                constraints: list[float] | None = None, ci: tuple[float, float] | None = None,
                fidelity: float = 1.0, early_stopped: bool = False, seeded: bool = False,
                heads: tuple[int, int] = (4, 4), timesteps: int = 4, bits: float = 32.0):
-    """A trial as search writes it: values, params, SPEC user attrs, Optuna's constraint list."""
+    """A trial as search writes it: values, params, the records.TrialRecord user attrs, Optuna's constraint list."""
     params = {"heads_l0": heads[0], "heads_l1": heads[1], "timesteps": timesteps, "weight_bits": bits}
     attrs = {
         "compression": {"heads": list(heads), "neurons": [16, 16], "timesteps": [timesteps] * 2,
@@ -373,10 +374,11 @@ def test_export_rebuilds_saves_and_remeasures(tmp_path, glue_dir, tiny_prepared)
 
     import yaml
 
-    from spikeprune.models.config import CompressionConfig
-    from spikeprune.models.spiking import SpikingBertForSequenceClassification
-    from spikeprune.models.trial import BaseBundle, run_trial
-    from spikeprune.results import export_trial
+    from spikeprune._model.config import CompressionConfig
+    from spikeprune._model.spiking import SpikingBertForSequenceClassification
+    from spikeprune._trial.base import BaseBundle
+    from spikeprune._trial.kernel import run_trial
+    from spikeprune import export_trial
 
     prepared = tiny_prepared
     base = BaseBundle.load(prepared, glue_dir)

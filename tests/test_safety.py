@@ -14,9 +14,10 @@ import optuna
 import pytest
 
 from spikeprune.cli import build_parser, main
-from spikeprune.models.errors import SpikepruneError
-from spikeprune.results.export import trial_dir
-from spikeprune.search.storage import check_study_name, default_storage, open_storage
+from spikeprune.errors import SpikepruneError
+from spikeprune._results.export import trial_dir
+from spikeprune._search.settings import check_study_name
+from spikeprune._search.storage import default_storage, open_storage
 
 REPO = Path(__file__).resolve().parents[1]
 SKIP = {".venv", "build", "dist", ".git", "__pycache__", "runs"}
@@ -149,7 +150,7 @@ def free_port() -> int:
 def test_a_local_ray_cluster_listens_on_loopback_only():
     """Even when Ray was imported before the search, without any RAY_* variable set."""
     code = ("import ray, sys\n"
-            "from spikeprune.search.driver import SearchSettings, ray_session\n"
+            "from spikeprune._search.cluster import ray_session\nfrom spikeprune._search.settings import SearchSettings\n"
             "with ray_session(SearchSettings(prepared='', workers=1)):\n"
             "    print('up', flush=True)\n"
             "    sys.stdin.readline()\n")
@@ -171,7 +172,7 @@ def test_the_dashboard_listens_on_loopback_by_default(tmp_path):
     assert build_parser().parse_args(["dashboard", "st"]).host == "127.0.0.1"
     optuna.create_study(storage=open_storage(default_storage(tmp_path, "st")), study_name="st")
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "spikeprune.cli", "dashboard", "st", "--run-dir", str(tmp_path),
+    server = subprocess.Popen([sys.executable, "-m", "spikeprune", "dashboard", "st", "--run-dir", str(tmp_path),
                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120

@@ -2,6 +2,7 @@
 (journal file and PostgreSQL) and the real trial kernel on a tiny prepared model."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,13 +15,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from spikeprune.models.config import CompressionConfig
-from spikeprune.models.errors import SpikepruneError
-from spikeprune.search import SearchSettings, open_storage, run_search, study_status
-from spikeprune.search.cli import main as search_main
-from spikeprune.models.trial import clearly_beaten
-from spikeprune.search.driver import make_sampler
-from spikeprune.search.storage import check_study_name
+from spikeprune import SearchSettings, open_storage, run_search, study_status
+from spikeprune._model.config import CompressionConfig
+from spikeprune._search.settings import check_study_name, make_sampler
+from spikeprune._trial.kernel import EarlyStop
+from spikeprune.cli import main as cli_main
+from spikeprune.errors import SpikepruneError
+from spikeprune.records import StudyRecord, TrialRecord
 
 from tiny_spaces import TINY_KNOBS
 
@@ -51,7 +52,7 @@ def complete(study: optuna.Study) -> list:
 
 
 def check_trial_record(study: optuna.Study, trial, dev_size: int) -> None:
-    """The SPEC's per-trial record: compression, metrics, report, timing, worker, fidelity, constraints."""
+    """The stored per-trial record (records.TrialRecord): compression, metrics, report, timing, worker, fidelity, constraints."""
     attrs = trial.user_attrs
     if "duplicate_of" in attrs:
         twin = study.trials[attrs["duplicate_of"]]
@@ -107,7 +108,7 @@ def test_search_end_to_end_on_the_journal(tiny_prepared, space_file, tmp_path, r
 
 def test_resume_after_the_driver_is_killed(tiny_prepared, space_file, tmp_path, ray_local):
     journal = tmp_path / "r" / "journal.log"
-    command = [sys.executable, "-m", "spikeprune.search", "--prepared", str(tiny_prepared), "--space", str(space_file),
+    command = [sys.executable, "-m", "spikeprune", "search", "--prepared", str(tiny_prepared), "--space", str(space_file),
                "--study", "r", "--n-trials", "6", "--workers", "2", "--run-dir", str(tmp_path),
                "--max-examples", str(MAX_EXAMPLES), "--ray-address", ray_local, "--quiet"]
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -184,8 +185,8 @@ def test_resuming_with_another_space_is_refused(tiny_prepared, space_file, tmp_p
 
 
 def test_kernel_errors_come_back_as_data(tiny_prepared):
-    from spikeprune.models.trial import BaseBundle
-    from spikeprune.search.worker import evaluate
+    from spikeprune._trial.base import BaseBundle
+    from spikeprune._search.worker import evaluate
 
     base = BaseBundle.load(tiny_prepared)
     out = evaluate(base, CompressionConfig(heads=3).to_dict(), max_examples=4, seed=0, energy="float45nm", threads=1)
@@ -195,8 +196,14 @@ def test_kernel_errors_come_back_as_data(tiny_prepared):
 
 # ----------------------------------------------------------------------------- pure parts
 def test_clearly_beaten_hand_cases():
-    directions = ["maximize", "minimize"]
-    front = [[0.80, 100.0], [0.70, 50.0]]
+    directions = ("maximize", "minimize")
+    front = ((0.80, 100.0), (0.70, 50.0))
+
+    def clearly_beaten(values, others, directions, metric, margin, floor=None):
+        look = EarlyStop(examples=8, objectives=("metric", "sops"), directions=directions, metric=metric,
+                         margin=margin, floor=floor, others=others)
+        return look.stops(dict(zip(look.objectives, values)))
+
     assert clearly_beaten([0.75, 120.0], front, directions, 0, margin=0.02)          # 0.80 > 0.75 + 0.02, cheaper
     assert not clearly_beaten([0.79, 120.0], front, directions, 0, margin=0.02)      # within the margin
     assert not clearly_beaten([0.60, 40.0], front, directions, 0, margin=0.02)       # cheapest: nobody dominates
@@ -243,8 +250,28 @@ def test_storage_errors_are_one_clear_line(tmp_path):
 
 
 def test_cli_reports_bad_input_as_one_line(tmp_path, capsys):
-    code = search_main(["--prepared", str(tmp_path), "--study", "bad name", "--run-dir", str(tmp_path)])
+    code = cli_main(["search", "--prepared", str(tmp_path), "--study", "bad name", "--run-dir", str(tmp_path)])
     assert code == 2
     assert capsys.readouterr().err.strip() == "error: study name 'bad name' is not allowed; use 1-64 letters, digits, '-', '_' or '.'"
-    assert search_main(["status", "none", "--run-dir", str(tmp_path)]) == 2
+    assert cli_main(["status", "none", "--run-dir", str(tmp_path)]) == 2
     assert "no study journal at" in capsys.readouterr().err
+
+
+def test_export_remeasures_with_the_search_seed(tiny_prepared, tmp_path, glue_dir, ray_local, capsys):
+    """A `--seed 3` search whose trials run recovery: the study records its seed and the export
+    rebuilds (recovery data and order) with it, so it re-measures what the search measured."""
+    space = tmp_path / "recover.yaml"
+    space.write_text("name: recover\nheads: 1\nneurons: 32\ntimesteps: {min: 1, max: 2}\nrecovery_steps: 2\n"
+                     "objectives: [{name: metric, direction: maximize}, {name: sops, direction: minimize}]\n")
+    common = ["--run-dir", str(tmp_path), "--glue-dir", str(glue_dir)]
+    assert cli_main(["search", "--prepared", str(tiny_prepared), "--space", str(space), "--study", "seeded",
+                     "--seed", "3", "--n-trials", "2", "--workers", "1", "--max-examples", str(MAX_EXAMPLES),
+                     "--quiet", *common]) == 0
+    study = optuna.load_study(study_name="seeded", storage=open_storage(tmp_path / "seeded" / "journal.log"))
+    assert StudyRecord.read(study).seed == 3
+    assert all(TrialRecord.of(t).compression["recovery_steps"] == 2 for t in complete(study))
+    capsys.readouterr()
+    assert cli_main(["export", "seeded", "--trial", "0", *common]) == 0
+    assert "re-measured" not in capsys.readouterr().err
+    metrics = json.loads((tmp_path / "seeded" / "export" / "trial-00000" / "metrics.json").read_text())
+    assert metrics["ok"] and metrics["measured"] == pytest.approx(metrics["search"], abs=0)

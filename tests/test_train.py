@@ -13,11 +13,15 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from spikeprune.models import train
-from spikeprune.models.errors import SpikepruneError
-from spikeprune.models.spiking import SpikingBertForSequenceClassification
-from spikeprune.models.train import (PRESETS, DistillLoss, build_student, default_base, default_layer_map,
-                                     distill_student, evaluate_model, teacher_forward, train_teacher)
+from spikeprune.errors import SpikepruneError
+from spikeprune._model.spiking import SpikingBertForSequenceClassification
+from spikeprune._model.evaluation import evaluate_model
+from spikeprune._model.glue import batches
+from spikeprune._training import loop, prepare as prepare_module
+from spikeprune._training.convert import build_student, default_layer_map
+from spikeprune._training.distill import DistillLoss, distill_student, teacher_forward
+from spikeprune._training.presets import PRESETS
+from spikeprune._training.teacher import _load_base, default_base, train_teacher
 
 # 24 examples in batches of 4: six steps, checkpoints after steps 2 and 4.
 SMALL = dataclasses.replace(PRESETS["tiny"], teacher_examples=24, distill_examples=24, batch_size=4,
@@ -100,7 +104,7 @@ def test_build_student_copies_the_mapped_teacher_weights():
 def test_minilm_base_loads_every_encoder_weight(tokenizer):
     from safetensors import safe_open
 
-    model = train._load_base(default_base(), 2, None, tokenizer)
+    model = _load_base(default_base(), 2, None, tokenizer)
     with safe_open(str(Path(default_base()) / "model.safetensors"), "pt") as f:
         assert torch.equal(f.get_tensor("encoder.layer.5.output.dense.weight"),
                            model.bert.encoder.layer[5].output.dense.weight)
@@ -217,7 +221,7 @@ def test_training_is_seeded_and_resumes_bit_identically(tmp_path, glue_dir, toke
 
 
 def test_prepare_writes_the_prepared_folder_and_reuses_finished_stages(tmp_path, glue_dir, capsys):
-    out = train.prepare("sst2", glue_dir, tmp_path, SMALL, seed=0)
+    out = prepare_module.prepare("sst2", glue_dir, tmp_path, SMALL, seed=0)
     assert out == tmp_path / "prepared" / "sst2-tiny"
     for name in ("config.json", "model.safetensors", "tokenizer.json", "training.json"):
         assert (out / "teacher" / name).is_file() and (out / "student" / name).is_file()
@@ -227,14 +231,14 @@ def test_prepare_writes_the_prepared_folder_and_reuses_finished_stages(tmp_path,
         assert set(report[key]) == {"accuracy", "metric"} and 0 <= report[key]["metric"] <= 1
     assert "teacher 0." in capsys.readouterr().out
     before = (out / "student" / "model.safetensors").stat().st_mtime_ns
-    train.prepare("sst2", glue_dir, tmp_path, SMALL, seed=0)
+    prepare_module.prepare("sst2", glue_dir, tmp_path, SMALL, seed=0)
     assert (out / "student" / "model.safetensors").stat().st_mtime_ns == before
 
     # evaluate_model: the spiking model also returns its spike counts over every dev example.
     student = SpikingBertForSequenceClassification.from_pretrained(out / "student")
     tok = AutoTokenizer.from_pretrained(out / "student")
-    dev = train._load_split("sst2", "validation", glue_dir, tok, 32, 10, 0)
-    evaluation = evaluate_model(student, train.batches(dev, 4), "sst2")
+    dev = loop.load_split("sst2", "validation", glue_dir, tok, 32, 10, 0)
+    evaluation = evaluate_model(student, batches(dev, 4), "sst2")
     metrics, record = evaluation.metrics, evaluation.record
     assert record.examples == 10 and record.tokens == sum(map(len, dev["input_ids"]))
     assert metrics["metric"] == metrics["accuracy"]
@@ -244,17 +248,18 @@ def test_threads_follow_the_environment(monkeypatch):
     before = torch.get_num_threads()
     try:
         monkeypatch.setenv("SPIKEPRUNE_THREADS", "1")
-        assert train.configure_threads() == 1 and torch.get_num_threads() == 1
+        assert loop.configure_threads() == 1 and torch.get_num_threads() == 1
         monkeypatch.setenv("SPIKEPRUNE_THREADS", "many")
         with pytest.raises(SpikepruneError):
-            train.configure_threads()
+            loop.configure_threads()
     finally:
         torch.set_num_threads(before)
 
 
 def test_prepare_set_overrides_reach_the_preset_and_guard_the_cache(tiny_prepared, glue_dir):
-    from spikeprune.models.errors import SpikepruneError
-    from spikeprune.models.train import override_preset, prepare
+    from spikeprune.errors import SpikepruneError
+    from spikeprune._training.prepare import prepare
+    from spikeprune._training.presets import override_preset
 
     p = override_preset("quick", ["distill_examples=3668", "distill_lr=1e-4", "eval_examples=null", "labels_only=true"])
     assert (p.name, p.distill_examples, p.distill_lr, p.eval_examples, p.labels_only) == ("quick", 3668, 1e-4, None, True)

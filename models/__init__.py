@@ -1,1 +1,0 @@
-"""Spiking BERT: data, metrics, model, training, compression and operation counting."""

@@ -1,0 +1,6 @@
+"""``python -m spikeprune``: the same command as ``spikeprune``."""
+import sys
+
+from spikeprune.cli import main
+
+sys.exit(main())

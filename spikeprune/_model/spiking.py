@@ -1,0 +1,408 @@
+"""A SpikingBERT-style encoder you can read top to bottom.
+
+Each encoder layer is six spiking sublayers, each ending in a population of integrate-and-fire
+neurons (docs/DESIGN.md §3): K, V, attention context, attention output (+residual, LayerNorm),
+intermediate (GELU), output (+residual, LayerNorm). The BERT embedding drives an IF encoder as a
+constant current; the classifier reads the average spiking rate (ASR) of the last layer,
+averaged over the real tokens (``readout="mean"``, the default) or at [CLS] (``readout="cls"``).
+
+Three ways to run the same weights:
+
+- ``mode="batched"`` (default): layer by layer, each sublayer's Linear on the whole spike train
+  in one matmul, then the IF recurrence over time. Layers may run different numbers of steps.
+- ``mode="lockstep"``: the reference, every layer advanced one timestep at a time. It needs equal
+  timesteps in every layer and gives exactly the spikes of ``batched``.
+- ``mode="surrogate"``: for training. Values are the simulated rates; gradients flow through the
+  equilibrium map ``a_out = clamp(f(a_in) / θ, 0, 1)`` (a straight-through estimator), so the
+  backward pass costs one non-spiking forward whatever T is.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numba
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from spikeprune.errors import SpikepruneError
+
+from . import checkpoint
+from .config import SpikingBertConfig
+
+#: The spiking populations of one layer, in the order they fire.
+SUBLAYERS: tuple[str, ...] = ("key", "value", "context", "attn_out", "intermediate", "output")
+
+
+class IFNeuron(nn.Module):
+    """Integrate-and-fire population with soft reset: u += I; s = [u >= θ]; u -= θ s; u *= λ.
+
+    The membrane potential ``u`` is explicit state: ``reset()`` clears it, ``step`` advances one
+    timestep, ``run`` advances a whole train (time on dim 0) from a fresh state.
+    """
+
+    def __init__(self, threshold: float = 1.0, leak: float = 1.0) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.leak = leak
+        self.u: Tensor | None = None
+
+    def reset(self) -> None:
+        self.u = None
+
+    def step(self, current: Tensor) -> Tensor:
+        u = current if self.u is None else self.u + current
+        spikes = (u >= self.threshold).to(current.dtype)
+        u = u - self.threshold * spikes
+        self.u = u * self.leak if self.leak != 1.0 else u
+        return spikes
+
+    def run(self, currents: Tensor, token_mask: Tensor | None = None) -> Tensor:
+        """Spike train for currents [T, ..., D] from a fresh state; ``token_mask`` ([..., 1], 0 at
+        padding) silences padded positions so they neither spike nor count."""
+        self.reset()
+        if currents.device.type == "cpu" and currents.dtype == torch.float32 and not currents.requires_grad:
+            width = currents.shape[-1]
+            flat = currents.detach().reshape(currents.shape[0], -1).numpy()
+            rows = (np.ones(flat.shape[1] // width, dtype=np.bool_) if token_mask is None else
+                    token_mask.expand(*currents.shape[1:-1], 1).reshape(-1).numpy().astype(np.bool_))
+            spikes = _if_run_cpu(flat, rows, width, np.float32(self.threshold), np.float32(self.leak))
+            return torch.from_numpy(spikes).view(currents.shape)
+        out = torch.stack([self.step(c) for c in currents])
+        self.reset()
+        return out if token_mask is None else out * token_mask
+
+
+#: Neurons per block of the IF kernel: a block's membrane potentials stay in cache while the
+#: kernel walks the train in time order, reading each timestep's currents contiguously.
+_IF_BLOCK = 4096
+
+
+@numba.njit(parallel=True, cache=True)
+def _if_run_cpu(currents: np.ndarray, rows: np.ndarray, width: int, threshold: np.float32,
+                leak: np.float32) -> np.ndarray:
+    """IFNeuron.step over a whole train [T, N] in one pass, blocks of neurons in parallel.
+
+    The arithmetic is step()'s, operation for operation in float32, so the spikes are identical;
+    it only removes the per-timestep tensor launches that made time-batching pointless on CPU.
+    Neuron i belongs to row i // width; rows marked False (padding) stay silent.
+    """
+    steps, n = currents.shape
+    out = np.zeros((steps, n), dtype=np.float32)
+    for block in numba.prange((n + _IF_BLOCK - 1) // _IF_BLOCK):
+        lo = block * _IF_BLOCK
+        hi = min(n, lo + _IF_BLOCK)
+        u = np.zeros(hi - lo, dtype=np.float32)
+        for t in range(steps):
+            for i in range(lo, hi):
+                if not rows[i // width]:
+                    continue
+                v = currents[t, i] if t == 0 else u[i - lo] + currents[t, i]
+                if v >= threshold:
+                    out[t, i] = 1.0
+                    v = v - threshold
+                if leak != 1.0:
+                    v = v * leak
+                u[i - lo] = v
+    return out
+
+
+def align_train(spikes: Tensor, steps: int, rule: str, threshold: float) -> Tensor:
+    """Adapt a spike train of T_prev steps (dim 0) to a layer that runs ``steps`` steps.
+
+    ``repeat`` takes the last ``steps`` steps, cycling backwards when more are needed, so the
+    settled tail of the previous layer is what the next layer sees. ``rate`` re-encodes the
+    previous layer's average rate with a fresh IF encoder. Equal lengths pass through untouched,
+    which is what makes batched and lockstep simulation agree exactly.
+    """
+    prev = spikes.shape[0]
+    if prev == steps:
+        return spikes
+    if rule == "repeat":
+        index = torch.tensor([(prev - steps + t) % prev for t in range(steps)], device=spikes.device)
+        return spikes.index_select(0, index)
+    rate = spikes.mean(dim=0)
+    return IFNeuron(threshold).run(rate.expand(steps, *rate.shape) * threshold)
+
+
+@dataclass
+class SimRecord:
+    """Spike counts of one or more batches, the raw material for operation counting.
+
+    Counts are exact integers over real (non-padding) tokens. ``layers[l]`` maps each sublayer of
+    ``SUBLAYERS`` (and ``"input"``, the train entering the layer) to its spike count, plus
+    ``key_x_len``/``value_x_len``: Σ over examples of that example's K or V spikes times its
+    length, i.e. the adds Q·Kᵀ and probs·V perform on binary K and V.
+    """
+
+    examples: int = 0
+    tokens: int = 0
+    token_pairs: int = 0
+    layers: list[dict[str, int]] = field(default_factory=list)
+
+    def merge(self, other: "SimRecord") -> "SimRecord":
+        if not self.layers:
+            self.layers = [dict.fromkeys(layer, 0) for layer in other.layers]
+        self.examples += other.examples
+        self.tokens += other.tokens
+        self.token_pairs += other.token_pairs
+        for mine, theirs in zip(self.layers, other.layers):
+            for key, value in theirs.items():
+                mine[key] += value
+        return self
+
+
+@dataclass
+class SpikingOutput:
+    logits: Tensor
+    loss: Tensor | None = None
+    hidden_rates: list[Tensor] = field(default_factory=list)
+    attention_scores: list[Tensor] = field(default_factory=list)
+    record: SimRecord | None = None
+
+
+class Embeddings(nn.Module):
+    """BERT embeddings (word + position + token type, LayerNorm): float work, run once."""
+
+    def __init__(self, cfg: SpikingBertConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, cfg.hidden_size)
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]
+        return self.LayerNorm(x + self.token_type_embeddings(token_type_ids))
+
+
+# A "fire" function turns a sublayer's input current into spikes. Batched simulation runs the
+# neuron over the whole train, lockstep steps it once, the surrogate returns rates with an STE.
+Fire = Callable[[str, Tensor], Tensor]
+
+
+class SpikingLayer(nn.Module):
+    """One encoder layer; its math is written once and shared by all three modes."""
+
+    def __init__(self, cfg: SpikingBertConfig, index: int) -> None:
+        super().__init__()
+        h, d = cfg.hidden_size, cfg.head_dim
+        self.num_heads = cfg.heads[index]
+        self.head_dim = d
+        inner = self.num_heads * d
+        self.query = nn.Linear(h, inner)
+        self.key = nn.Linear(h, inner)
+        self.value = nn.Linear(h, inner)
+        self.attn_out = nn.Linear(inner, h)
+        self.attn_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+        self.intermediate = nn.Linear(h, cfg.intermediate_sizes[index])
+        self.output = nn.Linear(cfg.intermediate_sizes[index], h)
+        self.out_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+        self.neurons = nn.ModuleDict({name: IFNeuron(cfg.threshold, cfg.leak) for name in SUBLAYERS})
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """[..., B, L, nh*dh] -> [..., B, nh, L, dh]"""
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(-2, -3)
+
+    def forward(self, x: Tensor, key_mask: Tensor, fire: Fire) -> tuple[dict[str, Tensor], Tensor]:
+        """Run the six sublayers on input ``x`` ([..., B, L, H]); return every sublayer's output
+        and the attention scores (pre-softmax)."""
+        k = fire("key", self.key(x))
+        v = fire("value", self.value(x))
+        q = self.query(x)
+        scores = self._heads(q) @ self._heads(k).transpose(-1, -2) / math.sqrt(self.head_dim)
+        probs = torch.softmax(scores + key_mask, dim=-1)
+        context = (probs @ self._heads(v)).transpose(-2, -3).flatten(-2)
+        c = fire("context", context)
+        a = fire("attn_out", self.attn_norm(self.attn_out(c) + x))
+        m = fire("intermediate", F.gelu(self.intermediate(a)))
+        y = fire("output", self.out_norm(self.output(m) + a))
+        return {"key": k, "value": v, "context": c, "attn_out": a, "intermediate": m, "output": y}, scores
+
+
+class SpikingBertForSequenceClassification(nn.Module):
+    """Spiking BERT with a float pooler and classifier on the last layer's spiking rate."""
+
+    def __init__(self, config: SpikingBertConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.encoder_neuron = IFNeuron(config.threshold, config.leak)
+        self.layers = nn.ModuleList(SpikingLayer(config, i) for i in range(config.num_layers))
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    # ----------------------------------------------------------------------------- forward
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, labels: Tensor | None = None,
+                mode: str = "batched", record: bool = False) -> SpikingOutput:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        mask = attention_mask.to(torch.float32)
+        token_mask = mask[..., None]                                  # [B, L, 1]
+        key_mask = ((1.0 - mask) * torch.finfo(torch.float32).min)[:, None, None, :]  # [B,1,1,L]
+        embedded = self.embeddings(input_ids, token_type_ids)
+
+        if mode == "batched":
+            rates, scores, layer_counts, _ = self._simulate_batched(embedded, token_mask, key_mask, record)
+        elif mode == "lockstep":
+            rates, scores, layer_counts = self._simulate_lockstep(embedded, token_mask, key_mask, record)
+        elif mode == "surrogate":
+            rates, scores, layer_counts = self._surrogate(embedded, token_mask, key_mask, record)
+        else:
+            raise SpikepruneError(f"unknown simulation mode {mode!r}; use batched, lockstep or surrogate")
+
+        logits = self.classifier(torch.tanh(self.pooler(self._readout(rates[-1], token_mask))))
+        loss = self.loss(logits, labels) if labels is not None else None
+        sim = None
+        if record:
+            lengths = attention_mask.sum(dim=1).to(torch.int64)
+            sim = SimRecord(examples=int(input_ids.shape[0]), tokens=int(lengths.sum()),
+                            token_pairs=int((lengths * lengths).sum()), layers=layer_counts)
+        return SpikingOutput(logits=logits, loss=loss, hidden_rates=rates, attention_scores=scores, record=sim)
+
+    def _readout(self, rates: Tensor, token_mask: Tensor) -> Tensor:
+        """The sentence representation the classifier sees. Averaging over real tokens is the
+        default: with a copied teacher and T=4 a linear probe on it reached 71.7 % SST-2 dev
+        accuracy against 51.6 % at [CLS], whose rate barely depends on the input."""
+        if self.config.readout == "cls":
+            return rates[:, 0]
+        return (rates * token_mask).sum(dim=1) / token_mask.sum(dim=1)
+
+    def loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        if self.config.is_regression:
+            return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+        return F.cross_entropy(logits, labels)
+
+    # ------------------------------------------------------------------------- simulation
+    def _encode(self, embedded: Tensor, steps: int, token_mask: Tensor) -> Tensor:
+        """Constant-current IF encoding of the embedding into a spike train [T, B, L, H]."""
+        return self.encoder_neuron.run(embedded.expand(steps, *embedded.shape), token_mask)
+
+    def _simulate_batched(self, embedded: Tensor, token_mask: Tensor, key_mask: Tensor, record: bool,
+                          keep_sublayers: bool = False) -> tuple[list[Tensor], list[Tensor], list[dict[str, int]], list[dict[str, Tensor]]]:
+        """Layer by layer, whole trains at once. Returns each layer's output rate and mean attention
+        scores, spike counts when ``record``, and every sublayer's rate when ``keep_sublayers``."""
+        cfg = self.config
+        x = self._encode(embedded, cfg.timesteps[0], token_mask)
+        rates, scores, counts, sublayers = [], [], [], []
+        for layer, steps in zip(self.layers, cfg.timesteps):
+            x = align_train(x, steps, cfg.boundary, cfg.threshold)
+            outputs, s = layer(x, key_mask, lambda name, c, layer=layer: layer.neurons[name].run(c, token_mask))
+            if record:
+                counts.append(_count_layer(x, outputs, token_mask))
+            if keep_sublayers:
+                sublayers.append({"input": x.mean(dim=0), **{n: t.mean(dim=0) for n, t in outputs.items()}})
+            x = outputs["output"]
+            rates.append(x.mean(dim=0))
+            scores.append(s.mean(dim=0))
+        return rates, scores, counts, sublayers
+
+    def _simulate_lockstep(self, embedded: Tensor, token_mask: Tensor, key_mask: Tensor,
+                           record: bool) -> tuple[list[Tensor], list[Tensor], list[dict[str, int]]]:
+        cfg = self.config
+        steps = cfg.timesteps[0]
+        if any(t != steps for t in cfg.timesteps):
+            raise SpikepruneError("lockstep simulation needs the same timesteps in every layer; use mode='batched'")
+        neurons = [self.encoder_neuron, *(n for layer in self.layers for n in layer.neurons.values())]
+        for n in neurons:
+            n.reset()
+        n_layers = len(self.layers)
+        spike_sums = [torch.zeros_like(embedded) for _ in range(n_layers)]
+        score_sums: list[Tensor | float] = [0.0] * n_layers
+        counts = [None] * n_layers
+        for _ in range(steps):
+            x = self.encoder_neuron.step(embedded) * token_mask
+            for i, layer in enumerate(self.layers):
+                def fire(name: str, current: Tensor, layer: SpikingLayer = layer) -> Tensor:
+                    return layer.neurons[name].step(current) * token_mask
+                outputs, s = layer(x, key_mask, fire)
+                if record:
+                    step_counts = _count_layer(x[None], {k: v[None] for k, v in outputs.items()}, token_mask)
+                    counts[i] = step_counts if counts[i] is None else {
+                        k: counts[i][k] + step_counts[k] for k in step_counts}
+                x = outputs["output"]
+                spike_sums[i] = spike_sums[i] + x
+                score_sums[i] = score_sums[i] + s
+        for n in neurons:
+            n.reset()
+        rates = [s / steps for s in spike_sums]
+        scores = [s / steps for s in score_sums]
+        return rates, scores, (counts if record else [])
+
+    def _surrogate(self, embedded: Tensor, token_mask: Tensor, key_mask: Tensor,
+                   record: bool) -> tuple[list[Tensor], list[Tensor], list[dict[str, int]]]:
+        """Rates with straight-through gradients: value = simulated ASR, gradient = d clamp(f/θ)."""
+        with torch.no_grad():
+            _, _, counts, simulated = self._simulate_batched(embedded, token_mask, key_mask, record, keep_sublayers=True)
+        theta = self.config.threshold
+
+        def straight_through(approx: Tensor, target: Tensor) -> Tensor:
+            # target + 0 keeps the simulated value bit-exact; approx + (target - approx) can be 1 ulp off.
+            return target + (approx - approx.detach())
+
+        x = straight_through(torch.clamp(embedded / theta, 0.0, 1.0) * token_mask, simulated[0]["input"])
+        rates, scores = [], []
+        for layer, target in zip(self.layers, simulated):
+            def fire(name: str, current: Tensor, target: dict[str, Tensor] = target) -> Tensor:
+                return straight_through(torch.clamp(current / theta, 0.0, 1.0) * token_mask, target[name])
+            outputs, s = layer(x, key_mask, fire)
+            x = outputs["output"]
+            rates.append(x)
+            scores.append(s)
+        return rates, scores, counts
+
+    # ---------------------------------------------------------------------------- storage
+    def save_pretrained(self, folder: str | Path, packed: bool = False) -> Path:
+        """Write config.json and model.safetensors (checkpoint.py); ``packed`` stores quantized
+        layers at their bit widths."""
+        return checkpoint.save(self.config, self.state_dict(), folder, packed=packed)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> "SpikingBertForSequenceClassification":
+        """Load a folder written by ``save_pretrained`` (packed or not)."""
+        config, state, source = checkpoint.load(folder)
+        model = cls(config)
+        model.load_state(state, source=source)
+        return model.eval()
+
+    def load_state(self, state: dict[str, Tensor], source: str) -> None:
+        """Load weights, turning any shape or key mismatch into one clear line."""
+        expected = self.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise SpikepruneError(f"{source} does not match its config: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        for key, value in state.items():
+            if value.shape != expected[key].shape:
+                raise SpikepruneError(f"{source}: {key} has shape {tuple(value.shape)} but the config "
+                                      f"implies {tuple(expected[key].shape)}; config and weights disagree")
+        self.load_state_dict(state)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _count_layer(x: Tensor, outputs: dict[str, Tensor], token_mask: Tensor) -> dict[str, int]:
+    """Exact spike counts of one layer's trains (each [T, B, L, D], padding already zeroed).
+
+    Counts are summed per example in float32, exact while one example has < 2^24 spikes per
+    sublayer (T·L·D = 16·512·1536 is 1.3e7), then totalled in int64: cheap next to the run."""
+    lengths = token_mask[..., 0].sum(dim=-1).to(torch.int64)    # [B]
+
+    def per_example(spikes: Tensor) -> Tensor:
+        return spikes.sum(dim=(0, 2, 3)).to(torch.int64)
+
+    counts = {"input": int(per_example(x).sum())}
+    for name, spikes in outputs.items():
+        counts[name] = int(per_example(spikes).sum())
+    for name in ("key", "value"):
+        counts[f"{name}_x_len"] = int((per_example(outputs[name]) * lengths).sum())
+    return counts

@@ -1,0 +1,65 @@
+"""``run_search``: check the settings, load the base, open the study, start Ray, drive, summarise."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+
+from spikeprune._spaces.schema import SearchSpace
+from spikeprune.errors import SpikepruneError
+
+from .cluster import ray_session
+from .driver import Driver, RunStats
+from .settings import SearchSettings
+from .storage import RetryingStorage, default_storage, describe, open_storage
+from .study import open_study
+from .worker import load_kernel
+
+
+def run_search(settings: SearchSettings) -> optuna.Study:
+    """Run (or resume) a search until the study holds ``n_trials`` COMPLETE trials."""
+    settings.check()
+    space = settings.space if isinstance(settings.space, SearchSpace) else SearchSpace.load(settings.space)
+    energy = settings.energy or space.energy
+    if settings.energy:
+        from spikeprune._model.ops import resolve_energy
+        resolve_energy(energy)
+    load_kernel(settings.kernel)  # torch and the model code: after the cheap checks
+    from spikeprune._trial.base import BaseBundle
+
+    base = BaseBundle.load(settings.prepared, settings.glue_dir)
+    if settings.task and settings.task != base.task:
+        raise SpikepruneError(f"--task {settings.task} but {settings.prepared} was prepared for {base.task}")
+    model = base.student.config
+    space.check(model)
+    # Last, as a journal is created on opening: a search refused for bad input leaves no files.
+    location = settings.storage or default_storage(settings.run_dir, settings.study_name)
+    storage = RetryingStorage(optuna.storages.get_storage(open_storage(location)), describe(location),
+                              settings.storage_patience)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = open_study(settings, space, storage, base.task, Path(settings.prepared).resolve(), model,
+                           energy, base.dev_size)
+        driver = Driver(settings, space, study, storage, model, base.dev_size, energy)
+        with ray_session(settings):
+            import ray
+
+            base_ref = ray.put(base)
+            del base
+            stats = driver.run(base_ref)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    print(summary(study, stats, describe(location)))
+    return study
+
+
+def summary(study: optuna.Study, stats: RunStats, location: str) -> str:
+    lines = [f"study {study.study_name} ({location}): this run finished {stats.finished} trials "
+             f"({stats.early_stopped} stopped early, {stats.duplicates} duplicates), {stats.failed} failed"]
+    if stats.re_queued:
+        lines.append(f"re-queued trials left running by a stopped driver: {stats.re_queued}")
+    if stats.examples_without_stopping:
+        lines.append(f"dev examples evaluated: {stats.examples}, {stats.examples / stats.examples_without_stopping:.0%} "
+                     f"of the {stats.examples_without_stopping} that full evaluations of the same trials take")
+    return "\n".join(lines)

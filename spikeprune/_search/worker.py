@@ -1,0 +1,73 @@
+"""The Ray task: one evaluation of one compression config, returned as plain data.
+
+The driver submits it with ``ray.remote(evaluate).options(num_cpus=..., num_gpus=...)`` and passes
+the base bundle as an ObjectRef put in the object store once; Ray hands the task the bundle
+itself. Errors inside the kernel come back as data (with the worker that hit them) so the driver
+can record them on the trial; only a crashed worker surfaces as a Ray error.
+
+The kernel is named ``module:function`` (``SearchSettings.kernel``, ``--kernel``) and imported in
+the worker, so a custom evaluation (another metric, a wrapper that logs) runs without changing the
+driver: it takes the arguments of ``run_trial`` and returns a ``TrialResult``. When the space
+stops trials early it is also given ``early_stop`` (``spikeprune.EarlyStop``; pass it on to
+``run_trial``). The module must be importable on every Ray worker (installed, or on the
+``PYTHONPATH`` the workers inherit).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+import traceback
+from typing import Any, Callable
+
+import torch
+
+from spikeprune._model.config import CompressionConfig
+from spikeprune._trial.kernel import EarlyStop
+from spikeprune.errors import SpikepruneError
+
+from .settings import DEFAULT_KERNEL
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def load_kernel(spec: str) -> Callable[..., Any]:
+    """The trial function ``module:function`` names (imported here)."""
+    module, sep, name = str(spec).partition(":")
+    if not sep or not module or not name.isidentifier():
+        raise SpikepruneError(f"kernel {spec!r} is not of the form module:function, e.g. {DEFAULT_KERNEL}")
+    try:
+        function = getattr(importlib.import_module(module), name)
+    except ImportError as e:
+        raise SpikepruneError(f"kernel module {module!r} cannot be imported ({e}); install it or put it on "
+                              f"PYTHONPATH") from None
+    except AttributeError:
+        raise SpikepruneError(f"kernel module {module!r} has no {name!r}; check the function name") from None
+    if not callable(function):
+        raise SpikepruneError(f"kernel {spec!r} is not a function; name a function taking run_trial's arguments")
+    return function
+
+
+def task_device() -> str:
+    """CUDA when Ray gave this task a GPU (``--gpus-per-trial``), else the CPU."""
+    import ray
+
+    return "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+
+
+def evaluate(base: Any, compression: dict[str, Any], *, kernel: str = DEFAULT_KERNEL, max_examples: int | None,
+             seed: int, energy: str, threads: int, early_stop: EarlyStop | None = None) -> dict[str, Any]:
+    """Run the trial kernel; return ``TrialResult.to_dict()`` or ``{"error", "traceback", "worker"}``."""
+    # A reused Ray worker keeps the thread count of its first task: set it for this task's CPUs.
+    torch.set_num_threads(max(1, threads))
+    try:
+        run = load_kernel(kernel)
+        extra = {} if early_stop is None else {"early_stop": early_stop}
+        result = run(base, CompressionConfig.from_dict(compression), max_examples=max_examples,
+                     seed=seed, energy=energy, device=task_device(), **extra)
+        return result.to_dict()
+    except Exception as e:  # recorded on the trial as its error; the search goes on
+        return {"error": f"{type(e).__name__}: {e}".splitlines()[0], "traceback": traceback.format_exc()[-4000:],
+                "worker": worker_name()}

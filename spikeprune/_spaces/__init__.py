@@ -1,0 +1,1 @@
+"""spikeprune._spaces"""

@@ -1,0 +1,94 @@
+"""Teacher -> student conversion: a spiking BERT with the teacher's shape and weights.
+
+The student copies the teacher's weights (evenly spaced layers when it has fewer) and gets a
+readout standardised to its rates, so distillation starts from the teacher's function.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from spikeprune._model.config import SpikingBertConfig
+from spikeprune._model.spiking import SpikingBertForSequenceClassification
+from spikeprune.errors import SpikepruneError
+
+#: Readout units whose rate varies less than this across sentences are left unscaled.
+READOUT_MIN_STD = 1e-3
+
+
+def default_layer_map(teacher_layers: int, student_layers: int) -> list[int]:
+    """Evenly spaced teacher layers (0-based) ending at the last: 6 -> 3 gives [1, 3, 5]."""
+    if not 1 <= student_layers <= teacher_layers:
+        raise SpikepruneError(f"a student needs 1..{teacher_layers} layers (the teacher's count), got {student_layers}")
+    return [(l + 1) * teacher_layers // student_layers - 1 for l in range(student_layers)]
+
+
+#: Our student parameter names -> HF BERT names (``{t}`` is the teacher layer).
+_LAYER_NAMES = {
+    "query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+    "attn_out": "attention.output.dense", "attn_norm": "attention.output.LayerNorm",
+    "intermediate": "intermediate.dense", "output": "output.dense", "out_norm": "output.LayerNorm",
+}
+
+
+def build_student(teacher: nn.Module, timesteps: int | list[int], num_layers: int | None = None,
+                  layer_map: list[int] | None = None, threshold: float = 1.0, leak: float = 1.0,
+                  task: str | None = None) -> SpikingBertForSequenceClassification:
+    """A spiking student with the teacher's shape and weights; layer l copies teacher layer
+    ``layer_map[l]`` (default evenly spaced, see ``default_layer_map``)."""
+    tc = teacher.config
+    if tc.model_type != "bert" or getattr(tc, "position_embedding_type", "absolute") != "absolute":
+        raise SpikepruneError(f"the spiking student copies BERT weights, but the teacher is a {tc.model_type!r} "
+                              "model; fine-tune a BERT checkpoint as teacher")
+    if tc.hidden_act != "gelu":
+        raise SpikepruneError(f"the spiking student uses exact GELU but the teacher uses {tc.hidden_act!r}; "
+                              "use a BERT teacher with hidden_act='gelu'")
+    num_layers = num_layers or (len(layer_map) if layer_map else tc.num_hidden_layers)
+    layer_map = list(layer_map) if layer_map is not None else default_layer_map(tc.num_hidden_layers, num_layers)
+    if len(layer_map) != num_layers or any(not 0 <= t < tc.num_hidden_layers for t in layer_map):
+        raise SpikepruneError(f"layer map {layer_map} must give {num_layers} teacher layers in "
+                              f"0..{tc.num_hidden_layers - 1}")
+    config = SpikingBertConfig(
+        vocab_size=tc.vocab_size, hidden_size=tc.hidden_size, num_layers=num_layers,
+        head_dim=tc.hidden_size // tc.num_attention_heads, heads=tc.num_attention_heads,
+        intermediate_sizes=tc.intermediate_size, timesteps=timesteps,
+        max_position_embeddings=tc.max_position_embeddings, type_vocab_size=tc.type_vocab_size,
+        layer_norm_eps=tc.layer_norm_eps, threshold=threshold, leak=leak, num_labels=tc.num_labels, task=task)
+    names = {f"embeddings.{e}.{w}": f"bert.embeddings.{e}.{w}"
+             for e in ("word_embeddings", "position_embeddings", "token_type_embeddings") for w in ("weight",)}
+    for w in ("weight", "bias"):
+        names[f"embeddings.LayerNorm.{w}"] = f"bert.embeddings.LayerNorm.{w}"
+        names[f"pooler.{w}"] = f"bert.pooler.dense.{w}"
+        names[f"classifier.{w}"] = f"classifier.{w}"
+        for l, t in enumerate(layer_map):
+            for ours, theirs in _LAYER_NAMES.items():
+                names[f"layers.{l}.{ours}.{w}"] = f"bert.encoder.layer.{t}.{theirs}.{w}"
+    source = teacher.state_dict()
+    student = SpikingBertForSequenceClassification(config)
+    student.load_state({ours: source[theirs].detach().clone() for ours, theirs in names.items()}, source="teacher")
+    return student
+
+
+@torch.no_grad()
+def standardize_readout(student: SpikingBertForSequenceClassification, batches: Iterable[dict[str, Tensor]]) -> None:
+    """Fold a per-unit standardisation of the readout rates into the pooler.
+
+    A copied teacher's pooler expects signed hidden states of unit scale; the student's averaged
+    rates sit near 0.1 and vary across sentences by a few hundredths, so a short distillation
+    cannot grow the head's weights enough to read them. Rewriting the pooler as
+    W·((r − μ)/σ) + b, with μ, σ of the rates on a few training batches, changes no function the
+    model can express, only where optimisation starts.
+    """
+    pooled = []
+    for batch in batches:
+        out = student(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        mask = batch["attention_mask"].to(out.hidden_rates[-1].dtype)[..., None]
+        pooled.append(student._readout(out.hidden_rates[-1], mask))
+    rates = torch.cat(pooled)
+    mean, std = rates.mean(dim=0), rates.std(dim=0)
+    scale = torch.where(std > READOUT_MIN_STD, 1.0 / std, torch.ones_like(std))
+    weight = student.pooler.weight * scale
+    student.pooler.bias -= weight @ mean
+    student.pooler.weight.copy_(weight)

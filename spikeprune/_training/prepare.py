@@ -1,0 +1,98 @@
+"""``prepare``: the whole pipeline that makes a prepared base, the starting point of every search.
+
+The folder ``<run_root>/prepared/<task>-<preset>/`` holds ``teacher/`` (Hugging Face format),
+``student/`` (save_pretrained), the head/neuron importance scores and ``prepare.json``
+(``records.PreparedRecord``), written last: a folder with it is complete.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from torch import Tensor
+
+from spikeprune._model.compress import IMPORTANCE_NAME, compute_importance, save_importance
+from spikeprune._model.evaluation import evaluate_model
+from spikeprune._model.glue import batches, get_task
+from spikeprune._model.metrics import main_metric
+from spikeprune._model.spiking import SpikingBertForSequenceClassification
+from spikeprune.errors import SpikepruneError
+from spikeprune.records import PreparedRecord
+
+from .convert import build_student, standardize_readout
+from .distill import distill_student
+from .loop import configure_threads, load_split, stage_done
+from .presets import IMPORTANCE_BATCHES, Preset, get_preset
+from .teacher import train_teacher
+
+
+def prepare(task: str, glue_dir: str | Path | None, run_root: str | Path, preset: str | Preset = "quick",
+            base: str | None = None, device: str = "cpu", seed: int = 0) -> Path:
+    """Teacher, student and their dev scores in ``<run_root>/prepared/<task>-<preset>/``.
+
+    Finished stages are kept and an interrupted one resumes, so re-running is cheap and safe.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    configure_threads()
+    p = get_preset(preset)
+    spec = get_task(task)
+    out = Path(run_root) / "prepared" / f"{spec.name}-{p.name}"
+    name = main_metric(spec.name)
+    if PreparedRecord.exists(out):
+        done = PreparedRecord.read(out)
+        if done.preset_config != p.to_dict():
+            changed = sorted(k for k, v in p.to_dict().items() if done.preset_config.get(k) != v)
+            raise SpikepruneError(f"{out} was prepared with other preset settings ({', '.join(changed)} differ); "
+                                  f"use another --run-dir or the same --set values")
+        print(f"{spec.name} dev {name} (cached in {out}): teacher {done.teacher_metrics[name]:.4f}, "
+              f"student (T={done.timesteps[0]}) {done.student_metrics[name]:.4f}")
+        return out
+    start = time.perf_counter()
+    if not stage_done(out / "teacher"):
+        train_teacher(spec.name, base, glue_dir, out, p, device=device, seed=seed)
+    teacher = AutoModelForSequenceClassification.from_pretrained(out / "teacher").to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out / "teacher")
+    calibration = load_split(spec.name, "train", glue_dir, tokenizer, p.max_length,
+                              IMPORTANCE_BATCHES * p.batch_size, seed + 1)
+
+    def calibration_batches() -> Iterable[dict[str, Tensor]]:
+        return batches(calibration, p.batch_size, pad_id=tokenizer.pad_token_id or 0)
+
+    if not stage_done(out / "student"):
+        student = build_student(teacher, p.timesteps, p.student_layers, threshold=p.threshold,
+                                leak=p.leak, task=spec.name)
+        standardize_readout(student, calibration_batches())
+        distill_student(student, teacher, spec.name, glue_dir, out, p, tokenizer=tokenizer,
+                        device=device, seed=seed)
+    student = SpikingBertForSequenceClassification.from_pretrained(out / "student").to(device)
+
+    dev = load_split(spec.name, spec.dev_split, glue_dir, tokenizer, p.max_length, p.eval_examples, seed)
+
+    def dev_batches() -> Iterable[dict[str, Tensor]]:
+        return batches(dev, p.eval_batch_size, sort_by_length=True, pad_id=tokenizer.pad_token_id or 0)
+
+    t0 = time.perf_counter()
+    teacher_metrics = evaluate_model(teacher, dev_batches(), spec.name).metrics
+    t1 = time.perf_counter()
+    student_metrics = evaluate_model(student, dev_batches(), spec.name).metrics
+    t2 = time.perf_counter()
+    save_importance(compute_importance(student, calibration_batches()), out / IMPORTANCE_NAME)
+    t3 = time.perf_counter()
+    stages = {name: json.loads((out / name / "training.json").read_text()) for name in ("teacher", "student")}
+    PreparedRecord(
+        task=spec.name, preset=p.name, preset_config=p.to_dict(), seed=seed,
+        glue_dir=None if glue_dir is None else str(Path(glue_dir).resolve()),
+        base=stages["teacher"]["base"], timesteps=student.config.timesteps,
+        layer_map=stages["student"]["layer_map"], dev_examples=len(dev["input_ids"]),
+        teacher_metrics=teacher_metrics, student_metrics=student_metrics,
+        timings={"teacher_train_s": stages["teacher"]["elapsed_s"],
+                 "student_distill_s": stages["student"]["elapsed_s"],
+                 "teacher_eval_s": t1 - t0, "student_eval_s": t2 - t1, "importance_s": t3 - t2,
+                 "this_run_s": time.perf_counter() - start},
+    ).write(out)
+    print(f"{spec.name} dev {name}: teacher {teacher_metrics[name]:.4f}, "
+          f"student (T={student.config.timesteps[0]}) {student_metrics[name]:.4f}")
+    return out

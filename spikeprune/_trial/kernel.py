@@ -1,0 +1,161 @@
+"""The trial kernel: compress the base student by one config, evaluate it, count what it costs.
+
+Every search trial, every `spikeprune evaluate` and every export re-measurement goes through
+``run_trial`` so that a number means the same thing wherever it is printed.
+
+Early stopping happens inside the kernel (``EarlyStop``): the model is compressed once, evaluated
+on the first examples of the dev set, and either stops there (clearly beaten) or goes on with the
+rest of the dev set only, so a trial that survives the look costs exactly one full evaluation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from spikeprune._model.compress import prune, select_units, set_timesteps
+from spikeprune._model.config import CompressionConfig
+from spikeprune._model.evaluation import Evaluation, evaluate_model, merge_evaluations
+from spikeprune._model.metrics import bootstrap_ci
+from spikeprune._model.ops import OpReport, count_ops
+from spikeprune._model.quantize import quantize_model
+from spikeprune._model.spiking import SimRecord, SpikingBertForSequenceClassification
+from spikeprune._training.recovery import recover
+from spikeprune.objectives import METRIC, dominates
+
+from .base import BaseBundle
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """The early look of one trial: after the first ``examples`` dev examples its values (the
+    ``objectives`` named, in order) are compared with ``others``, the looks of earlier trials on
+    the same examples; ``stops`` ends the trial there. Plain data, sent with the task."""
+
+    examples: int
+    objectives: tuple[str, ...]
+    directions: tuple[str, ...]
+    metric: int
+    margin: float
+    floor: float | None = None
+    others: tuple[tuple[float, ...], ...] = ()
+
+    def values(self, measured: dict[str, float]) -> list[float]:
+        return [float(measured[name]) for name in self.objectives]
+
+    def stops(self, measured: dict[str, float]) -> bool:
+        """Clearly beaten: some other look dominates it with a metric gain over ``margin``, or the
+        metric misses the ``floor`` constraint by more than ``margin``."""
+        values = self.values(measured)
+        if self.floor is not None and values[self.metric] < self.floor - self.margin:
+            return True
+        return any(dominates(other, values, self.directions, metric=self.metric, margin=self.margin)
+                   for other in self.others)
+
+
+@dataclass
+class TrialResult:
+    """Everything one trial measured; ``to_dict`` is what storage and exports keep."""
+
+    compression: CompressionConfig
+    metrics: dict[str, float]
+    metric_ci: tuple[float, float]
+    report: OpReport
+    timing: dict[str, float]
+    examples: int
+    worker: str
+    record: SimRecord = field(repr=False, compare=False)   # the spike counts, to re-count under other energy models
+    early_stopped: bool = False                            # ended after its early look (``EarlyStop``)
+    partial: dict[str, Any] | None = None                  # the early look: examples, objectives, metrics
+
+    @property
+    def objectives(self) -> dict[str, float]:
+        """The values a study can optimise, by the objective names of the space files."""
+        r = self.report
+        return {METRIC: self.metrics[METRIC], "sops": r.sops, "energy_uj": r.energy_uj,
+                "sum_t": float(r.sum_t), "max_t": float(r.max_t), "size_mb": r.size_mb}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"compression": self.compression.to_dict(), "metrics": self.metrics,
+                "metric_ci": list(self.metric_ci), "report": self.report.to_dict(),
+                "timing": self.timing, "examples": self.examples, "worker": self.worker,
+                "objectives": self.objectives, "early_stopped": self.early_stopped, "partial": self.partial}
+
+
+def build_compressed(base: BaseBundle, compression: CompressionConfig, seed: int = 0, device: str = "cpu"
+                     ) -> tuple[SpikingBertForSequenceClassification, CompressionConfig, dict[str, float]]:
+    """Apply a compression config to the base student: prune, set timesteps, recover, quantize.
+
+    Recovery (a short distillation from the teacher) runs on the float pruned model and the
+    weights are quantized afterwards, so the evaluated model is exactly what export stores. The
+    model ends on ``device``, where ``measure`` then evaluates it.
+    """
+    torch.manual_seed(seed)
+    resolved = compression.resolve(base.student.config)
+    t0 = time.perf_counter()
+    kept_heads, _ = select_units(base.student, resolved.heads, resolved.neurons, base.importance,
+                                 method=base.importance_method)
+    model = prune(base.student, resolved.heads, resolved.neurons, base.importance, method=base.importance_method)
+    model = set_timesteps(model, resolved.timesteps).to(device)
+    t1 = time.perf_counter()
+    if resolved.recovery_steps:
+        model = recover(model, base.prepared, base.glue_dir, steps=resolved.recovery_steps,
+                        teacher_heads=kept_heads, seed=seed, device=device)
+    t2 = time.perf_counter()
+    model = quantize_model(model, resolved.weight_bits).eval()
+    t3 = time.perf_counter()
+    return model, resolved, {"compress_s": (t1 - t0) + (t3 - t2), "recover_s": t2 - t1}
+
+
+def measure(base: BaseBundle, model: SpikingBertForSequenceClassification, compression: CompressionConfig,
+            timing: dict[str, float], *, max_examples: int | None = None, seed: int = 0,
+            energy: Any = "float45nm", early_stop: EarlyStop | None = None) -> TrialResult:
+    """Evaluate a compressed model on (the first ``max_examples`` of) the dev set and count its
+    operations; ``timing`` holds the compress/recover seconds already spent on it. With
+    ``early_stop`` the first ``early_stop.examples`` are evaluated first, and the rest only if the
+    look is not clearly beaten."""
+    full = base.dev_size if max_examples is None else min(max_examples, base.dev_size)
+    timing = {**timing, "eval_s": 0.0, "count_s": 0.0}
+
+    def result(evaluation: Evaluation) -> TrialResult:
+        t0 = time.perf_counter()
+        report = count_ops(model.config, evaluation.record, energy)
+        timing["count_s"] += time.perf_counter() - t0
+        ci = bootstrap_ci(base.task, evaluation.predictions, evaluation.labels, seed=seed)
+        return TrialResult(compression=compression, metrics=evaluation.metrics, metric_ci=ci, report=report,
+                           timing=dict(timing), examples=evaluation.record.examples,
+                           worker=f"{socket.gethostname()}:{os.getpid()}", record=evaluation.record)
+
+    def evaluate(start: int, stop: int) -> Evaluation:
+        t0 = time.perf_counter()
+        evaluation = evaluate_model(model, base.dev_batches(stop, start=start), base.task)
+        timing["eval_s"] += time.perf_counter() - t0
+        return evaluation
+
+    if early_stop is None or early_stop.examples >= full:
+        final = result(evaluate(0, full))
+    else:
+        look = evaluate(0, early_stop.examples)
+        first = result(look)
+        partial = {"examples": first.examples, "objectives": first.objectives, "metrics": first.metrics}
+        if early_stop.stops(first.objectives):
+            final = dataclasses.replace(first, early_stopped=True)
+        else:
+            final = result(merge_evaluations(look, evaluate(early_stop.examples, full), base.task))
+        final.partial = partial
+    final.timing["total_s"] = sum(v for k, v in final.timing.items() if k != "total_s")
+    return final
+
+
+def run_trial(base: BaseBundle, compression: CompressionConfig, *, max_examples: int | None = None,
+              seed: int = 0, energy: Any = "float45nm", device: str = "cpu",
+              early_stop: EarlyStop | None = None) -> TrialResult:
+    """Compress the base student by ``compression``, then ``measure`` it (on ``device``): one search trial."""
+    model, resolved, timing = build_compressed(base, compression, seed=seed, device=device)
+    return measure(base, model, resolved, timing, max_examples=max_examples, seed=seed, energy=energy,
+                   early_stop=early_stop)

@@ -1,0 +1,225 @@
+"""The records spikeprune keeps, typed, versioned, and written and read here only.
+
+- ``PreparedRecord``: ``<prepared>/prepare.json``, how a prepared base was made and what it scored.
+- ``StudyRecord``: the study's user attribute ``"spikeprune"``, what a search was run on and with
+  (task, base, space, objectives, energy model, seed, dev examples, reference point).
+- ``TrialRecord``: a trial's user attributes, what it evaluated and measured and who ran it.
+
+Each carries ``format`` (FORMAT when written by this version; records without one are format 0,
+read the same way). A record that is missing a field or holds a wrong type is refused on read
+with one line naming the file or study and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from spikeprune.errors import SpikepruneError
+from spikeprune.objectives import Objective
+
+FORMAT = 1
+_KINDS = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list}
+
+
+def _check(data: Any, cls: type, where: str, fix: str) -> dict[str, Any]:
+    """The fields of dataclass ``cls`` from ``data``, each present (or defaulted) and of its type."""
+    if not isinstance(data, dict):
+        raise SpikepruneError(f"{where} is not a record (a JSON object); {fix}")
+    version = data.get("format", 0)
+    if not isinstance(version, int) or version > FORMAT:
+        raise SpikepruneError(f"{where} has format {version!r}, newer than this spikeprune reads ({FORMAT}); "
+                              f"upgrade spikeprune")
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise SpikepruneError(f"{where} has no {f.name!r}; {fix}")
+            continue
+        value = data[f.name]
+        kinds = [k.strip() for k in str(f.type).split("|")]
+        allowed = tuple(_KINDS[k.split("[")[0]] for k in kinds if k.split("[")[0] in _KINDS)
+        if value is None and "None" in kinds:
+            pass
+        elif allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
+            raise SpikepruneError(f"{where}: {f.name!r} is {value!r}, not a {' or '.join(kinds)}; {fix}")
+        values[f.name] = value
+    values["format"] = version
+    return values
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``path`` whole or not at all (a temporary file renamed over it)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- prepared base
+@dataclass(frozen=True)
+class PreparedRecord:
+    """``prepare.json``: the task, preset values, seed and data a base was made from, and its scores."""
+
+    FILE: ClassVar[str] = "prepare.json"
+    task: str
+    preset: str
+    preset_config: dict[str, Any]
+    seed: int
+    glue_dir: str | None
+    base: str
+    timesteps: list[int]
+    layer_map: list[int]
+    dev_examples: int
+    teacher_metrics: dict[str, float]
+    student_metrics: dict[str, float]
+    timings: dict[str, float] = field(default_factory=dict)
+    format: int = FORMAT
+
+    @property
+    def max_length(self) -> int:
+        return int(self.preset_config["max_length"])
+
+    def write(self, folder: str | Path) -> Path:
+        path = Path(folder) / self.FILE
+        _write_json(path, {**dataclasses.asdict(self), "format": FORMAT})
+        return path
+
+    @classmethod
+    def exists(cls, folder: str | Path) -> bool:
+        return (Path(folder) / cls.FILE).is_file()
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "PreparedRecord":
+        path = Path(folder) / cls.FILE
+        fix = "run `spikeprune prepare` again into a fresh --run-dir"
+        if not path.is_file():
+            raise SpikepruneError(f"{folder} is not a prepared base (no {cls.FILE}); run `spikeprune prepare` first")
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, OSError):
+            raise SpikepruneError(f"{path} is damaged; {fix}") from None
+        values = _check(data, cls, str(path), fix)
+        if not isinstance(values["preset_config"].get("max_length"), int):
+            raise SpikepruneError(f"{path}: preset_config has no integer max_length; {fix}")
+        return cls(**values)
+
+
+# ------------------------------------------------------------------------------------- study
+@dataclass
+class StudyRecord:
+    """What a search study was made with (the study's user attribute ``"spikeprune"``)."""
+
+    KEY: ClassVar[str] = "spikeprune"
+    #: Fields a resumed search must share with the study: another value would mix incomparable trials.
+    SAME_ON_RESUME: ClassVar[tuple[str, ...]] = ("task", "prepared", "space", "energy", "max_examples", "seed")
+    task: str
+    objectives: list[dict[str, str]]
+    energy: str
+    prepared: str | None = None
+    space: dict[str, Any] = field(default_factory=dict)
+    dev_examples: int | None = None
+    max_examples: int | None = None
+    #: The seed of the sampler and of every trial's kernel (recovery, bootstrap); None in format-0 studies.
+    seed: int | None = None
+    #: The dense baseline's objective values, once it has finished fully evaluated.
+    reference: dict[str, float] | None = None
+    format: int = FORMAT
+
+    @property
+    def objective_list(self) -> list[Objective]:
+        return [Objective(o["name"], o["direction"]) for o in self.objectives]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "format": FORMAT}
+
+    def write(self, study: Any) -> None:
+        study.set_user_attr(self.KEY, self.to_dict())
+
+    @classmethod
+    def find(cls, study: Any) -> "StudyRecord | None":
+        """The study's record, or None for a study no search has set up (yet)."""
+        data = study.user_attrs.get(cls.KEY)
+        if data is None:
+            return None
+        return cls(**_check(data, cls, f"study {study.study_name!r}",
+                            "its metadata is damaged; start a new study with another --study name"))
+
+    @classmethod
+    def read(cls, study: Any) -> "StudyRecord":
+        record = cls.find(study)
+        if record is None or not record.objectives:
+            raise SpikepruneError(f"study {study.study_name!r} has no 'spikeprune' objectives attribute; "
+                                  f"open a study created by `spikeprune search`")
+        return record
+
+    def conflict(self, other: "StudyRecord") -> str | None:
+        """The first field of SAME_ON_RESUME in which ``other`` differs (None: same study)."""
+        def core(space: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in space.items() if k not in ("name", "description", "early_stopping")}
+
+        for name in self.SAME_ON_RESUME:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if name == "space":
+                mine, theirs = core(mine), core(theirs)
+            if name == "seed" and mine is None:
+                continue  # a format-0 study did not record its seed
+            if mine != theirs:
+                return name
+        return None
+
+
+# ------------------------------------------------------------------------------------- trial
+@dataclass
+class TrialRecord:
+    """What a trial stores as user attributes, written by the search driver.
+
+    Set on ask: ``driver`` (and ``seeded``/``baseline``/``retry_of`` for queued configs) and the
+    resolved ``compression``; on a result: the RESULT fields; on failure: ``error`` (``traceback``);
+    ``duplicate_of`` when it repeats an earlier trial's config and was told that trial's values.
+    """
+
+    #: The fields of a measured result, copied whole to a duplicate.
+    RESULT: ClassVar[tuple[str, ...]] = ("metrics", "metric_ci", "report", "timing", "worker", "examples",
+                                         "fidelity", "early_stopped", "partial")
+    compression: dict[str, Any] | None = None
+    metrics: dict[str, float] | None = None
+    metric_ci: list[float] | None = None
+    report: dict[str, Any] | None = None
+    timing: dict[str, float] | None = None
+    worker: str | None = None
+    examples: int | None = None
+    fidelity: float | None = None
+    early_stopped: bool = False
+    partial: dict[str, Any] | None = None
+    duplicate_of: int | None = None
+    seeded: bool = False
+    baseline: bool = False
+    retry_of: int | None = None
+    driver: dict[str, Any] | None = None
+    error: str | None = None
+    traceback: str | None = None
+    skipped: str | None = None
+    format: int = 0
+
+    @classmethod
+    def of(cls, trial: Any) -> "TrialRecord":
+        known = {f.name for f in dataclasses.fields(cls)}
+        attrs = {k: v for k, v in trial.user_attrs.items() if k in known}
+        return cls(**_check(attrs, cls, f"trial {trial.number}", "the study's storage is damaged"))
+
+    @classmethod
+    def set(cls, trial: Any, **values: Any) -> None:
+        """Store fields on a live ``optuna.Trial`` (unknown names are a programming error)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key, value in values.items():
+            if key not in known:
+                raise KeyError(f"TrialRecord has no field {key!r}")
+            trial.set_user_attr(key, value)
+
+    @property
+    def fresh(self) -> bool:
+        """Measured by its own evaluation (not a copy of an earlier trial's result)."""
+        return self.duplicate_of is None
