@@ -82,14 +82,15 @@ def compute_importance(model: SpikingBertForSequenceClassification,
         tokens += int(batch["attention_mask"].sum())
 
         # Activity: spike trains [T, B, L, D] entering attn_out (context) and output (intermediate).
-        # Padding is silent, so summing over B and L and dividing by real tokens gives the mean rate.
+        # Padding is silent, so summing over B and L and dividing by real tokens gives the mean rate
+        # (of spikes of either sign: the converted family's carry ±θ).
         activity = {}
         for l, layer in enumerate(layers):
             heads = (layer.num_heads, layer.head_dim)
             activity[layer.attn_out] = lambda s, l=l, heads=heads: accumulate(
-                f"activity.head.{l}", s.mean(dim=0).unflatten(-1, heads).mean(dim=-1).sum(dim=(0, 1)))
+                f"activity.head.{l}", (s != 0).float().mean(dim=0).unflatten(-1, heads).mean(dim=-1).sum(dim=(0, 1)))
             activity[layer.output] = lambda s, l=l: accumulate(
-                f"activity.neuron.{l}", s.mean(dim=0).sum(dim=(0, 1)))
+                f"activity.neuron.{l}", (s != 0).float().mean(dim=0).sum(dim=(0, 1)))
         with torch.no_grad(), _pre_hooks(activity):
             model(**inputs, mode="batched")
 

@@ -20,6 +20,10 @@ SUPPORTED_BITS: tuple[float, ...] = (1, 1.58, 2, 4, 8, 32)
 FLOAT_BITS = 32.0
 #: How a layer with T_l steps reads an input spike train of a different length (see spiking.py).
 BOUNDARY_RULES: tuple[str, ...] = ("repeat", "rate")
+#: Model families: "spikingbert" (binary IF, softmax and LayerNorm on each step's spikes, as the
+#: SpikingBERT reference does; spiking.py) and "converted" (signed IF, operators on accumulated
+#: input, equivalent to an L-level quantized BERT; converted.py).
+FAMILIES: tuple[str, ...] = ("spikingbert", "converted")
 #: What the classifier reads: the spiking rate of the last layer averaged over the real tokens
 #: ("mean") or at [CLS] alone ("cls").
 READOUTS: tuple[str, ...] = ("mean", "cls")
@@ -76,6 +80,9 @@ class SpikingBertConfig:
     boundary: str = "repeat"
     readout: str = "mean"
     task: str | None = None
+    family: str = "spikingbert"
+    #: Quantization levels on each side of zero of the converted family's neurons (counts in [-L, L]).
+    levels: int = 8
 
     def __post_init__(self) -> None:
         n = self.num_layers
@@ -91,6 +98,10 @@ class SpikingBertConfig:
             raise SpikepruneError(f"timesteps must be >= 1 in every layer, got {self.timesteps}")
         if self.boundary not in BOUNDARY_RULES:
             raise SpikepruneError(f"boundary rule {self.boundary!r} is unknown; use one of {BOUNDARY_RULES}")
+        if self.family not in FAMILIES:
+            raise SpikepruneError(f"model family {self.family!r} is unknown; use one of {FAMILIES}")
+        if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 1:
+            raise SpikepruneError(f"levels must be an integer >= 1, got {self.levels!r}")
         if self.readout not in READOUTS:
             raise SpikepruneError(f"readout {self.readout!r} is unknown; use one of {READOUTS}")
         if self.threshold <= 0:

@@ -31,6 +31,7 @@ from typing import Any, Mapping
 from spikeprune.errors import SpikepruneError
 
 from .config import FLOAT_BITS, SpikingBertConfig
+from .converted import POPULATIONS
 from .spiking import SUBLAYERS, SimRecord
 
 # ------------------------------------------------------------------------------ float-op costs
@@ -51,16 +52,17 @@ TANH_OPS_PER_ELEMENT = 1
 #: free); the "mean" readout also adds every real token's count: one add per token and unit.
 READOUT_OPS_PER_ELEMENT = 1
 
-#: Names of the MAC kinds, in report order.
+#: Names of the MAC kinds, in report order. The converted family adds, per step, "increment" (the
+#: subtractions f(X_t) - f(X_{t-1}) of its accumulated operators) and "attention" (the change of
+#: the attention probabilities times the accumulated V, float by float).
 MAC_KINDS: tuple[str, ...] = ("embedding", "layernorm", "softmax", "gelu", "bias", "classifier")
+CONVERTED_MAC_KINDS: tuple[str, ...] = (*MAC_KINDS, "increment", "attention")
 #: Names of the SOP buckets of one layer, in the order the work happens.
 SOP_BUCKETS: tuple[str, ...] = ("query", "key", "value", "attention", "attn_out", "intermediate",
                                 "output", "residual")
 #: Buckets whose accumulates add a *weight* of the layer (so their width is the layer's weight_bits);
 #: "attention" adds float Q values / probabilities and "residual" adds into a float sum.
 WEIGHT_BUCKETS: frozenset[str] = frozenset({"query", "key", "value", "attn_out", "intermediate", "output"})
-#: Spiking populations whose firing rate is reported: the layer input train and the six sublayers.
-RATE_POPULATIONS: tuple[str, ...] = ("input", *SUBLAYERS)
 
 # ----------------------------------------------------------------------------- size accounting
 #: Bits of the per-tensor float scale every quantized weight tensor carries.
@@ -231,7 +233,7 @@ class OpReport:
     neurons: int                               # IF neurons per token (encoder + every sublayer)
     neuron_updates: float                      # neuron-timesteps; not synaptic ops, not in energy
     sops_per_layer: list[dict[str, float]]     # [layer][SOP_BUCKETS]
-    firing_rates: list[dict[str, float]]       # [layer][RATE_POPULATIONS]: spikes/(neurons·T·tokens)
+    firing_rates: list[dict[str, float]]       # [layer]["input" and each population]: spikes/(neurons·T·tokens)
     totals: dict[str, float]                   # sops, macs (exact integers), energy_uj, tokens
     energy_model: dict[str, Any]
 
@@ -246,26 +248,45 @@ class OpReport:
         return cls(**data)
 
 
+def populations(config: SpikingBertConfig) -> tuple[str, ...]:
+    """The spiking populations of one layer of the config's family (the layer input aside)."""
+    return POPULATIONS if config.family == "converted" else SUBLAYERS
+
+
+def _products(config: SpikingBertConfig) -> tuple[str, ...]:
+    """Populations whose spikes each meet every position of their example in attention."""
+    return ("query", "key", "value") if config.family == "converted" else ("key", "value")
+
+
 def _check(config: SpikingBertConfig, record: SimRecord) -> None:
     if record.examples <= 0 or record.tokens <= 0:
         raise SpikepruneError("the spike record is empty; run the model with record=True on at least one batch")
     if len(record.layers) != config.num_layers:
         raise SpikepruneError(f"the spike record has {len(record.layers)} layers but the config {config.num_layers}; "
                               f"count with the config of the model that made the record")
-    needed = {*RATE_POPULATIONS, "key_x_len", "value_x_len"}
+    needed = {"input", *populations(config), *(f"{name}_x_len" for name in _products(config))}
     for l, counts in enumerate(record.layers):
         if not needed <= set(counts):
             raise SpikepruneError(f"spike record layer {l} lacks {sorted(needed - set(counts))}; record with models.spiking")
 
 
 def layer_sops(config: SpikingBertConfig, l: int, counts: Mapping[str, int]) -> dict[str, int]:
-    """Exact accumulates of layer ``l`` by bucket, from its spike counts and its pruned fan-outs."""
+    """Exact accumulates of layer ``l`` by bucket, from its spike counts and its pruned fan-outs.
+
+    A signed spike costs one accumulate, like a binary one. In attention, every K and V spike adds
+    one value per query position it meets; in the converted family every Q spike also adds one
+    accumulated K value per key position (Q·Kᵀ grows by Q_t·ΔKᵀ + ΔQ·K_{t-1}ᵀ), and each Q, K or V
+    spike adds θ into its population's running sum.
+    """
     h, inner, m = config.hidden_size, config.heads[l] * config.head_dim, config.intermediate_sizes[l]
+    attention = sum(counts[f"{name}_x_len"] for name in _products(config))
+    if config.family == "converted":
+        attention += counts["query"] + counts["key"] + counts["value"]
     return {
         "query": counts["input"] * inner,
         "key": counts["input"] * inner,
         "value": counts["input"] * inner,
-        "attention": counts["key_x_len"] + counts["value_x_len"],
+        "attention": attention,
         "attn_out": counts["context"] * h,
         "intermediate": counts["attn_out"] * m,
         "output": counts["intermediate"] * h,
@@ -274,17 +295,28 @@ def layer_sops(config: SpikingBertConfig, l: int, counts: Mapping[str, int]) -> 
 
 
 def float_macs(config: SpikingBertConfig, record: SimRecord) -> dict[str, int]:
-    """Exact float operations of the whole record by kind (real tokens only)."""
+    """Exact float operations of the whole record by kind (real tokens only).
+
+    Both families evaluate LayerNorm, softmax and GELU at every step (the converted family on the
+    accumulated input). SpikingBERT's Linear layers add their bias at every step, the converted
+    family's once; the converted family also subtracts each accumulated operator's previous output
+    at every step ("increment") and multiplies the change of the attention probabilities by the
+    accumulated V ("attention").
+    """
     h, tokens = config.hidden_size, record.tokens
-    macs = dict.fromkeys(MAC_KINDS, 0)
+    converted = config.family == "converted"
+    macs = dict.fromkeys(CONVERTED_MAC_KINDS if converted else MAC_KINDS, 0)
     macs["embedding"] = tokens * h * (EMBEDDING_ADDS_PER_ELEMENT + LAYERNORM_OPS_PER_ELEMENT)
     for l, steps in enumerate(config.timesteps):
-        m = config.intermediate_sizes[l]
+        inner, m = config.heads[l] * config.head_dim, config.intermediate_sizes[l]
         token_steps = tokens * steps
         macs["layernorm"] += 2 * token_steps * h * LAYERNORM_OPS_PER_ELEMENT
         macs["softmax"] += config.heads[l] * record.token_pairs * steps * SOFTMAX_OPS_PER_ENTRY
         macs["gelu"] += token_steps * m * GELU_OPS_PER_ELEMENT
-        macs["bias"] += token_steps * sum(out for _, out in _layer_linears(config, l))
+        macs["bias"] += (tokens if converted else token_steps) * sum(out for _, out in _layer_linears(config, l))
+        if converted:
+            macs["increment"] += token_steps * (inner + 2 * h + m) + config.heads[l] * record.token_pairs * steps
+            macs["attention"] += record.token_pairs * inner * steps
     per_example = (h * READOUT_OPS_PER_ELEMENT + h * h + h + h * TANH_OPS_PER_ELEMENT
                    + h * config.num_labels + config.num_labels)   # readout, pooler, tanh, classifier
     macs["classifier"] = record.examples * per_example + (tokens * h if config.readout == "mean" else 0)
@@ -310,9 +342,11 @@ def count_ops(config: SpikingBertConfig, record: SimRecord,
     rates, neurons, updates = [], h, h * config.timesteps[0]   # the embedding's IF encoder runs T_0 steps
     for l, (counts, steps) in enumerate(zip(record.layers, config.timesteps)):
         inner, m = config.heads[l] * config.head_dim, config.intermediate_sizes[l]
-        sizes = {"input": h, "key": inner, "value": inner, "context": inner, "attn_out": h, "intermediate": m, "output": h}
-        rates.append({name: counts[name] / (sizes[name] * steps * record.tokens) for name in RATE_POPULATIONS})
-        layer_neurons = sum(sizes[name] for name in SUBLAYERS)
+        sizes = {"input": h, "query": inner, "key": inner, "value": inner, "context": inner, "attn_out": h,
+                 "intermediate": m, "output": h}
+        rates.append({name: counts[name] / (sizes[name] * steps * record.tokens)
+                      for name in ("input", *populations(config))})
+        layer_neurons = sum(sizes[name] for name in populations(config))
         neurons += layer_neurons
         updates += layer_neurons * steps
     size = size_bits(config)
@@ -346,8 +380,8 @@ def format_report(report: OpReport) -> str:
                 for l, (layer, t) in enumerate(zip(report.sops_per_layer, report.timesteps))]),
         "",
         "firing rates (spikes / neuron / timestep)",
-        _table(["layer", *RATE_POPULATIONS],
-               [[str(l), *(f"{rates[p]:.4f}" for p in RATE_POPULATIONS)] for l, rates in enumerate(report.firing_rates)]),
+        _table(["layer", *report.firing_rates[0]],
+               [[str(l), *(f"{rate:.4f}" for rate in rates.values())] for l, rates in enumerate(report.firing_rates)]),
     ]
     return "\n".join(lines)
 

@@ -15,6 +15,11 @@ Three ways to run the same weights:
 - ``mode="surrogate"``: for training. Values are the simulated rates; gradients flow through the
   equilibrium map ``a_out = clamp(f(a_in) / θ, 0, 1)`` (a straight-through estimator), so the
   backward pass costs one non-spiking forward whatever T is.
+
+That is the ``spikingbert`` family. A config with ``family="converted"`` builds the same weights
+into the conversion-faithful family of converted.py (signed neurons, operators on accumulated
+input); this class then runs its simulation (``_simulate_converted``) and, as its surrogate, the
+quantized network the spikes converge to (``_quantized``).
 """
 from __future__ import annotations
 
@@ -23,8 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numba
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -33,82 +36,11 @@ from spikeprune.errors import SpikepruneError
 
 from . import checkpoint
 from .config import SpikingBertConfig
+from .converted import Accumulator, ConvertedLayer, quantize_ste, retime
+from .neurons import IFNeuron, SignedIFNeuron
 
 #: The spiking populations of one layer, in the order they fire.
 SUBLAYERS: tuple[str, ...] = ("key", "value", "context", "attn_out", "intermediate", "output")
-
-
-class IFNeuron(nn.Module):
-    """Integrate-and-fire population with soft reset: u += I; s = [u >= θ]; u -= θ s; u *= λ.
-
-    The membrane potential ``u`` is explicit state: ``reset()`` clears it, ``step`` advances one
-    timestep, ``run`` advances a whole train (time on dim 0) from a fresh state.
-    """
-
-    def __init__(self, threshold: float = 1.0, leak: float = 1.0) -> None:
-        super().__init__()
-        self.threshold = threshold
-        self.leak = leak
-        self.u: Tensor | None = None
-
-    def reset(self) -> None:
-        self.u = None
-
-    def step(self, current: Tensor) -> Tensor:
-        u = current if self.u is None else self.u + current
-        spikes = (u >= self.threshold).to(current.dtype)
-        u = u - self.threshold * spikes
-        self.u = u * self.leak if self.leak != 1.0 else u
-        return spikes
-
-    def run(self, currents: Tensor, token_mask: Tensor | None = None) -> Tensor:
-        """Spike train for currents [T, ..., D] from a fresh state; ``token_mask`` ([..., 1], 0 at
-        padding) silences padded positions so they neither spike nor count."""
-        self.reset()
-        if currents.device.type == "cpu" and currents.dtype == torch.float32 and not currents.requires_grad:
-            width = currents.shape[-1]
-            flat = currents.detach().reshape(currents.shape[0], -1).numpy()
-            rows = (np.ones(flat.shape[1] // width, dtype=np.bool_) if token_mask is None else
-                    token_mask.expand(*currents.shape[1:-1], 1).reshape(-1).numpy().astype(np.bool_))
-            spikes = _if_run_cpu(flat, rows, width, np.float32(self.threshold), np.float32(self.leak))
-            return torch.from_numpy(spikes).view(currents.shape)
-        out = torch.stack([self.step(c) for c in currents])
-        self.reset()
-        return out if token_mask is None else out * token_mask
-
-
-#: Neurons per block of the IF kernel: a block's membrane potentials stay in cache while the
-#: kernel walks the train in time order, reading each timestep's currents contiguously.
-_IF_BLOCK = 4096
-
-
-@numba.njit(parallel=True, cache=True)
-def _if_run_cpu(currents: np.ndarray, rows: np.ndarray, width: int, threshold: np.float32,
-                leak: np.float32) -> np.ndarray:
-    """IFNeuron.step over a whole train [T, N] in one pass, blocks of neurons in parallel.
-
-    The arithmetic is step()'s, operation for operation in float32, so the spikes are identical;
-    it only removes the per-timestep tensor launches that made time-batching pointless on CPU.
-    Neuron i belongs to row i // width; rows marked False (padding) stay silent.
-    """
-    steps, n = currents.shape
-    out = np.zeros((steps, n), dtype=np.float32)
-    for block in numba.prange((n + _IF_BLOCK - 1) // _IF_BLOCK):
-        lo = block * _IF_BLOCK
-        hi = min(n, lo + _IF_BLOCK)
-        u = np.zeros(hi - lo, dtype=np.float32)
-        for t in range(steps):
-            for i in range(lo, hi):
-                if not rows[i // width]:
-                    continue
-                v = currents[t, i] if t == 0 else u[i - lo] + currents[t, i]
-                if v >= threshold:
-                    out[t, i] = 1.0
-                    v = v - threshold
-                if leak != 1.0:
-                    v = v * leak
-                u[i - lo] = v
-    return out
 
 
 def align_train(spikes: Tensor, steps: int, rule: str, threshold: float) -> Tensor:
@@ -232,8 +164,13 @@ class SpikingBertForSequenceClassification(nn.Module):
         super().__init__()
         self.config = config
         self.embeddings = Embeddings(config)
-        self.encoder_neuron = IFNeuron(config.threshold, config.leak)
-        self.layers = nn.ModuleList(SpikingLayer(config, i) for i in range(config.num_layers))
+        if config.family == "converted":
+            self.encoder_neuron = SignedIFNeuron(config.levels)
+            self.encoder_threshold = nn.Parameter(torch.ones(()))
+            self.layers = nn.ModuleList(ConvertedLayer(config, i) for i in range(config.num_layers))
+        else:
+            self.encoder_neuron = IFNeuron(config.threshold, config.leak)
+            self.layers = nn.ModuleList(SpikingLayer(config, i) for i in range(config.num_layers))
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
@@ -250,14 +187,23 @@ class SpikingBertForSequenceClassification(nn.Module):
         key_mask = ((1.0 - mask) * torch.finfo(torch.float32).min)[:, None, None, :]  # [B,1,1,L]
         embedded = self.embeddings(input_ids, token_type_ids)
 
-        if mode == "batched":
+        if mode not in ("batched", "lockstep", "surrogate"):
+            raise SpikepruneError(f"unknown simulation mode {mode!r}; use batched, lockstep or surrogate")
+        if self.config.family == "converted":
+            if mode == "surrogate":
+                if record:
+                    raise SpikepruneError("the converted family's surrogate mode runs no spikes to record; "
+                                          "use mode='batched' to count operations")
+                rates, scores, layer_counts = self._quantized(embedded, token_mask, key_mask)
+            else:
+                rates, scores, layer_counts = self._simulate_converted(embedded, token_mask, key_mask, record,
+                                                                       lockstep=mode == "lockstep")
+        elif mode == "batched":
             rates, scores, layer_counts, _ = self._simulate_batched(embedded, token_mask, key_mask, record)
         elif mode == "lockstep":
             rates, scores, layer_counts = self._simulate_lockstep(embedded, token_mask, key_mask, record)
-        elif mode == "surrogate":
-            rates, scores, layer_counts = self._surrogate(embedded, token_mask, key_mask, record)
         else:
-            raise SpikepruneError(f"unknown simulation mode {mode!r}; use batched, lockstep or surrogate")
+            rates, scores, layer_counts = self._surrogate(embedded, token_mask, key_mask, record)
 
         logits = self.classifier(torch.tanh(self.pooler(self._readout(rates[-1], token_mask))))
         loss = self.loss(logits, labels) if labels is not None else None
@@ -359,6 +305,61 @@ class SpikingBertForSequenceClassification(nn.Module):
             scores.append(s)
         return rates, scores, counts
 
+    # ------------------------------------------------------------- the converted family
+    def _simulate_converted(self, embedded: Tensor, token_mask: Tensor, key_mask: Tensor, record: bool,
+                            lockstep: bool) -> tuple[list[Tensor], list[Tensor], list[dict[str, int]]]:
+        """Signed spikes through operators on accumulated input (converted.py). Batched runs each
+        layer over its whole train; lockstep advances every layer one step at a time through the
+        same code, so both give the same spikes. Returns each layer's accumulated output value,
+        its accumulated attention scores at the last step, and spike counts when ``record``."""
+        cfg = self.config
+        steps = cfg.timesteps[0]
+        if lockstep and any(t != steps for t in cfg.timesteps):
+            raise SpikepruneError("lockstep simulation needs the same timesteps in every layer; use mode='batched'")
+        neurons = [self.encoder_neuron, *(n for layer in self.layers for n in layer.neurons.values())]
+        for n in neurons:
+            n.reset()
+        # The embedding is the encoder's accumulated input from the first step on.
+        currents = torch.cat([embedded[None], embedded.new_zeros((steps - 1, *embedded.shape))])
+        states = [Accumulator() for _ in self.layers]
+        trains: list[list[dict[str, Tensor]]] = [[] for _ in self.layers]
+        last_scores: list[Tensor] = [embedded.new_zeros(())] * len(self.layers)
+        for start in (range(steps) if lockstep else (0,)):
+            chunk = currents[start:start + 1] if lockstep else currents
+            x = self.encoder_neuron.advance(chunk, self.encoder_threshold) * token_mask
+            theta_in = self.encoder_threshold
+            for i, (layer, t) in enumerate(zip(self.layers, cfg.timesteps)):
+                if not lockstep:
+                    x = retime(x, t)
+
+                def fire(name: str, current: Tensor, layer: ConvertedLayer = layer) -> Tensor:
+                    return layer.neurons[name].advance(current, layer.theta(name)) * token_mask
+
+                outputs, s = layer(x, theta_in, key_mask, states[i], start == 0, fire)
+                trains[i].append({"input": x, **outputs})
+                last_scores[i] = s[-1]
+                x, theta_in = outputs["output"], layer.theta("output")
+        for n in neurons:
+            n.reset()
+        whole = [{k: torch.cat([c[k] for c in chunks]) for k in chunks[0]} for chunks in trains]
+        rates = [w["output"].sum(dim=0) * layer.theta("output") for w, layer in zip(whole, self.layers)]
+        counts = [_count_layer(w["input"], {k: v for k, v in w.items() if k != "input"}, token_mask,
+                               products=("query", "key", "value")) for w in whole] if record else []
+        return rates, last_scores, counts
+
+    def _quantized(self, embedded: Tensor, token_mask: Tensor,
+                   key_mask: Tensor) -> tuple[list[Tensor], list[Tensor], list[dict[str, int]]]:
+        """The converted family's surrogate: the L-level quantized network its spikes converge to,
+        with straight-through gradients (QCFS-style training of weights and thresholds)."""
+        x = quantize_ste(embedded, self.encoder_threshold, self.config.levels) * token_mask
+        rates, scores = [], []
+        for layer in self.layers:
+            outputs, s = layer.quantized(x, key_mask)
+            x = outputs["output"] * token_mask
+            rates.append(x)
+            scores.append(s)
+        return rates, scores, []
+
     # ---------------------------------------------------------------------------- storage
     def save_pretrained(self, folder: str | Path, packed: bool = False) -> Path:
         """Write config.json and model.safetensors (checkpoint.py); ``packed`` stores quantized
@@ -390,19 +391,22 @@ class SpikingBertForSequenceClassification(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def _count_layer(x: Tensor, outputs: dict[str, Tensor], token_mask: Tensor) -> dict[str, int]:
-    """Exact spike counts of one layer's trains (each [T, B, L, D], padding already zeroed).
+def _count_layer(x: Tensor, outputs: dict[str, Tensor], token_mask: Tensor,
+                 products: tuple[str, ...] = ("key", "value")) -> dict[str, int]:
+    """Exact spike counts of one layer's trains (each [T, B, L, D], padding already zeroed); a
+    signed spike counts once, a merged step of k spikes k times. ``products`` are the populations
+    whose spikes meet every position of their example in attention (``<name>_x_len``).
 
     Counts are summed per example in float32, exact while one example has < 2^24 spikes per
     sublayer (T·L·D = 16·512·1536 is 1.3e7), then totalled in int64: cheap next to the run."""
     lengths = token_mask[..., 0].sum(dim=-1).to(torch.int64)    # [B]
 
     def per_example(spikes: Tensor) -> Tensor:
-        return spikes.sum(dim=(0, 2, 3)).to(torch.int64)
+        return spikes.abs().sum(dim=(0, 2, 3)).to(torch.int64)
 
     counts = {"input": int(per_example(x).sum())}
     for name, spikes in outputs.items():
         counts[name] = int(per_example(spikes).sum())
-    for name in ("key", "value"):
+    for name in products:
         counts[f"{name}_x_len"] = int((per_example(outputs[name]) * lengths).sum())
     return counts

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from spikeprune._model.config import SpikingBertConfig
+from spikeprune._model.converted import POPULATIONS, quantize_ste
 from spikeprune._model.spiking import SpikingBertForSequenceClassification
 from spikeprune.errors import SpikepruneError
 
@@ -35,9 +36,12 @@ _LAYER_NAMES = {
 
 def build_student(teacher: nn.Module, timesteps: int | list[int], num_layers: int | None = None,
                   layer_map: list[int] | None = None, threshold: float = 1.0, leak: float = 1.0,
-                  task: str | None = None) -> SpikingBertForSequenceClassification:
+                  task: str | None = None, family: str = "spikingbert",
+                  levels: int = 8) -> SpikingBertForSequenceClassification:
     """A spiking student with the teacher's shape and weights; layer l copies teacher layer
-    ``layer_map[l]`` (default evenly spaced, see ``default_layer_map``)."""
+    ``layer_map[l]`` (default evenly spaced, see ``default_layer_map``). A ``converted`` student
+    reads [CLS] through the teacher's pooler, like the teacher; its thresholds start at 1 and are
+    set by ``calibrate_thresholds``."""
     tc = teacher.config
     if tc.model_type != "bert" or getattr(tc, "position_embedding_type", "absolute") != "absolute":
         raise SpikepruneError(f"the spiking student copies BERT weights, but the teacher is a {tc.model_type!r} "
@@ -55,7 +59,8 @@ def build_student(teacher: nn.Module, timesteps: int | list[int], num_layers: in
         head_dim=tc.hidden_size // tc.num_attention_heads, heads=tc.num_attention_heads,
         intermediate_sizes=tc.intermediate_size, timesteps=timesteps,
         max_position_embeddings=tc.max_position_embeddings, type_vocab_size=tc.type_vocab_size,
-        layer_norm_eps=tc.layer_norm_eps, threshold=threshold, leak=leak, num_labels=tc.num_labels, task=task)
+        layer_norm_eps=tc.layer_norm_eps, threshold=threshold, leak=leak, num_labels=tc.num_labels, task=task,
+        family=family, levels=levels, readout="cls" if family == "converted" else "mean")
     names = {f"embeddings.{e}.{w}": f"bert.embeddings.{e}.{w}"
              for e in ("word_embeddings", "position_embeddings", "token_type_embeddings") for w in ("weight",)}
     for w in ("weight", "bias"):
@@ -67,8 +72,53 @@ def build_student(teacher: nn.Module, timesteps: int | list[int], num_layers: in
                 names[f"layers.{l}.{ours}.{w}"] = f"bert.encoder.layer.{t}.{theirs}.{w}"
     source = teacher.state_dict()
     student = SpikingBertForSequenceClassification(config)
-    student.load_state({ours: source[theirs].detach().clone() for ours, theirs in names.items()}, source="teacher")
+    state = {ours: source[theirs].detach().clone() for ours, theirs in names.items()}
+    own = student.state_dict()
+    state.update({k: own[k] for k in own if "threshold" in k})  # the converted family's, calibrated later
+    student.load_state(state, source="teacher")
     return student
+
+
+#: Activations sampled per population for a threshold percentile (enough for the 99.9th).
+CALIBRATION_SAMPLE = 200_000
+
+
+@torch.no_grad()
+def calibrate_thresholds(student: SpikingBertForSequenceClassification, batches: Iterable[dict[str, Tensor]],
+                         percentile: float) -> dict[str, float]:
+    """Set every population's θ of a ``converted`` student to percentile(|activation|) / L.
+
+    Layer by layer: a layer's activations are measured in float on the quantized output of the
+    layers before it (already calibrated), over the real tokens of ``batches``. Returns θ by
+    population name ("encoder", "layers.<l>.<population>").
+    """
+    cfg = student.config
+    levels = cfg.levels
+    data = [(b["input_ids"], b["attention_mask"], b["token_type_ids"]) for b in batches]
+    masks = [m.to(torch.float32)[..., None] for _, m, _ in data]
+    key_masks = [((1.0 - m.to(torch.float32)) * torch.finfo(torch.float32).min)[:, None, None, :] for _, m, _ in data]
+    generator = torch.Generator().manual_seed(0)
+
+    def theta(values: list[Tensor], token_masks: list[Tensor]) -> float:
+        real = torch.cat([v.abs()[m.expand_as(v) > 0] for v, m in zip(values, token_masks)])
+        if real.numel() > CALIBRATION_SAMPLE:
+            real = real[torch.randint(real.numel(), (CALIBRATION_SAMPLE,), generator=generator)]
+        return max(float(torch.quantile(real, percentile / 100.0)), 1e-6) / levels
+
+    found: dict[str, float] = {}
+    embedded = [student.embeddings(ids, types) for ids, _, types in data]
+    found["encoder"] = theta(embedded, masks)
+    student.encoder_threshold.fill_(found["encoder"])
+    xs = [quantize_ste(e, student.encoder_threshold, levels) * m for e, m in zip(embedded, masks)]
+    for l, layer in enumerate(student.layers):
+        seen: dict[str, list[Tensor]] = {name: [] for name in POPULATIONS}
+        for x, key_mask in zip(xs, key_masks):
+            layer.quantized(x, key_mask, observe=lambda name, value: seen[name].append(value))
+        for i, name in enumerate(POPULATIONS):
+            found[f"layers.{l}.{name}"] = theta(seen[name], masks)
+            layer.thresholds[i] = found[f"layers.{l}.{name}"]
+        xs = [layer.quantized(x, key_mask)[0]["output"] * m for x, key_mask, m in zip(xs, key_masks, masks)]
+    return found
 
 
 @torch.no_grad()

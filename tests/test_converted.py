@@ -1,0 +1,196 @@
+"""The conversion-faithful family: signed neurons by hand, exact re-timing, batched = lockstep,
+convergence to the quantized network it was converted from, counts by hand, and the pieces of the
+pipeline (surrogate training, pruning, quantization, save/load) working on it."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from spikeprune._model.compress import mask, prune, set_timesteps
+from spikeprune._model.config import SpikingBertConfig
+from spikeprune._model.converted import quantize_ste, retime
+from spikeprune._model.neurons import SignedIFNeuron
+from spikeprune._model.ops import count_ops
+from spikeprune._model.quantize import quantize_model
+from spikeprune._model.spiking import SimRecord, SpikingBertForSequenceClassification
+from spikeprune.errors import SpikepruneError
+
+IDS = torch.tensor([[5, 17, 3, 9, 44, 2, 8], [1, 30, 12, 0, 0, 0, 0], [7, 7, 21, 40, 11, 13, 0]])
+MASK = (IDS != 0).long()
+
+
+def config(**changes) -> SpikingBertConfig:
+    cfg = SpikingBertConfig(vocab_size=50, hidden_size=16, num_layers=2, head_dim=4, heads=2, intermediate_sizes=24,
+                            timesteps=6, max_position_embeddings=16, family="converted", levels=4, readout="cls")
+    return dataclasses.replace(cfg, **changes)
+
+
+def model(**changes) -> SpikingBertForSequenceClassification:
+    torch.manual_seed(0)
+    m = SpikingBertForSequenceClassification(config(**changes)).eval()
+    with torch.no_grad():
+        m.encoder_threshold.fill_(0.5)
+        for layer in m.layers:
+            layer.thresholds.copy_(torch.rand(len(layer.thresholds)) * 0.4 + 0.2)
+    return m
+
+
+def trains(neuron: SignedIFNeuron, currents: list[float], theta: float = 1.0) -> str:
+    neuron.reset()
+    out = neuron.advance(torch.tensor(currents)[:, None], torch.tensor(theta))[:, 0]
+    return " ".join(f"{int(s):+d}" if s else "0" for s in out)
+
+
+def test_signed_neuron_by_hand():
+    n = SignedIFNeuron(levels=2)
+    # u starts at θ/2 = .5: 2.7 fires (1.7), 1.7 fires and reaches L = 2 (.7), -2.3 fires -1 (-1.3),
+    # -1.3 fires -1 (-.3), -.3 fires -1 (.7): count -1 = round(2.2 - 3.0).
+    assert trains(n, [2.2, 0, -3.0, 0, 0]) == "+1 +1 -1 -1 -1"
+    assert trains(n, [5.0, 0, 0, 0]) == "+1 +1 0 0"            # clipped at L = 2 although u stays high
+    assert trains(n, [-0.4, 0, 0]) == "0 0 0"                   # .1: rounds to 0
+    assert trains(n, [-0.6, 0, 0]) == "-1 0 0"                  # -.1 fires -1, then .9
+    assert trains(n, [0.6, 0, 0], theta=0.5) == "+1 0 0"         # .85 -> fires at θ = .5, .35 left
+
+
+def test_quantizer_is_what_the_neurons_converge_to():
+    x = torch.tensor([-9.0, -1.6, -1.5, -1.2, -0.2, 0.0, 0.49, 0.5, 1.5, 2.6, 9.0])
+    theta = torch.tensor(1.0)
+    expected = torch.tensor([-2.0, -2.0, -1.0, -1.0, 0.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0])
+    assert torch.equal(quantize_ste(x, theta, 2), expected)
+    n = SignedIFNeuron(levels=2)
+    for value, want in zip(x, expected):
+        n.reset()
+        assert n.advance(torch.tensor([[float(value)], [0.0], [0.0], [0.0]]), theta).sum() == want
+
+
+def test_retime_keeps_the_counts():
+    train = torch.tensor([[1.0], [-1.0], [1.0], [1.0]])
+    assert retime(train, 4) is train
+    assert retime(train, 2).tolist() == [[1.0], [1.0]]           # steps 1..3 merged: -1 + 1 + 1
+    assert retime(train, 6).tolist() == [[1.0], [-1.0], [1.0], [1.0], [0.0], [0.0]]
+
+
+def test_batched_equals_lockstep_bit_for_bit():
+    m = model()
+    with torch.no_grad():
+        b = m(IDS, MASK, mode="batched", record=True)
+        l = m(IDS, MASK, mode="lockstep", record=True)
+    assert torch.equal(b.logits, l.logits)
+    assert all(torch.equal(x, y) for x, y in zip(b.hidden_rates, l.hidden_rates))
+    assert b.record.layers == l.record.layers
+    with pytest.raises(SpikepruneError, match="same timesteps"):
+        set_timesteps(m, [6, 3])(IDS, MASK, mode="lockstep")
+
+
+def test_enough_steps_reproduce_the_quantized_network_exactly():
+    m = model()
+    with torch.no_grad():
+        quantized = m(IDS, MASK, mode="surrogate")
+        for steps in (16, 32):
+            spiking = set_timesteps(m, steps)(IDS, MASK, mode="batched")
+            assert torch.equal(spiking.logits, quantized.logits)
+            assert all(torch.equal(s * MASK[..., None], q) for s, q in zip(spiking.hidden_rates, quantized.hidden_rates))
+        # One step per layer cannot carry L = 4 levels: the output differs.
+        assert not torch.equal(set_timesteps(m, 1)(IDS, MASK).logits, quantized.logits)
+        # Per-layer timesteps: the re-timed train keeps every count, and enough steps still converge.
+        assert torch.equal(set_timesteps(m, [16, 24])(IDS, MASK).logits, quantized.logits)
+
+
+def test_counts_by_hand():
+    """One layer, hidden 2, two heads of 1, FFN 2, T = 3; a hand-made record of 2 examples with
+    lengths 2 and 1 (tokens 3, token pairs 2·2 + 1·1 = 5)."""
+    cfg = SpikingBertConfig(vocab_size=4, hidden_size=2, num_layers=1, head_dim=1, heads=2, intermediate_sizes=2,
+                            timesteps=3, max_position_embeddings=2, type_vocab_size=1, num_labels=2,
+                            readout="cls", family="converted", levels=4)
+    counts = {"input": 7, "query": 4, "key": 7, "value": 6, "context": 6, "attn_out": 5, "intermediate": 6,
+              "output": 8, "query_x_len": 9, "key_x_len": 12, "value_x_len": 10}
+    report = count_ops(cfg, SimRecord(examples=2, tokens=3, token_pairs=5, layers=[counts]))
+    # SOPs: Q, K, V each 7 input spikes x 2 outputs = 14; attention 9 + 12 + 10 products plus
+    # 4 + 7 + 6 adds into the running Q, K, V sums = 48; attn_out 6 x 2 = 12; intermediate
+    # 5 x 2 = 10; output 6 x 2 = 12; residual 7 + 5 = 12.  Total 136 over 2 examples.
+    assert report.sops_per_layer[0] == {k: v / 2 for k, v in {
+        "query": 14, "key": 14, "value": 14, "attention": 48, "attn_out": 12, "intermediate": 10,
+        "output": 12, "residual": 12}.items()}
+    assert report.totals["sops"] == 136
+    # MACs: embedding 3·2·(2 + 5) = 42; LayerNorm 2·3·3·2·5 = 180; softmax 2·5·3·4 = 120;
+    # GELU 3·3·2·5 = 90; biases once: 3·(2+2+2+2+2+2) = 36; increments 3·3·(2 + 2·2 + 2) + 2·5·3
+    # = 102; ΔP·V 5·2·3 = 30; classifier per example 2 + 4 + 2 + 2 + 4 + 2 = 16, ×2 = 32.
+    assert {k: v * 2 for k, v in report.macs_by_kind.items()} == {
+        "embedding": 42, "layernorm": 180, "softmax": 120, "gelu": 90, "bias": 36, "classifier": 32,
+        "increment": 102, "attention": 30}
+    assert report.totals["macs"] == 632
+    assert report.firing_rates[0]["query"] == pytest.approx(4 / (2 * 3 * 3))
+
+
+def test_recorded_counts_are_spikes_of_either_sign():
+    m = model()
+    with torch.no_grad():
+        out = m(IDS, MASK, mode="batched", record=True)
+    report = count_ops(m.config, out.record)
+    assert report.sops > 0 and report.macs_by_kind["increment"] > 0
+    assert set(out.record.layers[0]) == {"input", "query", "key", "value", "context", "attn_out", "intermediate",
+                                         "output", "query_x_len", "key_x_len", "value_x_len"}
+
+
+def test_pruning_masking_quantization_and_saving(tmp_path):
+    m = model()
+    scores = {f"grad.{unit}.{l}": torch.arange(size, dtype=torch.float32)
+              for l in range(2) for unit, size in (("head", 2), ("neuron", 24))}
+    pruned, masked = prune(m, 1, 12, scores), mask(m, 1, 12, scores)
+    with torch.no_grad():
+        assert torch.allclose(pruned(IDS, MASK).logits, masked(IDS, MASK).logits, atol=1e-5)
+        assert pruned.config.heads == [1, 1] and pruned.config.family == "converted"
+        quantized = quantize_model(pruned, [4, 8])
+        folder = quantized.save_pretrained(tmp_path / "export", packed=True)
+        loaded = SpikingBertForSequenceClassification.from_pretrained(folder)
+        assert torch.equal(loaded(IDS, MASK).logits, quantized(IDS, MASK).logits)
+        assert torch.equal(loaded.layers[0].thresholds, quantized.layers[0].thresholds)
+
+
+def test_surrogate_training_moves_weights_and_thresholds():
+    m = model().train()
+    labels = torch.tensor([0, 1, 1])
+    out = m(IDS, MASK, labels=labels, mode="surrogate")
+    out.loss.backward()
+    assert m.layers[0].query.weight.grad.abs().sum() > 0
+    assert m.layers[1].thresholds.grad.abs().sum() > 0 and torch.isfinite(m.layers[1].thresholds.grad).all()
+    with pytest.raises(SpikepruneError, match="surrogate mode runs no spikes"):
+        m(IDS, MASK, mode="surrogate", record=True)
+
+
+@pytest.fixture(scope="module")
+def converted_prepared(tmp_path_factory, glue_dir):
+    """A tiny prepared base of the converted family (calibrated thresholds, a short QAT distillation)."""
+    from spikeprune._training.prepare import prepare
+    from spikeprune._training.presets import PRESETS
+
+    preset = dataclasses.replace(PRESETS["tiny"], family="converted", levels=4, timesteps=8)
+    return prepare("sst2", glue_dir, tmp_path_factory.mktemp("converted"), preset=preset)
+
+
+def test_prepare_search_and_export_a_converted_base(converted_prepared, tmp_path, glue_dir, ray_local):
+    from spikeprune import (BaseBundle, CompressionConfig, PreparedRecord, SearchSettings, export_trial,
+                            run_search, run_trial)
+
+    record = PreparedRecord.read(converted_prepared)
+    assert record.preset_config["family"] == "converted" and record.timesteps == [8, 8]
+    base = BaseBundle.load(converted_prepared, glue_dir)
+    assert base.student.config.family == "converted" and base.student.config.readout == "cls"
+    assert all((layer.thresholds > 0).all() for layer in base.student.layers)
+    dense = run_trial(base, CompressionConfig(), max_examples=16)
+    assert dense.report.firing_rates[0]["context"] > 0  # the attention path carries spikes
+    small = run_trial(base, CompressionConfig(heads=1, neurons=32, timesteps=[4, 8], weight_bits=4,
+                                              recovery_steps=1), max_examples=16)
+    assert small.report.sops < dense.report.sops
+
+    space = tmp_path / "space.yaml"
+    space.write_text("name: conv\nheads: {per_layer: true, min: 1, max: 2}\ntimesteps: {min: 2, max: 8, step: 2}\n"
+                     "objectives: [{name: metric, direction: maximize}, {name: sops, direction: minimize}]\n")
+    study = run_search(SearchSettings(prepared=converted_prepared, space=space, study_name="conv", n_trials=3,
+                                      workers=2, run_dir=tmp_path, max_examples=16, progress=False))
+    done = [t for t in study.trials if t.values is not None]
+    assert len(done) >= 3
+    exported = export_trial(study, done[-1], tmp_path / "export", converted_prepared, glue_dir)
+    assert exported.ok, exported.problems
