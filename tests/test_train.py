@@ -268,3 +268,13 @@ def test_prepare_set_overrides_reach_the_preset_and_guard_the_cache(tiny_prepare
     assert prepare("sst2", glue_dir, run_root, preset="tiny") == tiny_prepared  # cached, same settings
     with pytest.raises(SpikepruneError, match="distill_examples differ"):
         prepare("sst2", glue_dir, run_root, preset=override_preset("tiny", ["distill_examples=7"]))
+
+
+def test_named_presets_take_their_task_values_before_any_set():
+    from spikeprune._training.presets import PRESETS, TASK_VALUES, get_preset, override_preset
+
+    assert get_preset("quick", "MRPC").max_length == TASK_VALUES["quick"]["mrpc"]["max_length"] == 128
+    assert get_preset("quick", "sst2") == PRESETS["quick"] == get_preset("quick")
+    assert override_preset("quick", ["max_length=96"], "mrpc").max_length == 96
+    assert override_preset("quick", [], "mrpc").teacher_epochs == 3
+    assert get_preset("tiny", "mrpc") == PRESETS["tiny"]

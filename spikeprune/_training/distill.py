@@ -165,17 +165,20 @@ def distill_student(student: SpikingBertForSequenceClassification, teacher: nn.M
     student.to(device).train()
     if teacher is not None:
         teacher.to(device).eval()
-    data = load_split(task, "train", glue_dir, tokenizer, p.max_length, p.distill_examples, seed)
-
-    def step_loss(batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        return loss_fn.step(student, teacher, batch)
-
     ckpt_dir = out_dir / "checkpoints" / "student"
-    summary = train_loop({"student": student, "loss": loss_fn}, step_loss, data, batch_size=p.batch_size,
-                         epochs=p.distill_epochs, lr=p.distill_lr, warmup_ratio=p.warmup_ratio,
-                         weight_decay=p.weight_decay, seed=seed, pad_id=tokenizer.pad_token_id or 0,
-                         device=device, ckpt_dir=ckpt_dir, checkpoint_every=p.checkpoint_every,
-                         desc=f"student {spec.name} T={student.config.timesteps[0]}")
+    if p.distill_examples == 0:  # no training: a converted student is already its teacher, quantized
+        summary = {"steps": 0, "examples": 0, "elapsed_s": 0.0}
+    else:
+        data = load_split(task, "train", glue_dir, tokenizer, p.max_length, p.distill_examples, seed)
+
+        def step_loss(batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+            return loss_fn.step(student, teacher, batch)
+
+        summary = train_loop({"student": student, "loss": loss_fn}, step_loss, data, batch_size=p.batch_size,
+                             epochs=p.distill_epochs, lr=p.distill_lr, warmup_ratio=p.warmup_ratio,
+                             weight_decay=p.weight_decay, seed=seed, pad_id=tokenizer.pad_token_id or 0,
+                             device=device, ckpt_dir=ckpt_dir, checkpoint_every=p.checkpoint_every,
+                             desc=f"student {spec.name} T={student.config.timesteps[0]}", bucket=p.length_bucket)
     student.eval()
     tmp = out_dir / ".tmp-student"
     shutil.rmtree(tmp, ignore_errors=True)

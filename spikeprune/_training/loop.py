@@ -137,7 +137,7 @@ def optimizer_step(loss: Tensor, optimizer: torch.optim.Optimizer, params: list[
 def train_loop(modules: dict[str, nn.Module], step_loss: Callable[[dict[str, Tensor]], tuple[Tensor, dict[str, float]]],
                encoded: dict[str, list], *, batch_size: int, epochs: int, lr: float, warmup_ratio: float,
                weight_decay: float, seed: int, pad_id: int, device: str | torch.device,
-               ckpt_dir: Path, checkpoint_every: int, desc: str) -> dict[str, Any]:
+               ckpt_dir: Path, checkpoint_every: int, desc: str, bucket: int = 0) -> dict[str, Any]:
     """AdamW + linear warmup/decay over shuffled, dynamically padded batches, resumable.
 
     ``modules`` are what the optimizer trains and the checkpoint stores (e.g. the student and
@@ -154,7 +154,7 @@ def train_loop(modules: dict[str, nn.Module], step_loss: Callable[[dict[str, Ten
     total = per_epoch * epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total), total)
     info = {"desc": desc, "examples": n, "batch_size": batch_size, "epochs": epochs, "lr": lr,
-            "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "seed": seed}
+            "warmup_ratio": warmup_ratio, "weight_decay": weight_decay, "seed": seed, "bucket": bucket}
     step, elapsed = 0, 0.0
     latest = _latest_checkpoint(ckpt_dir)
     if latest is not None:
@@ -164,7 +164,7 @@ def train_loop(modules: dict[str, nn.Module], step_loss: Callable[[dict[str, Ten
     start = time.perf_counter()
     seen = 0
     for epoch in range(step // per_epoch, epochs):
-        order = batches(encoded, batch_size, shuffle=True, seed=seed * 100_003 + epoch, pad_id=pad_id)
+        order = batches(encoded, batch_size, shuffle=True, seed=seed * 100_003 + epoch, pad_id=pad_id, bucket=bucket)
         for batch in itertools.islice(order, step - epoch * per_epoch, None):
             batch = {k: v.to(device) for k, v in batch.items()}
             loss, shown = step_loss(batch)

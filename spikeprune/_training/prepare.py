@@ -21,7 +21,7 @@ from spikeprune._model.spiking import SpikingBertForSequenceClassification
 from spikeprune.errors import SpikepruneError
 from spikeprune.records import PreparedRecord
 
-from .convert import build_student, standardize_readout
+from .convert import build_student, calibrate_thresholds, standardize_readout
 from .distill import distill_student
 from .loop import configure_threads, load_split, stage_done
 from .presets import IMPORTANCE_BATCHES, Preset, get_preset
@@ -37,8 +37,8 @@ def prepare(task: str, glue_dir: str | Path | None, run_root: str | Path, preset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     configure_threads()
-    p = get_preset(preset)
     spec = get_task(task)
+    p = get_preset(preset, spec.name)
     out = Path(run_root) / "prepared" / f"{spec.name}-{p.name}"
     name = main_metric(spec.name)
     if PreparedRecord.exists(out):
@@ -63,8 +63,11 @@ def prepare(task: str, glue_dir: str | Path | None, run_root: str | Path, preset
 
     if not stage_done(out / "student"):
         student = build_student(teacher, p.timesteps, p.student_layers, threshold=p.threshold,
-                                leak=p.leak, task=spec.name)
-        standardize_readout(student, calibration_batches())
+                                leak=p.leak, task=spec.name, family=p.family, levels=p.levels)
+        if p.family == "converted":
+            calibrate_thresholds(student, calibration_batches(), p.calibration_percentile)
+        else:
+            standardize_readout(student, calibration_batches())
         distill_student(student, teacher, spec.name, glue_dir, out, p, tokenizer=tokenizer,
                         device=device, seed=seed)
     student = SpikingBertForSequenceClassification.from_pretrained(out / "student").to(device)

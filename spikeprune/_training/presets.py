@@ -52,6 +52,13 @@ class Preset:
     eval_examples: int | None
     eval_batch_size: int
     checkpoint_every: int
+    #: training batches are sorted by length within groups of this many batches (0: plain shuffle)
+    length_bucket: int = 0
+    #: the student's family (config.FAMILIES) and, for "converted", its levels per sign and the
+    #: percentile of |activation| on calibration batches that sets each population's L·θ
+    family: str = "spikingbert"
+    levels: int = 8
+    calibration_percentile: float = 99.9
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -87,11 +94,25 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 )}
 
 
-def override_preset(preset: str | Preset, overrides: Iterable[str]) -> Preset:
-    """The preset with ``FIELD=VALUE`` overrides applied (the value parsed as YAML: 4000, 1e-4,
-    true, null), for ``spikeprune prepare --set``; the name stays so the base keeps its folder."""
-    p = get_preset(preset)
-    kinds = {"int": int, "float": (int, float), "bool": bool, "int | None": (int, type(None))}
+#: Values a named preset takes for a task in place of its own (applied before any --set): sentence
+#: pairs are longer than single sentences and their training sets small, so they get a longer
+#: maximum length and several epochs (measured in docs/RESULTS.md).
+TASK_VALUES: dict[str, dict[str, dict[str, Any]]] = {
+    "quick": {
+        "mrpc": {"max_length": 128, "teacher_epochs": 3, "distill_epochs": 3},
+        "rte": {"max_length": 128, "teacher_epochs": 3, "distill_epochs": 3},
+        "stsb": {"max_length": 128, "teacher_epochs": 3, "distill_epochs": 3},
+        "wnli": {"max_length": 128, "teacher_epochs": 3, "distill_epochs": 3},
+    },
+}
+
+
+def override_preset(preset: str | Preset, overrides: Iterable[str], task: str | None = None) -> Preset:
+    """The preset (with its values for ``task``) and ``FIELD=VALUE`` overrides applied (the value
+    parsed as YAML: 4000, 1e-4, true, null), for ``spikeprune prepare --set``; the name stays so
+    the base keeps its folder."""
+    p = get_preset(preset, task)
+    kinds = {"int": int, "float": (int, float), "bool": bool, "int | None": (int, type(None)), "str": str}
     fields = {f.name: kinds[str(f.type)] for f in dataclasses.fields(Preset) if str(f.type) in kinds}
     changes: dict[str, Any] = {}
     for item in overrides:
@@ -111,9 +132,14 @@ def override_preset(preset: str | Preset, overrides: Iterable[str]) -> Preset:
     return dataclasses.replace(p, **changes)
 
 
-def get_preset(preset: str | Preset) -> Preset:
+def get_preset(preset: str | Preset, task: str | None = None) -> Preset:
+    """A preset by name, with its ``TASK_VALUES`` for ``task``; a Preset object is used as it is."""
     if isinstance(preset, Preset):
         return preset
     if preset not in PRESETS:
         raise SpikepruneError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)}")
-    return PRESETS[preset]
+    if task is None:
+        return PRESETS[preset]
+    from spikeprune._model.glue import get_task  # the task's canonical name; torch only when needed
+
+    return dataclasses.replace(PRESETS[preset], **TASK_VALUES.get(preset, {}).get(get_task(task).name, {}))

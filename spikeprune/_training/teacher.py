@@ -74,7 +74,7 @@ def train_teacher(task: str, base: str | None = None, glue_dir: str | Path | Non
     summary = train_loop({"model": model}, step_loss, data, batch_size=p.batch_size, epochs=p.teacher_epochs,
                          lr=p.teacher_lr, warmup_ratio=p.warmup_ratio, weight_decay=p.weight_decay, seed=seed,
                          pad_id=tokenizer.pad_token_id or 0, device=device, ckpt_dir=ckpt_dir,
-                         checkpoint_every=p.checkpoint_every, desc=f"teacher {spec.name}")
+                         checkpoint_every=p.checkpoint_every, desc=f"teacher {spec.name}", bucket=p.length_bucket)
     tmp = out_dir / ".tmp-teacher"
     shutil.rmtree(tmp, ignore_errors=True)
     model.eval().save_pretrained(tmp)

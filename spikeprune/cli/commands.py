@@ -22,7 +22,7 @@ def _prepare(args: argparse.Namespace) -> Path:
     """``prepare`` with the options of ``_add_prepare_args`` (the preset changed by any --set)."""
     from spikeprune import override_preset, prepare
 
-    return prepare(args.task, args.glue_dir, args.run_dir, preset=override_preset(args.preset, args.overrides),
+    return prepare(args.task, args.glue_dir, args.run_dir, preset=override_preset(args.preset, args.overrides, args.task),
                    base=args.base, device=args.device, seed=args.seed)
 
 
