@@ -119,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
             "Print a study's trial counts, hypervolume and Pareto front (or list the studies in a storage).")
     add_study_args(p, optional=True)
 
+    p = add("check", c.cmd_check, "check (and repair) a study's storage",
+            "Check that a study's storage can be read: a journal's torn last record or corrupt lines, records\n"
+            "Optuna cannot replay, the study and trial metadata, trials left running. Exit 0 when healthy,\n"
+            "1 when damage was found. --repair recovers a torn tail and cuts a journal before its first bad\n"
+            "line, keeping what it cuts in a backup file next to it; resuming the search re-runs lost trials.")
+    add_study_args(p, optional=True)
+    p.add_argument("--repair", action="store_true", help="fix what can be fixed (backups of anything cut are kept)")
+
     p = add("report", c.cmd_report, "write the interactive HTML report of a study",
             "Write one self-contained HTML file (works offline): the Pareto front with selectable axes\n"
             "and per-layer configs on hover, hypervolume history, per-layer views of the Pareto configs,\n"

@@ -162,3 +162,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     print(study_status(storage_for(args, args.study), args.study))
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from spikeprune._search.check import check_storage
+
+    result = check_storage(storage_for(args, args.study), args.study, repair=args.repair)
+    print("\n".join(result.lines))
+    return 0 if result.ok else 1
