@@ -126,6 +126,8 @@ class StudyRecord:
     seed: int | None = None
     #: The dense baseline's objective values, once it has finished fully evaluated.
     reference: dict[str, float] | None = None
+    #: Reference values the user gave (``--reference``, the space's ``reference``), by objective name.
+    reference_given: dict[str, float] | None = None
     format: int = FORMAT
 
     @property
@@ -158,7 +160,7 @@ class StudyRecord:
     def conflict(self, other: "StudyRecord") -> str | None:
         """The first field of SAME_ON_RESUME in which ``other`` differs (None: same study)."""
         def core(space: dict[str, Any]) -> dict[str, Any]:
-            return {k: v for k, v in space.items() if k not in ("name", "description", "early_stopping")}
+            return {k: v for k, v in space.items() if k not in ("name", "description", "early_stopping", "reference")}
 
         for name in self.SAME_ON_RESUME:
             mine, theirs = getattr(self, name), getattr(other, name)

@@ -7,6 +7,7 @@ import optuna
 
 from spikeprune._spaces.schema import SearchSpace
 from spikeprune.errors import SpikepruneError
+from spikeprune.objectives import parse_reference
 
 from .cluster import ray_session
 from .driver import Driver, RunStats
@@ -20,6 +21,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
     """Run (or resume) a search until the study holds ``n_trials`` COMPLETE trials."""
     settings.check()
     space = settings.space if isinstance(settings.space, SearchSpace) else SearchSpace.load(settings.space)
+    space.reference = {**space.reference, **parse_reference(settings.reference, space.objectives, "--reference")}
     energy = settings.energy or space.energy
     if settings.energy:
         from spikeprune._model.ops import resolve_energy

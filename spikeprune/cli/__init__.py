@@ -76,6 +76,9 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
                    help=f"how long to wait for unreachable storage before stopping (default {d.storage_patience:g})")
     p.add_argument("--kernel", default=d.kernel, metavar="MODULE:FUNCTION",
                    help=f"trial function the workers run, with run_trial's arguments (default {d.kernel})")
+    p.add_argument("--reference", action="append", default=None, metavar="OBJECTIVE=VALUE",
+                   help="worst value the hypervolume counts for an objective, e.g. metric=-0.5 (repeatable; "
+                   "default: derived from the dense baseline, or the trials; also the space's `reference` key)")
     p.add_argument("--quiet", dest="progress", action="store_false", help="no live progress line")
 
 
