@@ -15,7 +15,7 @@ from torch import Tensor
 
 from spikeprune._model.compress import IMPORTANCE_NAME, compute_importance, save_importance
 from spikeprune._model.evaluation import evaluate_model
-from spikeprune._model.glue import batches, get_task
+from spikeprune._model.glue import batches, get_task, load_glue
 from spikeprune._model.metrics import main_metric
 from spikeprune._model.spiking import SpikingBertForSequenceClassification
 from spikeprune.errors import SpikepruneError
@@ -42,6 +42,9 @@ def prepare(task: str, glue_dir: str | Path | None, run_root: str | Path, preset
     check_preset(p)  # every argument before any work: a bad value costs no training
     check_device(device)
     check_base(base)
+    for split in ("train", spec.dev_split):  # missing data is refused before any file is written
+        if glue_dir is not None and not (Path(glue_dir) / spec.folder / spec.files[split]).is_file():
+            load_glue(spec.name, split, glue_dir)
     configure_threads()
     out = Path(run_root) / "prepared" / f"{spec.name}-{p.name}"
     name = main_metric(spec.name)
