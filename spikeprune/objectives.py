@@ -7,10 +7,14 @@ is the task's main GLUE metric and is maximised.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from spikeprune.errors import SpikepruneError
 
 MINIMIZE = "minimize"
 MAXIMIZE = "maximize"
@@ -32,6 +36,44 @@ class Objective:
     def sign(self) -> float:
         """Multiply a value by this to turn the objective into one that is minimised."""
         return 1.0 if self.direction == MINIMIZE else -1.0
+
+    @property
+    def ideal(self) -> float:
+        """The best value it can take: 0 for a cost, 1 for a GLUE metric (every one is at most 1)."""
+        return 0.0 if self.direction == MINIMIZE else 1.0
+
+
+def parse_reference(raw: Any, objectives: Sequence[Objective], where: str) -> dict[str, float]:
+    """User-given reference values (the worst value hypervolume counts) by objective name: a mapping
+    (a space's ``reference``) or ``NAME=VALUE`` strings (``--reference``), each a finite number on
+    the worse side of the objective's ideal value."""
+    if raw is None:
+        return {}
+    if isinstance(raw, (list, tuple)):
+        pairs = {}
+        for item in raw:
+            name, sep, value = str(item).partition("=")
+            if not sep:
+                raise SpikepruneError(f"{where} {item!r} is not NAME=VALUE, e.g. metric=-0.5")
+            pairs[name.strip()] = value.strip()
+        raw = pairs
+    if not isinstance(raw, dict):
+        raise SpikepruneError(f"{where} must map objective names to values, e.g. {{metric: -0.5}}")
+    known = {o.name: o for o in objectives}
+    out: dict[str, float] = {}
+    for name, value in raw.items():
+        if name not in known:
+            raise SpikepruneError(f"{where}: {name!r} is not an objective of this search; use one of {', '.join(known)}")
+        try:
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        o = known[name]
+        if not math.isfinite(number) or not o.sign * (number - o.ideal) > 0:
+            side = "above 0" if o.direction == MINIMIZE else "below 1"
+            raise SpikepruneError(f"{where}: {name}={value!r} must be a number {side} (the worst value counted)")
+        out[name] = number
+    return out
 
 
 def signs(directions: Sequence[str]) -> np.ndarray:

@@ -64,6 +64,9 @@ class PreparedRecord:
     """``prepare.json``: the task, preset values, seed and data a base was made from, and its scores."""
 
     FILE: ClassVar[str] = "prepare.json"
+    #: Written when a prepare starts: the ``key`` of the base being made, so a resumed prepare
+    #: of another command cannot reuse the stages (``_training/cache.py``).
+    KEY_FILE: ClassVar[str] = "prepare-key.json"
     task: str
     preset: str
     preset_config: dict[str, Any]
@@ -76,7 +79,25 @@ class PreparedRecord:
     teacher_metrics: dict[str, float]
     student_metrics: dict[str, float]
     timings: dict[str, float] = field(default_factory=dict)
+    #: What made the base (task, preset values, seed, base, GLUE file digests); None in older records.
+    key: dict[str, Any] | None = None
+    #: Size and SHA-256 of every file, by relative path, as written; None in older records.
+    files: dict[str, Any] | None = None
     format: int = FORMAT
+
+    @classmethod
+    def write_key(cls, folder: str | Path, key: dict[str, Any]) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        _write_json(Path(folder) / cls.KEY_FILE, key)
+
+    @classmethod
+    def read_key(cls, folder: str | Path) -> dict[str, Any] | None:
+        """The key of a prepare that started in ``folder`` (None: none started, or unreadable)."""
+        try:
+            data = json.loads((Path(folder) / cls.KEY_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
 
     @property
     def max_length(self) -> int:
@@ -126,6 +147,8 @@ class StudyRecord:
     seed: int | None = None
     #: The dense baseline's objective values, once it has finished fully evaluated.
     reference: dict[str, float] | None = None
+    #: Reference values the user gave (``--reference``, the space's ``reference``), by objective name.
+    reference_given: dict[str, float] | None = None
     format: int = FORMAT
 
     @property
@@ -158,7 +181,7 @@ class StudyRecord:
     def conflict(self, other: "StudyRecord") -> str | None:
         """The first field of SAME_ON_RESUME in which ``other`` differs (None: same study)."""
         def core(space: dict[str, Any]) -> dict[str, Any]:
-            return {k: v for k, v in space.items() if k not in ("name", "description", "early_stopping")}
+            return {k: v for k, v in space.items() if k not in ("name", "description", "early_stopping", "reference")}
 
         for name in self.SAME_ON_RESUME:
             mine, theirs = getattr(self, name), getattr(other, name)

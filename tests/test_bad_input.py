@@ -98,14 +98,14 @@ def _set_config(path: Path, **values) -> None:
 #: id -> (build the argv in the env, a piece of the expected message that says what to do)
 CASES: dict[str, tuple[Callable[[Env], list[str]], str]] = {
     # ---- command line
-    "n-trials-zero": (lambda e: search(e, "--n-trials", "0"), "n_trials must be >= 1"),
-    "workers-negative": (lambda e: search(e, "--workers", "-2"), "workers must be >= 1"),
-    "trial-timeout-zero": (lambda e: search(e, "--trial-timeout", "0"), "trial_timeout must be > 0"),
+    "n-trials-zero": (lambda e: search(e, "--n-trials", "0"), "--n-trials: '0' is not an integer >= 1"),
+    "workers-negative": (lambda e: search(e, "--workers", "-2"), "--workers"),
+    "trial-timeout-zero": (lambda e: search(e, "--trial-timeout", "0"), "--trial-timeout: '0' is not a number > 0"),
     "kernel-not-module-function": (lambda e: search(e, "--kernel", "run_trial"), "is not of the form module:function"),
     "kernel-module-missing": (lambda e: search(e, "--kernel", "no_such_module:run"), "install it or put it on PYTHONPATH"),
     "study-name-escapes": (lambda e: search(e, "--study", "../x"), "use 1-64 letters, digits"),
     "sampler-unknown": (lambda e: search(e, "--sampler", "cmaes"), "invalid choice"),
-    "n-trials-not-a-number": (lambda e: search(e, "--n-trials", "many"), "invalid int value"),
+    "n-trials-not-a-number": (lambda e: search(e, "--n-trials", "many"), "'many' is not an integer"),
     "energy-preset-unknown": (lambda e: search(e, "--energy", "float7nm"), "float45nm"),
     "evaluate-config-missing": (lambda e: evaluate(e.prepared, "--config", str(e.root / "none.yaml")), "none.yaml"),
     "status-unknown-study": (lambda e: ["status", "nope", "--run-dir", str(e.run)], "no study journal at"),
@@ -163,6 +163,129 @@ CASES: dict[str, tuple[Callable[[Env], list[str]], str]] = {
 }
 
 
+# ---- generated: every numeric option of every subcommand against values of the wrong type or sign
+def _export(e: Env, *extra: str) -> list[str]:
+    e.study()
+    return ["export", "st", "--run-dir", str(e.run), *extra]
+
+
+def _prepare(e: Env, *extra: str) -> list[str]:
+    return ["prepare", "--preset", "tiny", "--run-dir", str(e.run), *extra]
+
+
+#: subcommand -> (argv builder, {option: bad values})
+NUMERIC: dict[str, tuple[Callable[..., list[str]], dict[str, tuple[str, ...]]]] = {
+    "search": (search, {"--n-trials": ("-1", "1.5", "nan"), "--workers": ("0", "x"), "--max-examples": ("0", "-3"),
+                        "--max-failures": ("0",), "--cpus-per-trial": ("0", "-1", "nan", "inf"),
+                        "--gpus-per-trial": ("-1", "nan"), "--trial-timeout": ("-5", "nan"),
+                        "--storage-patience": ("-1", "inf"), "--seed": ("-1", "x")}),
+    "evaluate": (lambda e, *x: evaluate(e.prepared, *x), {"--max-examples": ("0", "-3", "x", "1e3"),
+                                                         "--seed": ("-1",)}),
+    "export": (_export, {"--trial": ("-1", "x"), "--max-sops": ("-1", "nan"), "--min-metric": ("nan", "x")}),
+    "dashboard": (lambda e, *x: ["dashboard", "st", "--run-dir", str(e.run), *x], {"--port": ("0", "70000", "x")}),
+    "prepare": (_prepare, {"--seed": ("-1", "x")}),
+    "demo": (lambda e, *x: ["demo", "--run-dir", str(e.run), *x], {"--n-trials": ("0",), "--max-drop": ("-0.1", "nan"),
+                                                                   "--workers": ("-1",)}),
+}
+for _cmd, (_build, _options) in NUMERIC.items():
+    for _opt, _values in _options.items():
+        for _value in _values:
+            CASES[f"gen-{_cmd}{_opt}={_value}"] = (
+                lambda e, b=_build, o=_opt, v=_value: b(e, o, v), f"argument {_opt}: {_value!r} is not")
+
+#: --set FIELD=VALUE of prepare: wrong types and signs, all refused before any training.
+for _field, _value in [("distill_examples", "-5"), ("distill_examples", "0"), ("teacher_lr", "-1e-3"),
+                       ("teacher_lr", "nan"), ("batch_size", "1.5"), ("timesteps", "0"), ("leak", "2.0"),
+                       ("temperature", "0"), ("weight_decay", "-0.1"), ("max_length", "many")]:
+    CASES[f"gen-prepare-set-{_field}={_value}"] = (
+        lambda e, f=_field, v=_value: _prepare(e, "--set", f"{f}={v}"), f"{_field}")
+
+#: A compression config with a wrong value in each field: types, signs, fractions, booleans.
+for _key, _value, _hint in [("heads", "two", "is not a whole number"), ("heads", "1.5", "is not a whole number"),
+                            ("heads", "true", "is not a whole number"), ("heads", "0", "keep 1..2"),
+                            ("heads", "[1]", "give one value per layer"), ("neurons", "-4", "keep 1..64"),
+                            ("timesteps", "0", "at least 1 timestep"), ("timesteps", "2.5", "whole number"),
+                            ("weight_bits", "3", "is not supported"), ("weight_bits", "yes", "is not supported"),
+                            ("recovery_steps", "-1", "recovery_steps must be >= 0"),
+                            ("recovery_steps", "0.5", "whole number"), ("head", "1", "unknown")]:
+    def _config_case(e: Env, k=_key, v=_value) -> list[str]:
+        path = e.root / "c.yaml"
+        path.write_text(f"{k}: {v}\n")
+        return evaluate(e.prepared, "--config", str(path))
+    CASES[f"gen-config-{_key}={_value}"] = (_config_case, _hint)
+
+
+def _file(e: Env) -> Path:
+    path = e.root / "a-file"
+    path.write_text("x")
+    return path
+
+
+def _folder(e: Env) -> Path:
+    path = e.root / "a-folder"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+#: Paths of every kind where they do not belong: outputs that are folders or under a file, inputs
+#: that are files, folders or missing.
+PATHS: dict[str, tuple[Callable[[Env, Path], list[str]], Callable[[Env], Path], str]] = {
+    "report-out-folder": (lambda e, p: (e.study(), ["report", "st", "--run-dir", str(e.run), "--out", str(p)])[1],
+                          _folder, "is a folder"),
+    "report-out-under-file": (lambda e, p: (e.study(), ["report", "st", "--run-dir", str(e.run), "--out",
+                                                        str(p / "r.html")])[1], _file, "which is a file"),
+    "trials-out-folder": (lambda e, p: (e.study(), ["trials", "st", "--run-dir", str(e.run), "--out", str(p)])[1],
+                          _folder, "is a folder"),
+    "trials-out-under-file": (lambda e, p: (e.study(), ["trials", "st", "--run-dir", str(e.run), "--out",
+                                                        str(p / "t.csv")])[1], _file, "which is a file"),
+    "compare-out-folder": (lambda e, p: (e.study(), ["compare", "st", "--run-dir", str(e.run), "--out", str(p)])[1],
+                           _folder, "is a folder"),
+    "evaluate-json-folder": (lambda e, p: evaluate(e.prepared, "--json", str(p)), _folder, "is a folder"),
+    "evaluate-json-under-file": (lambda e, p: evaluate(e.prepared, "--json", str(p / "x.json")), _file, "is a file"),
+    "export-out-file": (lambda e, p: _export(e, "--trial", "0", "--out", str(p)), _file, "is a file; give a folder"),
+    "evaluate-config-folder": (lambda e, p: evaluate(e.prepared, "--config", str(p)), _folder, "give a YAML file"),
+    "evaluate-config-empty": (lambda e, p: evaluate(e.prepared, "--config", str(p)),
+                              lambda e: (e.root / "empty.yaml", (e.root / "empty.yaml").write_text(""))[0],
+                              "must be a YAML mapping"),
+    "evaluate-prepared-file": (lambda e, p: evaluate(p), _file, "is not a prepared base"),
+    "evaluate-prepared-empty-folder": (lambda e, p: evaluate(p), _folder, "is not a prepared base"),
+    "search-prepared-file": (lambda e, p: ["search", "--prepared", str(p), "--run-dir", str(e.run), "--quiet"],
+                             _file, "is not a prepared base"),
+    "search-space-folder": (lambda e, p: search(e, "--space", str(p)), _folder, ""),
+    "evaluate-glue-dir-file": (lambda e, p: evaluate(e.prepared, "--glue-dir", str(p)), _file, "--glue-dir"),
+    "prepare-base-file": (lambda e, p: _prepare(e, "--base", str(p)), _file, "give a checkpoint folder"),
+    "prepare-base-no-config": (lambda e, p: _prepare(e, "--base", str(p)), _folder, "has no config.json"),
+    "prepare-base-no-tokenizer": (lambda e, p: _prepare(e, "--base", str(p)),
+                                  lambda e: (_folder(e), (_folder(e) / "config.json").write_text("{}"))[0],
+                                  "has no tokenizer"),
+    "prepare-base-missing": (lambda e, p: _prepare(e, "--base", str(p / "nothing")), _folder, "does not exist"),
+    "prepare-device-cuda": (lambda e, p: _prepare(e, "--device", "cuda"), _folder, "use --device cpu"),
+    "prepare-device-unknown": (lambda e, p: _prepare(e, "--device", "quantum"), _folder, "not a torch device"),
+    "check-unknown-study": (lambda e, p: ["check", "nope", "--run-dir", str(e.run)], _folder, "no study journal"),
+    "check-storage-folder": (lambda e, p: ["check", "--storage", str(p)], _folder, "no journal file"),
+    "search-reference-unknown": (lambda e, p: search(e, "--reference", "energy_uj=3"), _folder, "not an objective"),
+    "search-reference-ideal": (lambda e, p: search(e, "--reference", "metric=1.5"), _folder, "below 1"),
+    "search-reference-form": (lambda e, p: search(e, "--reference", "metric"), _folder, "NAME=VALUE"),
+    "search-gpus-without-gpu": (lambda e, p: search(e, "--gpus-per-trial", "1"), _folder, "no CUDA GPU"),
+    "space-reference-bad": (lambda e, p: search(e, space=SPACE + "reference: {sops: -1}\n"), _folder, "above 0"),
+}
+for _name, (_build_path, _make, _hint) in PATHS.items():
+    CASES[f"path-{_name}"] = (lambda e, b=_build_path, m=_make: b(e, m(e)), _hint)
+
+
+def test_a_taken_dashboard_port_is_one_line(tmp_path, capsys):
+    import socket
+
+    env = Env(tmp_path, tmp_path)
+    env.study()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code = run_cli(["dashboard", "st", "--run-dir", str(env.run), "--port", str(taken.getsockname()[1])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "pick another --port" in err[0], err
+
+
 def listing(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
 
@@ -175,7 +298,7 @@ def run_cli(argv: list[str]) -> int:
 
 
 def test_the_table_is_wide_enough():
-    assert len(CASES) >= 20
+    assert len(CASES) >= 80
 
 
 @pytest.mark.parametrize("case", list(CASES))

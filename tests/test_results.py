@@ -19,12 +19,12 @@ from optuna.trial import TrialState, create_trial
 from spikeprune.errors import SpikepruneError
 from spikeprune._model.metrics import bootstrap_ci
 from spikeprune._results.export import compare_values, select_trials, trial_dir
-from spikeprune._results.pareto import (NoiseRule, analyse_study, hypervolume, hypervolume_history, load_study,
-                                        reference_from_baseline, split_trials, study_objectives)
+from spikeprune._results.pareto import (NoiseRule, analyse_study, hypervolume, hypervolume_history, load_study, front_hypervolume,
+                                        study_reference, split_trials, study_objectives)
 from spikeprune._results.report import write_report
 from spikeprune._results.tables import compare_fronts, read_trials, trials_frame, write_trials
 from spikeprune._results.report import objective_importances
-from spikeprune.objectives import Objective
+from spikeprune.objectives import Objective, parse_reference
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -115,17 +115,44 @@ def test_hypervolume_matches_counting_unit_cells(m):
 
 def test_reference_from_baseline_and_normalisation():
     objectives = [Objective("metric", "maximize"), Objective("sops", "minimize"), Objective("size_mb", "minimize")]
-    ref = reference_from_baseline(objectives, {"metric": 0.9, "sops": 1000, "size_mb": 10})
+    ref = study_reference(objectives, {"metric": 0.9, "sops": 1000, "size_mb": 10})
     assert ref.worst == pytest.approx((0.81, 1100, 11))
     assert ref.ideal == (1.0, 0.0, 0.0)
     assert ref.normalise([0.81, 1100, 11]) == pytest.approx([1, 1, 1])
     assert ref.normalise([1.0, 0, 0]) == pytest.approx([0, 0, 0])
-    assert reference_from_baseline(objectives, {"metric": 0.9, "sops": 1000, "size_mb": 10},
-                                   worst={"metric": 0.5}).worst[0] == 0.5
-    with pytest.raises(SpikepruneError, match="no baseline value for objective 'size_mb'"):
-        reference_from_baseline(objectives, {"metric": 0.9, "sops": 1000})
-    with pytest.raises(SpikepruneError, match="<= 0"):
-        reference_from_baseline(objectives, {"metric": 0.0, "sops": 1000, "size_mb": 10})
+    assert study_reference(objectives, {"metric": 0.9, "sops": 1000, "size_mb": 10},
+                           given={"metric": 0.5}).worst[0] == 0.5
+    # no baseline value and no trial to derive one from: no reference point (not an error)
+    assert study_reference(objectives, {"metric": 0.9, "sops": 1000}) is None
+
+
+@pytest.mark.parametrize("baseline, worst", [(0.0, -0.1), (-0.24, -0.24 - 0.1 * 1.24), (-1.0, -1.2)])
+def test_reference_for_a_metric_at_or_below_zero(baseline, worst):
+    """CoLA's Matthews correlation of a one-class student (0.0), STS-B's Pearson on a small dev subset."""
+    objectives = [Objective("metric", "maximize"), Objective("sops", "minimize")]
+    ref = study_reference(objectives, {"metric": baseline, "sops": 1000})
+    assert ref.worst == pytest.approx((worst, 1100))
+    assert 0 < ref.normalise([baseline, 1000])[0] < 1  # the baseline itself counts
+    assert front_hypervolume([fake_trial(baseline, 1000)], ref) > 0
+
+
+def test_reference_from_the_trials_without_a_baseline():
+    objectives = [Objective("metric", "maximize"), Objective("sops", "minimize")]
+    trials = [fake_trial(-0.3, 500), fake_trial(0.2, 800)]
+    ref = study_reference(objectives, None, trials)
+    assert ref.worst == pytest.approx((-0.3 - 0.1 * 1.3, 880))
+    assert study_reference(objectives, {"metric": 0.5, "sops": 0.0}, trials).worst == pytest.approx((0.45, 880))
+
+
+@pytest.mark.parametrize("raw, message", [({"metric": 1.0}, "below 1"), ({"sops": -5}, "above 0"),
+                                          ({"metric": "low"}, "must be a number"), ({"metric": True}, "number"),
+                                          ({"energy_uj": 3}, "not an objective"), (["metric"], "NAME=VALUE"),
+                                          ("metric=0", "must map")])
+def test_given_references_are_checked(raw, message):
+    objectives = [Objective("metric", "maximize"), Objective("sops", "minimize")]
+    with pytest.raises(SpikepruneError, match=message):
+        parse_reference(raw, objectives, "--reference")
+    assert parse_reference(["metric=-0.5", "sops=1e6"], objectives, "--reference") == {"metric": -0.5, "sops": 1e6}
 
 
 # ----------------------------------------------------------------------------- pareto split
@@ -181,7 +208,8 @@ def test_baseline_from_seeded_trial_when_no_reference_attr():
     assert analysis.baseline.number == 0
     assert analysis.hypervolume == pytest.approx(56 / 209)
     no_baseline = analyse_study(make_study([fake_trial(0.8, 10)], reference=False))
-    assert no_baseline.reference is None and no_baseline.hypervolume is None
+    assert no_baseline.reference.worst == pytest.approx((0.72, 11))  # from the trials
+    assert analyse_study(make_study([], reference=False)).hypervolume is None
 
 
 def test_reads_a_journal_storage(tmp_path):
@@ -285,8 +313,10 @@ def test_report_without_baseline_still_written(tmp_path):
     out = write_report(make_study(toy_trials(), reference=False), tmp_path / "r.html")[0]
     assert 'id="hypervolume"' in out.read_text()  # the seeded trial is the baseline
     out = write_report(make_study([fake_trial(0.8, 10)], reference=False), tmp_path / "r2.html")[0]
+    assert 'id="hypervolume"' in out.read_text()  # no baseline: the reference comes from the trials
+    out = write_report(make_study([], reference=False), tmp_path / "r3.html")[0]
     text = out.read_text()
-    assert 'id="hypervolume"' not in text and "no dense baseline" in text
+    assert 'id="hypervolume"' not in text and "no finished trial yet" in text
 
 
 def random_study(n: int, seed: int) -> optuna.Study:

@@ -58,6 +58,13 @@ def _per_layer(name: str, value: Any, num_layers: int) -> list:
     return [value] * num_layers
 
 
+def _count(name: str, value: Any) -> int:
+    """A whole number of heads, neurons, steps: ``1.5``, ``true`` or ``two`` are refused, not truncated."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise SpikepruneError(f"{name}={value!r} is not a whole number; give an integer such as 2")
+    return int(value)
+
+
 @dataclass
 class SpikingBertConfig:
     """Architecture of a spiking BERT; per-layer lists let pruned models keep their own shapes."""
@@ -157,6 +164,10 @@ class CompressionConfig:
         neurons = _per_layer("neurons", base.intermediate_sizes if self.neurons is None else self.neurons, n)
         steps = _per_layer("timesteps", base.timesteps if self.timesteps is None else self.timesteps, n)
         bits = _per_layer("weight_bits", base.weight_bits if self.weight_bits is None else self.weight_bits, n)
+        heads = [_count(f"heads[{l}]", h) for l, h in enumerate(heads)]
+        neurons = [_count(f"neurons[{l}]", m) for l, m in enumerate(neurons)]
+        steps = [_count(f"timesteps[{l}]", t) for l, t in enumerate(steps)]
+        _count("recovery_steps", self.recovery_steps)
         for l, (h, hb) in enumerate(zip(heads, base.heads)):
             if not 1 <= int(h) <= hb:
                 raise SpikepruneError(f"heads[{l}]={h} but the model's layer {l} has {hb} heads; keep 1..{hb}")
@@ -191,6 +202,9 @@ class CompressionConfig:
             data = yaml.safe_load(path.read_text())
         except FileNotFoundError:
             raise SpikepruneError(f"compression config {path} not found; check the path") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise SpikepruneError(f"cannot read compression config {path} ({getattr(e, 'strerror', None) or e}); "
+                                  f"give a YAML file") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark is not None else ""

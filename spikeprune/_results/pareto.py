@@ -12,7 +12,7 @@ earlier trial's values).
 Hypervolume is measured in a normalised space where every objective is minimised, 0 is the
 ideal value and 1 the reference (worst counted) value, so a study's hypervolume is the fraction
 of the box between the ideal point and the reference point that its front dominates (0..1).
-The reference point comes from the dense baseline (see ``reference_from_baseline``).
+The reference point comes from the user, else the dense baseline, else the trials (``study_reference``).
 """
 from __future__ import annotations
 
@@ -241,37 +241,46 @@ class Reference:
         return (v - i) / (w - i)
 
 
-def reference_from_baseline(objectives: Sequence[Objective], baseline: Mapping[str, float], *,
-                            margin: float = 0.1, metric_margin: float = 0.1,
-                            worst: Mapping[str, float] | None = None) -> Reference:
-    """Reference point derived from the dense baseline's objective values.
+def _widened(o: Objective, value: float, margin: float, metric_margin: float) -> float:
+    """A worst value a little worse than ``value``: a cost x (1 + margin); a metric x (1 -
+    metric_margin) when positive, else ``metric_margin`` of its distance to the ideal further down
+    (a Matthews correlation of 0 or a Pearson of -0.24 are legitimate baselines)."""
+    if o.direction == MINIMIZE:
+        return value * (1.0 + margin)
+    return value * (1.0 - metric_margin) if value > 0 else value - metric_margin * (o.ideal - value)
 
-    Minimised objectives (operations, energy, timesteps, size; all >= 0): worst = baseline x
-    (1 + margin), ideal = 0, so the baseline itself and anything a little costlier still count.
-    Maximised objectives (the GLUE metric, at most 1): worst = baseline x (1 - metric_margin),
-    ideal = 1. Counting only models that keep 90% of the dense metric stops collapsed models
-    (chance accuracy at near-zero cost) from dominating the volume. ``worst`` overrides the
-    derived worst value per objective name.
+
+def study_reference(objectives: Sequence[Objective], baseline: Mapping[str, float] | None,
+                    trials: Sequence[FrozenTrial] = (), *, given: Mapping[str, float] | None = None,
+                    margin: float = 0.1, metric_margin: float = 0.1) -> Reference | None:
+    """The reference point, per objective: the value the user gave (``--reference``, a space's
+    ``reference``), else derived from the dense baseline, else from the worst fully evaluated
+    complete trial; None while none of these exists.
+
+    From a value v: costs count up to v x (1 + margin) (ideal 0); the metric (ideal 1) down to
+    v x (1 - metric_margin), so only models that keep 90% of a positive dense metric count and
+    collapsed models (chance accuracy at near-zero cost) do not dominate the volume; for v <= 0,
+    down to v - metric_margin x (1 - v).
     """
-    worst = dict(worst or {})
-    worst_values, ideal_values = [], []
-    for o in objectives:
-        if o.name not in baseline and o.name not in worst:
-            raise SpikepruneError(
-                f"no baseline value for objective {o.name!r}; run the dense baseline trial or give a reference value")
-        b = baseline.get(o.name)
-        if o.direction == MINIMIZE:
-            ideal = 0.0
-            w = worst.get(o.name, b * (1.0 + margin) if b is not None else None)
+    given = dict(given or {})
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None
+            and len(t.values) == len(objectives) and not is_early_stopped(t)]
+    worst_values = []
+    for k, o in enumerate(objectives):
+        if o.name in given:
+            w = float(given[o.name])
         else:
-            ideal = 1.0
-            if o.name not in worst and b <= 0:
-                raise SpikepruneError(
-                    f"baseline {o.name} is {b} (<= 0), so no reference can be derived from it; give one explicitly")
-            w = worst.get(o.name, b * (1.0 - metric_margin) if b is not None else None)
-        worst_values.append(float(w))
-        ideal_values.append(ideal)
-    return Reference(tuple(objectives), tuple(worst_values), tuple(ideal_values))
+            seen = [o.sign * t.values[k] for t in done]
+            b = (baseline or {}).get(o.name)
+            value = b if b is not None and (o.direction == MAXIMIZE or b > 0) else \
+                (o.sign * max(seen) if seen else None)
+            if value is None:
+                return None
+            w = _widened(o, float(value), margin, metric_margin)
+        if not o.sign * (w - o.ideal) > 0:
+            return None
+        worst_values.append(w)
+    return Reference(tuple(objectives), tuple(worst_values), tuple(o.ideal for o in objectives))
 
 
 def front_hypervolume(trials: Sequence[FrozenTrial], reference: Reference) -> float:
@@ -314,6 +323,15 @@ def baseline_trial(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
     return None
 
 
+def reference_of(study: optuna.Study, trials: Sequence[FrozenTrial], *, margin: float = 0.1,
+                 metric_margin: float = 0.1) -> Reference | None:
+    """The study's reference point (``study_reference`` with its record's given values)."""
+    record = StudyRecord.find(study)
+    return study_reference(study_objectives(study), find_baseline(study, trials), trials,
+                           given=record.reference_given if record else None, margin=margin,
+                           metric_margin=metric_margin)
+
+
 def find_baseline(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) -> dict[str, float] | None:
     """The dense baseline's objective values: the study's "reference" attribute, else those of
     ``baseline_trial``; None when the study has neither."""
@@ -348,14 +366,12 @@ def analyse_study(study: optuna.Study, *, margin: float = 0.1, metric_margin: fl
                   noise: NoiseRule | None = NoiseRule()) -> Analysis:
     """Read a study once and compute its split, reference point and hypervolume history.
 
-    Without a baseline (no "reference" attribute and no seeded trial) there is no reference point:
-    ``reference`` is None and the history is empty.
+    Without a reference point (no value given, no baseline, no finished trial) ``reference`` is
+    None and the history is empty.
     """
     objectives = study_objectives(study)
     trials = study.get_trials(deepcopy=False)
-    baseline = find_baseline(study, trials)
-    reference = (reference_from_baseline(objectives, baseline, margin=margin, metric_margin=metric_margin)
-                 if baseline is not None else None)
+    reference = reference_of(study, trials, margin=margin, metric_margin=metric_margin)
     return Analysis(
         study_name=study.study_name, record=StudyRecord.read(study),
         objectives=objectives, trials=sorted(trials, key=lambda t: t.number),

@@ -68,9 +68,9 @@ def _summary(analysis: Analysis) -> str:
     }
     if analysis.reference is not None:
         items["hypervolume"] = f"{analysis.hypervolume:.4g}"
-        items["reference point"] = _reference_point(analysis) + " (worst values counted, from the dense baseline)"
+        items["reference point"] = _reference_point(analysis) + " (worst values counted: as given, else from the dense baseline or the trials)"
     else:
-        items["hypervolume"] = "not computed: the study has no dense baseline (reference attribute or seeded trial)"
+        items["hypervolume"] = "not computed: no finished trial yet (and no --reference given)"
     if analysis.baseline is not None:
         items["baseline trial"] = str(analysis.baseline.number)
     rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items.items())

@@ -3,7 +3,7 @@
 Both read only the study (trial states and user attrs), so status works from any process while
 a driver writes. Pareto front and hypervolume come from ``spikeprune._results.pareto``: the front
 of complete, feasible, fully evaluated trials; hypervolume normalised with the reference point
-from the dense baseline (0..1; "-" until the baseline has finished).
+given, else from the dense baseline or the trials (0..1; "-" before any trial finished).
 """
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ from optuna.trial import TrialState
 
 from spikeprune.errors import SpikepruneError
 from spikeprune.records import StudyRecord, TrialRecord
-from spikeprune._results.pareto import (find_baseline, front_hypervolume, reference_from_baseline, split_trials,
-                                       study_objectives)
+from spikeprune._results.pareto import front_hypervolume, reference_of, split_trials, study_objectives
 
 from .resume import Resume
 from .settings import check_study_name
@@ -26,13 +25,10 @@ from .storage import open_storage
 
 
 def front_and_hypervolume(study: optuna.Study, trials: list) -> tuple[int, float | None]:
-    """Size of the Pareto front and its normalised hypervolume (None without a baseline)."""
-    objectives = study_objectives(study)
-    split = split_trials(trials, objectives, noise=None)
-    baseline = find_baseline(study, trials)
-    if baseline is None:
-        return len(split.front), None
-    return len(split.front), front_hypervolume(trials, reference_from_baseline(objectives, baseline))
+    """Size of the Pareto front and its normalised hypervolume (None without a reference point)."""
+    split = split_trials(trials, study_objectives(study), noise=None)
+    reference = reference_of(study, trials)
+    return len(split.front), None if reference is None else front_hypervolume(trials, reference)
 
 
 def counts_line(study: optuna.Study, trials: list, running: int | None = None) -> str:

@@ -7,6 +7,7 @@ import optuna
 
 from spikeprune._spaces.schema import SearchSpace
 from spikeprune.errors import SpikepruneError
+from spikeprune.objectives import parse_reference
 
 from .cluster import ray_session
 from .driver import Driver, RunStats
@@ -17,14 +18,21 @@ from .worker import load_kernel
 
 
 def run_search(settings: SearchSettings) -> optuna.Study:
-    """Run (or resume) a search until the study holds ``n_trials`` COMPLETE trials."""
+    """Run (or resume) a search until the study holds ``n_trials`` COMPLETE trials, or this run has
+    had ``max_failures`` failed trials. The study comes back with ``run_stats`` (this run's RunStats)."""
     settings.check()
     space = settings.space if isinstance(settings.space, SearchSpace) else SearchSpace.load(settings.space)
+    space.reference = {**space.reference, **parse_reference(settings.reference, space.objectives, "--reference")}
     energy = settings.energy or space.energy
     if settings.energy:
         from spikeprune._model.ops import resolve_energy
         resolve_energy(energy)
     load_kernel(settings.kernel)  # torch and the model code: after the cheap checks
+    import torch
+
+    if settings.gpus_per_trial > 0 and settings.ray_address is None and not torch.cuda.is_available():
+        raise SpikepruneError(f"--gpus-per-trial {settings.gpus_per_trial:g} but this machine has no CUDA GPU for the "
+                              f"local Ray cluster; use 0, or --ray-address of a cluster with GPUs")
     from spikeprune._trial.base import BaseBundle
 
     base = BaseBundle.load(settings.prepared, settings.glue_dir)
@@ -51,6 +59,9 @@ def run_search(settings: SearchSettings) -> optuna.Study:
     finally:
         optuna.logging.set_verbosity(verbosity)
     print(summary(study, stats, describe(location)))
+    if stats.failed >= settings.max_failures:
+        print(f"stopped after {stats.failed} failed trials (--max-failures {settings.max_failures})")
+    study.run_stats = stats  # type: ignore[attr-defined]  # what the command line reports on
     return study
 
 

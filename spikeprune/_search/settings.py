@@ -59,6 +59,7 @@ class SearchSettings:
     trial_timeout: float | None = None      # seconds from a trial's submission; then it is killed and failed
     storage_patience: float = 600.0         # seconds to wait for unreachable storage before stopping
     kernel: str = DEFAULT_KERNEL            # "module:function" the workers run per trial (worker.py)
+    reference: dict[str, float] | list[str] | None = None  # worst values counted by hypervolume, by objective
 
     def check(self) -> None:
         check_study_name(self.study_name)

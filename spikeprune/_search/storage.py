@@ -8,7 +8,8 @@ The embedded default is Optuna's journal (``JournalStorage`` over a ``JournalFil
   Optuna's RDB storage serialises every write on one database lock and fails with
   "database is locked" under concurrent writers;
 - nothing to migrate: no schema, no alembic versions tied to the Optuna release;
-- a crash loses at most the record being appended; replay skips a torn last line.
+- a crash loses at most the record being appended: a torn last line is recovered when the
+  journal is opened, and a corrupt line is refused with the way out (``journal.py``).
 
 Writers take an ``flock`` on ``journal.log.flock`` (``FlockLock``) instead of Optuna's lock files:
 the kernel releases it when the holder dies, so a SIGKILLed driver does not make the next one wait
@@ -34,6 +35,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from spikeprune.errors import SpikepruneError
 
+from .journal import check_on_open
 from .settings import check_study_name
 
 JOURNAL_NAME = "journal.log"
@@ -94,10 +96,16 @@ def open_storage(url_or_path: str | Path) -> BaseStorage:
             raise SpikepruneError(f"storage {path} is a folder; give the journal file, e.g. {path / JOURNAL_NAME}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            backend = JournalFileBackend(str(path), lock_obj=FlockLock(path))
+            lock = FlockLock(path)
+            check_on_open(path, lock)
+            backend = JournalFileBackend(str(path), lock_obj=lock)
         except OSError as e:
             raise SpikepruneError(f"cannot open journal storage {path}: {e.strerror}; pick a writable path") from None
-        return JournalStorage(backend)
+        try:
+            return JournalStorage(backend)
+        except (KeyError, ValueError, TypeError, AttributeError) as e:  # records that do not replay
+            raise SpikepruneError(f"journal {path} holds records Optuna cannot replay ({type(e).__name__}: "
+                                  f"{str(e)[:80]}); run `spikeprune check STUDY --storage {path} --repair`") from None
     scheme = text.split("://", 1)[0].lower()
     if scheme not in RDB_SCHEMES:
         raise SpikepruneError(f"storage URL scheme {scheme!r} is not supported; use a journal file path or "

@@ -38,7 +38,8 @@ def open_study(settings: SearchSettings, space: SearchSpace, storage: optuna.sto
     study = optuna.load_study(study_name=settings.study_name, storage=storage, sampler=sampler)
     wanted = StudyRecord(task=task, objectives=[{"name": o.name, "direction": o.direction} for o in space.objectives],
                          space=space.to_dict(), prepared=str(prepared), energy=energy, dev_examples=dev_size,
-                         max_examples=settings.max_examples, seed=settings.seed)
+                         max_examples=settings.max_examples, seed=settings.seed,
+                         reference_given=space.reference or None)
     record = StudyRecord.find(study)
     deadline = time.monotonic() + SETUP_WAIT_S
     while record is None and not created and time.monotonic() < deadline:
@@ -62,4 +63,7 @@ def open_study(settings: SearchSettings, space: SearchSpace, storage: optuna.sto
         raise SpikepruneError(f"study {settings.study_name!r} was made with another {differs} "
                               f"({json.dumps(getattr(record, differs))[:120]}); "
                               f"resume with the same settings or pick a new --study name")
+    if wanted.reference_given and wanted.reference_given != record.reference_given:
+        record.reference_given = wanted.reference_given  # a reference given on resume applies from now on
+        record.write(study)
     return study

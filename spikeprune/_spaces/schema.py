@@ -14,7 +14,9 @@ is either
 direction}`` pairs from :data:`OBJECTIVES`; ``constraints`` holds a floor on the metric
 (``metric_min``) and caps on costs (``sops_max``, ``energy_uj_max``, ...); ``energy`` names an
 energy preset; ``early_stopping`` sets the Pareto-aware early stop of the search (fraction of the
-dev set for the first look, and the metric margin by which a trial must be beaten to stop).
+dev set for the first look, and the metric margin by which a trial must be beaten to stop);
+``reference`` gives the worst value hypervolume counts per objective (``{metric: -0.5}``), which
+is otherwise derived from the dense baseline (``_results/pareto.py``).
 
 Timesteps may go above the base model's T: the model was trained on equilibrium rates, so more
 steps are legal (a finer rate), just more expensive; the shipped presets stay at or below T.
@@ -33,13 +35,14 @@ import yaml
 
 from spikeprune._model.config import SUPPORTED_BITS, CompressionConfig, SpikingBertConfig, check_bits
 from spikeprune.errors import SpikepruneError
-from spikeprune.objectives import METRIC, OBJECTIVES, Objective
+from spikeprune.objectives import METRIC, OBJECTIVES, Objective, parse_reference
 
 #: Constraint key -> the objective it limits: a floor for the metric, caps for costs.
 CONSTRAINTS: dict[str, str] = {"metric_min": METRIC, **{f"{k}_max": k for k in OBJECTIVES if k != METRIC}}
 #: Compression knobs in the order of CompressionConfig; the last is not per layer.
 KNOBS: tuple[str, ...] = ("heads", "neurons", "timesteps", "weight_bits", "recovery_steps")
-TOP_KEYS: tuple[str, ...] = ("name", "description", *KNOBS, "objectives", "constraints", "energy", "early_stopping")
+TOP_KEYS: tuple[str, ...] = ("name", "description", *KNOBS, "objectives", "constraints", "energy", "early_stopping",
+                             "reference")
 DEFAULT_OBJECTIVES: tuple[str, ...] = (METRIC, "sops")
 DEFAULT_ENERGY = "float45nm"
 #: Levels of the uniform seed configs: how far from the most compressed value towards the base.
@@ -200,6 +203,8 @@ class SearchSpace:
     constraints: dict[str, float] = field(default_factory=dict)
     energy: str = DEFAULT_ENERGY
     early_stopping: EarlyStopping | None = None
+    #: Worst values hypervolume counts, by objective (default: derived from the baseline or trials).
+    reference: dict[str, float] = field(default_factory=dict)
     #: Layer count of the model the space was last checked against; per-layer knobs need it.
     num_layers: int | None = field(default=None, compare=False)
     #: Where the space was read from ("preset joint", a path), to prefix model-check errors.
@@ -244,10 +249,11 @@ class SearchSpace:
         energy = data.get("energy", DEFAULT_ENERGY)
         if not isinstance(energy, str):
             raise SpikepruneError(f"space.energy: {energy!r} must be the name of an energy preset")
-        return cls(name=name, description=description.strip(), knobs=knobs,
-                   objectives=_parse_objectives(data.get("objectives")),
+        objectives = _parse_objectives(data.get("objectives"))
+        return cls(name=name, description=description.strip(), knobs=knobs, objectives=objectives,
                    constraints=_parse_constraints(data.get("constraints")), energy=energy,
-                   early_stopping=EarlyStopping.parse(data.get("early_stopping")))
+                   early_stopping=EarlyStopping.parse(data.get("early_stopping")),
+                   reference=parse_reference(data.get("reference"), objectives, "space.reference"))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data that ``from_dict`` reads back (stored with the study)."""
@@ -257,6 +263,8 @@ class SearchSpace:
         out["constraints"] = dict(self.constraints)
         out["energy"] = self.energy
         out["early_stopping"] = dataclasses.asdict(self.early_stopping) if self.early_stopping else False
+        if self.reference:
+            out["reference"] = dict(self.reference)
         return out
 
     # --------------------------------------------------------------------- model checking

@@ -15,17 +15,18 @@ from torch import Tensor
 
 from spikeprune._model.compress import IMPORTANCE_NAME, compute_importance, save_importance
 from spikeprune._model.evaluation import evaluate_model
-from spikeprune._model.glue import batches, get_task
+from spikeprune._model.glue import batches, get_task, load_glue
 from spikeprune._model.metrics import main_metric
 from spikeprune._model.spiking import SpikingBertForSequenceClassification
 from spikeprune.errors import SpikepruneError
 from spikeprune.records import PreparedRecord
 
+from .cache import cache_key, check_base, check_cached, check_device, check_preset, file_digests, glue_digest, key_difference
 from .convert import build_student, calibrate_thresholds, standardize_readout
 from .distill import distill_student
 from .loop import configure_threads, load_split, stage_done
 from .presets import IMPORTANCE_BATCHES, Preset, get_preset
-from .teacher import train_teacher
+from .teacher import default_base, train_teacher
 
 
 def prepare(task: str, glue_dir: str | Path | None, run_root: str | Path, preset: str | Preset = "quick",
@@ -36,20 +37,33 @@ def prepare(task: str, glue_dir: str | Path | None, run_root: str | Path, preset
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    configure_threads()
     spec = get_task(task)
     p = get_preset(preset, spec.name)
+    check_preset(p)  # every argument before any work: a bad value costs no training
+    check_device(device)
+    check_base(base)
+    for split in ("train", spec.dev_split):  # missing data is refused before any file is written
+        if glue_dir is not None and not (Path(glue_dir) / spec.folder / spec.files[split]).is_file():
+            load_glue(spec.name, split, glue_dir)
+    configure_threads()
     out = Path(run_root) / "prepared" / f"{spec.name}-{p.name}"
     name = main_metric(spec.name)
+    local = base is not None and Path(base).expanduser().exists()
+    key = cache_key(spec.name, p, seed, str(Path(base).expanduser().resolve()) if local else base or default_base(),
+                    glue_digest(None if glue_dir is None else Path(glue_dir) / spec.folder))
     if PreparedRecord.exists(out):
         done = PreparedRecord.read(out)
-        if done.preset_config != p.to_dict():
-            changed = sorted(k for k, v in p.to_dict().items() if done.preset_config.get(k) != v)
-            raise SpikepruneError(f"{out} was prepared with other preset settings ({', '.join(changed)} differ); "
-                                  f"use another --run-dir or the same --set values")
+        note = check_cached(out, done, key)
+        if note:
+            print(note)
         print(f"{spec.name} dev {name} (cached in {out}): teacher {done.teacher_metrics[name]:.4f}, "
               f"student (T={done.timesteps[0]}) {done.student_metrics[name]:.4f}")
         return out
+    started = PreparedRecord.read_key(out)
+    if started is not None and key_difference(started, key) is not None:
+        raise SpikepruneError(f"{out} holds an unfinished prepare with another {key_difference(started, key)}; "
+                              f"prepare into another --run-dir, or delete {out} to start over")
+    PreparedRecord.write_key(out, key)
     start = time.perf_counter()
     if not stage_done(out / "teacher"):
         train_teacher(spec.name, base, glue_dir, out, p, device=device, seed=seed)
@@ -95,6 +109,7 @@ def prepare(task: str, glue_dir: str | Path | None, run_root: str | Path, preset
                  "student_distill_s": stages["student"]["elapsed_s"],
                  "teacher_eval_s": t1 - t0, "student_eval_s": t2 - t1, "importance_s": t3 - t2,
                  "this_run_s": time.perf_counter() - start},
+        key=key, files=file_digests(out),
     ).write(out)
     print(f"{spec.name} dev {name}: teacher {teacher_metrics[name]:.4f}, "
           f"student (T={student.config.timesteps[0]}) {student_metrics[name]:.4f}")

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import commands as c
-from .plumbing import ArgumentParser, add_glue_dir, add_run_dir, add_study_args, run_handler
+from .plumbing import (FINITE, NATURAL, NON_NEGATIVE, POSITIVE, POSITIVE_INT, ArgumentParser, add_glue_dir, add_run_dir,
+                       add_study_args, port, run_handler)
 
 DESCRIPTION = """\
 Compress spiking BERT models by search: attention heads and FFN neurons kept per layer,
@@ -35,7 +36,7 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", default=None,
                    help="BERT-family teacher checkpoint, local folder or hub id (default: offline all-MiniLM-L6-v2)")
     p.add_argument("--device", default="cpu", help="torch device for training, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=NATURAL, default=0, help="random seed (default 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="change one field of the preset, e.g. --set distill_examples=4000 (repeatable)")
     add_glue_dir(p, recorded=False)
@@ -52,30 +53,33 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default=None, help="GLUE task; checked against the prepared base when given")
     p.add_argument("--study", dest="study_name", default=d.study_name,
                    help="study name; re-running with the same name resumes it (default search)")
-    p.add_argument("--n-trials", type=int, default=d.n_trials,
+    p.add_argument("--n-trials", type=POSITIVE_INT, default=d.n_trials,
                    help=f"COMPLETE trials the study should hold, counting earlier runs (default {d.n_trials})")
-    p.add_argument("--workers", type=int, default=d.workers, help=f"evaluations in flight (default {d.workers})")
+    p.add_argument("--workers", type=POSITIVE_INT, default=d.workers, help=f"evaluations in flight (default {d.workers})")
     p.add_argument("--storage", default=None, help="SQLAlchemy URL (postgresql+psycopg2://user@host:port/db) or "
                    "journal file; default RUN_DIR/STUDY/journal.log")
     add_run_dir(p)
     p.add_argument("--sampler", choices=SAMPLERS, default=d.sampler, help="Optuna sampler (default tpe)")
-    p.add_argument("--seed", type=int, default=d.seed, help="sampler and kernel seed (default 0)")
+    p.add_argument("--seed", type=NATURAL, default=d.seed, help="sampler and kernel seed (default 0)")
     p.add_argument("--ray-address", default=None, help="address of a running Ray cluster (default: start a local one)")
-    p.add_argument("--cpus-per-trial", type=float, default=d.cpus_per_trial, help="CPUs per evaluation (default 1)")
-    p.add_argument("--gpus-per-trial", type=float, default=d.gpus_per_trial, help="GPUs per evaluation (default 0)")
+    p.add_argument("--cpus-per-trial", type=POSITIVE, default=d.cpus_per_trial, help="CPUs per evaluation (default 1)")
+    p.add_argument("--gpus-per-trial", type=NON_NEGATIVE, default=d.gpus_per_trial, help="GPUs per evaluation (default 0)")
     add_glue_dir(p)
     p.add_argument("--energy", default=None, help="energy model preset, overriding the space's")
-    p.add_argument("--max-examples", type=int, default=None, help="evaluate on the first N dev examples only")
+    p.add_argument("--max-examples", type=POSITIVE_INT, default=None, help="evaluate on the first N dev examples only")
     p.add_argument("--no-early-stopping", dest="early_stopping", action="store_false",
                    help="evaluate every trial on the whole dev set")
-    p.add_argument("--max-failures", type=int, default=d.max_failures,
+    p.add_argument("--max-failures", type=POSITIVE_INT, default=d.max_failures,
                    help=f"stop after this many failed trials (default {d.max_failures})")
-    p.add_argument("--trial-timeout", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--trial-timeout", type=POSITIVE, default=None, metavar="SECONDS",
                    help="kill and fail a trial that runs longer than this (default: no limit)")
-    p.add_argument("--storage-patience", type=float, default=d.storage_patience, metavar="SECONDS",
+    p.add_argument("--storage-patience", type=NON_NEGATIVE, default=d.storage_patience, metavar="SECONDS",
                    help=f"how long to wait for unreachable storage before stopping (default {d.storage_patience:g})")
     p.add_argument("--kernel", default=d.kernel, metavar="MODULE:FUNCTION",
                    help=f"trial function the workers run, with run_trial's arguments (default {d.kernel})")
+    p.add_argument("--reference", action="append", default=None, metavar="OBJECTIVE=VALUE",
+                   help="worst value the hypervolume counts for an objective, e.g. metric=-0.5 (repeatable; "
+                   "default: derived from the dense baseline, or the trials; also the space's `reference` key)")
     p.add_argument("--quiet", dest="progress", action="store_false", help="no live progress line")
 
 
@@ -103,9 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
             "print the metric with its bootstrap interval, synaptic operations, energy, latency and size.")
     p.add_argument("--prepared", required=True, type=Path, help="prepared base folder (from `spikeprune prepare`)")
     p.add_argument("--config", type=Path, default=None, help="compression config YAML (default: no compression)")
-    p.add_argument("--max-examples", type=int, default=None, help="evaluate on the first N dev examples only")
+    p.add_argument("--max-examples", type=POSITIVE_INT, default=None, help="evaluate on the first N dev examples only")
     p.add_argument("--energy", default="float45nm", help="energy model preset: float45nm or int45nm (default float45nm)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=NATURAL, default=0, help="random seed (default 0)")
     p.add_argument("--json", type=Path, default=None, help="also write the full result as JSON here")
     add_glue_dir(p)
 
@@ -118,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("status", c.cmd_status, "show a study's progress and Pareto front",
             "Print a study's trial counts, hypervolume and Pareto front (or list the studies in a storage).")
     add_study_args(p, optional=True)
+
+    p = add("check", c.cmd_check, "check (and repair) a study's storage",
+            "Check that a study's storage can be read: a journal's torn last record or corrupt lines, records\n"
+            "Optuna cannot replay, the study and trial metadata, trials left running. Exit 0 when healthy,\n"
+            "1 when damage was found. --repair recovers a torn tail and cuts a journal before its first bad\n"
+            "line, keeping what it cuts in a backup file next to it; resuming the search re-runs lost trials.")
+    add_study_args(p, optional=True)
+    p.add_argument("--repair", action="store_true", help="fix what can be fixed (backups of anything cut are kept)")
 
     p = add("report", c.cmd_report, "write the interactive HTML report of a study",
             "Write one self-contained HTML file (works offline): the Pareto front with selectable axes\n"
@@ -149,10 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
             "model loadable with from_pretrained, and metrics re-measured now. Exits non-zero when a\n"
             "re-measured value differs from the search-time value beyond the stated tolerance.")
     add_study_args(p)
-    p.add_argument("--trial", type=int, default=None, help="export this trial number")
+    p.add_argument("--trial", type=NATURAL, default=None, help="export this trial number")
     p.add_argument("--pareto", action="store_true", help="export every trial on the Pareto front")
-    p.add_argument("--max-sops", type=float, default=None, help="budget: at most this many synaptic ops per example")
-    p.add_argument("--min-metric", type=float, default=None, help="budget: at least this task metric")
+    p.add_argument("--max-sops", type=NON_NEGATIVE, default=None, help="budget: at most this many synaptic ops per example")
+    p.add_argument("--min-metric", type=FINITE, default=None, help="budget: at least this task metric")
     p.add_argument("--out", type=Path, default=None, help="export folder (default RUN_DIR/STUDY/export)")
     p.add_argument("--prepared", type=Path, default=None, help="prepared base (default: the one the study recorded)")
     p.add_argument("--overwrite", action="store_true", help="replace existing exports of the same trials")
@@ -163,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
             "otherwise.")
     add_study_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    p.add_argument("--port", type=port, default=8080, help="port (default 8080)")
 
     p = add("demo", c.cmd_demo, "run the main job on the embedded defaults",
             "The whole job on the embedded default storage: prepare a teacher and a spiking student\n"
@@ -172,9 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--max-drop of the uncompressed student, then print where each result is.")
     _add_prepare_args(p)
     p.add_argument("--space", default="joint", help="search space preset or YAML file (default joint)")
-    p.add_argument("--n-trials", type=int, default=16, help="complete trials to run (default 16)")
-    p.add_argument("--workers", type=int, default=2, help="trials in flight on local Ray workers (default 2)")
-    p.add_argument("--max-drop", type=float, default=0.01,
+    p.add_argument("--n-trials", type=POSITIVE_INT, default=16, help="complete trials to run (default 16)")
+    p.add_argument("--workers", type=POSITIVE_INT, default=2, help="trials in flight on local Ray workers (default 2)")
+    p.add_argument("--max-drop", type=NON_NEGATIVE, default=0.01,
                    help="budget for the export: largest metric drop from the uncompressed student (default 0.01)")
     return parser
 

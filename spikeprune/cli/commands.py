@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from spikeprune.errors import SpikepruneError
 
-from .plumbing import open_study, storage_for
+from .plumbing import open_study, output_file, output_folder, storage_for
 
 if TYPE_CHECKING:
     from spikeprune import SearchSettings
@@ -34,6 +35,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from spikeprune import BaseBundle, CompressionConfig, format_report, run_trial
 
+    output_file(args.json, "--json")
     compression = CompressionConfig.load(args.config) if args.config else CompressionConfig()
     base = BaseBundle.load(args.prepared, glue_dir=args.glue_dir)
     result = run_trial(base, compression, max_examples=args.max_examples,
@@ -52,8 +54,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from spikeprune import write_report
 
-    study = open_study(args, args.study)
     out = args.out or args.run_dir / args.study / "report.html"
+    output_file(out, "--out")
+    study = open_study(args, args.study)
     written = write_report(study, out, images=args.images)
     for path in written:
         print(f"wrote {path}")
@@ -63,6 +66,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_trials(args: argparse.Namespace) -> int:
     from spikeprune import trials_frame, write_trials
 
+    output_file(args.out, "--out")
     study = open_study(args, args.study)
     if args.out is None:
         frame = trials_frame(study)
@@ -75,6 +79,7 @@ def cmd_trials(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from spikeprune import compare_fronts
 
+    output_file(args.out, "--out")
     studies = [open_study(args, name) for name in args.studies]
     print(f"wrote {compare_fronts(studies, args.out, labels=args.labels)}")
     return 0
@@ -83,6 +88,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from spikeprune import StudyRecord, export_trial, select_trials
 
+    output_folder(args.out or args.run_dir / args.study / "export", "--out")
     study = open_study(args, args.study)
     prepared = args.prepared or StudyRecord.read(study).prepared
     if not prepared:
@@ -109,6 +115,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from spikeprune import open_storage
 
     storage = open_storage(storage_for(args, args.study))
+    with socket.socket() as probe:  # a taken port is one line here, not a traceback in the server
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as e:
+            raise SpikepruneError(f"cannot listen on {args.host}:{args.port} ({e.strerror}); pick another --port "
+                                  f"or --host") from None
     print(f"optuna-dashboard for {args.study} on http://{args.host}:{args.port}/ (Ctrl-C to stop)")
     run_server(storage, host=args.host, port=args.port)
     return 0
@@ -146,14 +158,22 @@ def settings_from_args(args: argparse.Namespace) -> "SearchSettings":
 
     keys = ("prepared", "space", "task", "study_name", "n_trials", "workers", "storage", "run_dir", "sampler",
             "seed", "ray_address", "cpus_per_trial", "gpus_per_trial", "glue_dir", "energy", "max_examples",
-            "early_stopping", "max_failures", "progress", "trial_timeout", "storage_patience", "kernel")
+            "early_stopping", "max_failures", "progress", "trial_timeout", "storage_patience", "kernel", "reference")
     return SearchSettings(**{k: getattr(args, k) for k in keys})
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from optuna.trial import TrialState
+
     from spikeprune import run_search
 
-    run_search(settings_from_args(args))
+    study = run_search(settings_from_args(args))
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if done < args.n_trials and study.run_stats.failed >= args.max_failures:  # say why, and fail the command
+        print(f"error: the search stopped at {done} of {args.n_trials} complete trials after {args.max_failures} "
+              f"failed ones (--max-failures); `spikeprune trials {args.study_name}` shows their errors, and "
+              f"rerunning the command resumes", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -162,3 +182,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     print(study_status(storage_for(args, args.study), args.study))
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from spikeprune._search.check import check_storage
+
+    result = check_storage(storage_for(args, args.study), args.study, repair=args.repair)
+    print("\n".join(result.lines))
+    return 0 if result.ok else 1
