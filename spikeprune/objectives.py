@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,10 +27,21 @@ OBJECTIVES: dict[str, str] = {
 }
 
 
+#: How people call each GLUE metric ("metric" is shown as the task's own).
+METRIC_NAMES: dict[str, str] = {"accuracy": "accuracy", "f1": "F1", "mcc": "Matthews correlation",
+                                "pearson": "Pearson", "spearman": "Spearman"}
+
+
 @dataclass(frozen=True)
 class Objective:
     name: str
     direction: str
+    #: What reports and status lines call it: the task's metric (accuracy, F1, ...) for "metric".
+    label: str = field(default="", compare=False)
+
+    @property
+    def shown(self) -> str:
+        return self.label or self.name
 
     @property
     def sign(self) -> float:

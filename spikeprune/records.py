@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from spikeprune.errors import SpikepruneError
-from spikeprune.objectives import Objective
+from spikeprune.objectives import METRIC, METRIC_NAMES, Objective
 
 FORMAT = 1
 _KINDS = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list}
@@ -153,7 +153,19 @@ class StudyRecord:
 
     @property
     def objective_list(self) -> list[Objective]:
-        return [Objective(o["name"], o["direction"]) for o in self.objectives]
+        """The objectives, the metric labelled with the task's own metric name."""
+        metric = self.metric_name
+        return [Objective(o["name"], o["direction"], metric if o["name"] == METRIC else "") for o in self.objectives]
+
+    @property
+    def metric_name(self) -> str:
+        """The task's main metric as people call it (accuracy, F1, Pearson, Matthews correlation)."""
+        from spikeprune._model.glue import get_task
+
+        try:
+            return METRIC_NAMES[get_task(self.task).main_metric]
+        except SpikepruneError:
+            return METRIC
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "format": FORMAT}

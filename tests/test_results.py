@@ -302,8 +302,10 @@ def test_report_is_self_contained(tmp_path):
     assert "Plotly.newPlot" in text and text.count("<script>") >= 3
     for div in ("pareto", "hypervolume", "layers", "ops"):
         assert f'id="{div}"' in text
-    hover = "<b>trial 1</b> (Pareto front)<br>metric: 0.88 [0.86, 0.9]<br>sops: 500<br>heads: 2 3"
+    # The metric is called by the task's own name (SST-2: accuracy), in hovers, axes and the summary.
+    hover = "<b>trial 1</b> (Pareto front)<br>accuracy: 0.88 [0.86, 0.9]<br>sops: 500<br>heads: 2 3"
     assert hover in _unescaped(text)
+    assert "accuracy (maximize), sops (minimize)" in text and "metric (maximize)" not in text
     assert "dominated within noise" in text and "infeasible" in text and "early-stopped" in text
     assert "importances need at least 10 complete trials" in text
     assert "<table class=\"sortable\">" in text
@@ -401,6 +403,7 @@ def test_export_rebuilds_saves_and_remeasures(tmp_path, glue_dir, tiny_prepared)
     """End to end on a tiny prepared base: a trial measured by the kernel exports as a folder whose
     re-measured values match; a trial whose stored values were altered is reported as failing."""
     import json
+    import os
 
     import yaml
 
@@ -433,6 +436,17 @@ def test_export_rebuilds_saves_and_remeasures(tmp_path, glue_dir, tiny_prepared)
     assert record["ok"] is True and record["problems"] == []
     model = SpikingBertForSequenceClassification.from_pretrained(good.folder / "model")
     assert model.config.heads == [1, 1] and model.config.weight_bits == [4.0, 1.58]
+    # Usable as it is: the tokenizer sits beside the weights, files are ordinary (rw-r--r-- under
+    # the usual umask), and `evaluate --config` takes the export's config.yaml.
+    from transformers import AutoTokenizer
+
+    tokens = AutoTokenizer.from_pretrained(good.folder / "model")("a fine film", return_tensors="pt")
+    assert model(tokens["input_ids"], tokens["attention_mask"]).logits.shape == (1, 2)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in good.folder.rglob("*") if p.is_file())
+    assert CompressionConfig.load(good.folder / "config.yaml").resolve(base.student.config) == \
+        compression.resolve(base.student.config)
 
     bad = export_trial(study, study.trials[1], tmp_path / "exports", prepared, glue_dir)
     assert not bad.ok and [p.split(":")[0] for p in bad.problems] == ["metric", "sops"]

@@ -104,6 +104,7 @@ def test_search_end_to_end_on_the_journal(tiny_prepared, space_file, tmp_path, r
     assert len(again.trials) == len(study.trials)
     status = study_status(str(tmp_path / "s" / "journal.log"), "s")
     assert "study s: task sst2, space tiny" in status and "6 complete" in status and "front" in status
+    assert "objectives accuracy (max), sops (min)" in status and "accuracy" in status.split("Pareto front:")[1]
 
 
 def test_resume_after_the_driver_is_killed(tiny_prepared, space_file, tmp_path, ray_local):

@@ -10,6 +10,7 @@ bit-identically to the model it came from.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -72,6 +73,10 @@ def save(config: SpikingBertConfig, state: dict[str, Tensor], folder: str | Path
         metadata["weight_bits"] = json.dumps(config.weight_bits)
     config.save(folder / CONFIG_NAME)
     save_file(state, str(folder / WEIGHTS_NAME), metadata=metadata)
+    # safetensors creates its file private (rw-------); a saved model is an ordinary file.
+    umask = os.umask(0)
+    os.umask(umask)
+    (folder / WEIGHTS_NAME).chmod(0o666 & ~umask)
     return folder
 
 

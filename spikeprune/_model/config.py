@@ -209,6 +209,8 @@ class CompressionConfig:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark is not None else ""
             raise SpikepruneError(f"{path}{where} is not valid YAML; fix the syntax") from None
+        if isinstance(data, dict) and isinstance(data.get("compression"), dict):
+            data = data["compression"]  # an export's config.yaml: its compression part
         if not isinstance(data, dict):
             raise SpikepruneError(f"{path} must be a YAML mapping with keys heads, neurons, timesteps, weight_bits, recovery_steps")
         return cls.from_dict(data)

@@ -2,8 +2,10 @@
 
 Layout of one export, ``<out_dir>/trial-<number, 5 digits>/``::
 
-    config.yaml    study, task, trial number, the resolved compression config, search-time values
-    model/         the compressed model, weights packed at their bit widths (models.quantize)
+    config.yaml    study, task, trial number, the resolved compression config (``spikeprune evaluate
+                   --config`` reads this file as it is), search-time values
+    model/         the compressed model, weights packed at their bit widths (checkpoint.py), and
+                   its tokenizer: ``from_pretrained`` and ``AutoTokenizer`` on this folder
     metrics.json   search-time and re-measured objective values, metrics, op report, tolerance, verdict
 
 The model is rebuilt from the trial's stored compression config, not copied from the search, and
@@ -158,6 +160,8 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, out_dir: str | Path, p
     and re-measure it on the examples the search used, with the study's seed and energy model;
     compare with the search-time values (see TOLERANCE). ``ExportResult.problems`` lists every
     value beyond the tolerance."""
+    from transformers import AutoTokenizer
+
     from spikeprune._model.spiking import SpikingBertForSequenceClassification
     from spikeprune._trial.base import BaseBundle
     from spikeprune._trial.kernel import build_compressed, measure
@@ -180,6 +184,8 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, out_dir: str | Path, p
     max_examples = examples if examples < base.dev_size else None
     model, resolved, timing = build_compressed(base, compression, seed=seed)
     model.save_pretrained(folder / "model", packed=True)
+    # The tokenizer beside the weights: from_pretrained plus this folder is all a user needs.
+    AutoTokenizer.from_pretrained(Path(prepared_dir) / "student").save_pretrained(folder / "model")
     # Measure what was written, not the in-memory model: the export is checked as users load it.
     exported = SpikingBertForSequenceClassification.from_pretrained(folder / "model")
     result = measure(base, exported, resolved, timing, max_examples=max_examples, seed=seed, energy=energy)

@@ -52,7 +52,7 @@ def trial_hover(t: FrozenTrial, objectives: Sequence[Objective], status: str) ->
     lines = [f"<b>trial {t.number}</b> ({LABELS.get(status, status)})"]
     for o, v in zip(objectives, t.values or []):
         ci = record.metric_ci if o.name == METRIC else None
-        lines.append(f"{o.name}: {fmt(v)}" + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else ""))
+        lines.append(f"{o.shown}: {fmt(v)}" + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else ""))
     comp = record.compression or {}
     for key, label in LAYER_FIELDS.items():
         if comp.get(key) is not None:
@@ -91,15 +91,15 @@ def scatter_with_axis_menus(groups: Sequence[tuple[str, list[FrozenTrial], dict,
             customdata=[t.number for t in trials], hovertemplate="%{text}<extra></extra>"))
 
     def buttons(axis: str) -> list[dict]:
-        return [dict(label=o.name, method="update",
+        return [dict(label=o.shown, method="update",
                      args=[{axis: [cols[k] for cols in columns]},
-                           {f"{axis}axis.title.text": f"{o.name} ({o.direction})"}])
+                           {f"{axis}axis.title.text": f"{o.shown} ({o.direction})"}])
                 for k, o in enumerate(objectives)]
 
     fig.update_layout(
         title=title, height=560, hovermode="closest", legend=dict(orientation="h", y=-0.15),
-        xaxis_title=f"{objectives[xi].name} ({objectives[xi].direction})",
-        yaxis_title=f"{objectives[yi].name} ({objectives[yi].direction})",
+        xaxis_title=f"{objectives[xi].shown} ({objectives[xi].direction})",
+        yaxis_title=f"{objectives[yi].shown} ({objectives[yi].direction})",
         margin=dict(t=110),
         updatemenus=[
             dict(buttons=buttons("x"), active=xi, direction="down", x=0.62, y=1.2, xanchor="left", yanchor="top"),

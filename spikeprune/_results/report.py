@@ -62,7 +62,7 @@ def _summary(analysis: Analysis) -> str:
     counts = ", ".join(f"{len(getattr(analysis.split, s))} {plots.LABELS.get(s, s)}" for s in STATUSES)
     items = {
         "study": analysis.study_name, "task": record.task,
-        "objectives": ", ".join(f"{o.name} ({o.direction})" for o in analysis.objectives),
+        "objectives": ", ".join(f"{o.shown} ({o.direction})" for o in analysis.objectives),
         "trials": f"{len(analysis.trials)} ({counts})",
         "energy model": record.energy, "prepared base": record.prepared,
     }
@@ -78,7 +78,7 @@ def _summary(analysis: Analysis) -> str:
 
 
 def _reference_point(analysis: Analysis) -> str:
-    return ", ".join(f"{o.name} {w:.4g}" for o, w in zip(analysis.reference.objectives, analysis.reference.worst))
+    return ", ".join(f"{o.shown} {w:.4g}" for o, w in zip(analysis.reference.objectives, analysis.reference.worst))
 
 
 def pareto_figure(analysis: Analysis) -> go.Figure:
@@ -97,7 +97,7 @@ def pareto_figure(analysis: Analysis) -> go.Figure:
 
 def _table(analysis: Analysis) -> str:
     status = analysis.split.status()
-    columns = ["trial", "status", *[o.name for o in analysis.objectives], "metric CI",
+    columns = ["trial", "status", *[o.shown for o in analysis.objectives], f"{analysis.record.metric_name} CI",
                *plots.LAYER_FIELDS.values(), "recovery", "fidelity", "duration s", "worker", "error"]
     rows, classes = [], []
     for t in analysis.trials:

@@ -106,6 +106,8 @@ class Driver:
         if self.partial_examples is not None and self.partial_examples >= self.full_examples:
             self.partial_examples = None
         self.metric_index = space.objective_names.index(METRIC) if METRIC in space.objective_names else None
+        #: The objectives as the progress line names them (the task's metric by its own name).
+        self.shown = [o.shown for o in StudyRecord.read(study).objective_list]
         self.resume = Resume(study, storage, settings.stale_after_s)
         self.study_id = self.resume.study_id
         self.flights: dict[Any, _Flight] = {}
@@ -348,7 +350,7 @@ class Driver:
             record = StudyRecord.read(self.study)
             record.reference = dict(zip(self.space.objective_names, values))
             record.write(self.study)
-        shown = ", ".join(f"{n} {v:.4g}" for n, v in zip(self.space.objective_names, values))
+        shown = ", ".join(f"{n} {v:.4g}" for n, v in zip(self.shown, values))
         note = " (stopped early)" if stopped else ""
         self.progress.update(running=len(self.flights),
                              last=f"#{trial.number} {shown}{note} in {result['timing'].get('total_s', 0):.1f}s")

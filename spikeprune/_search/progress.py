@@ -83,7 +83,7 @@ def front_lines(study: optuna.Study, trials: list) -> list[str]:
     front = split_trials(trials, objectives, noise=None).front
     if not front:
         return []
-    lines = ["Pareto front:", "  trial  " + "  ".join(f"{o.name:>10s}" for o in objectives) + "  config"]
+    lines = ["Pareto front:", "  trial  " + "  ".join(f"{o.shown:>10s}" for o in objectives) + "  config"]
     for t in sorted(front, key=lambda t: t.values[0]):
         config = TrialRecord.of(t).compression or {}
         shown = " ".join(f"{k}={config[k]}" for k in ("heads", "neurons", "timesteps", "weight_bits") if k in config)
@@ -106,7 +106,7 @@ def study_status(storage: str, study_name: str | None = None) -> str:
     study = optuna.load_study(study_name=study_name, storage=store)
     trials = study.get_trials(deepcopy=False)
     record = StudyRecord.read(study)
-    objectives = ", ".join(f"{o.name} ({o.direction[:3]})" for o in record.objective_list)
+    objectives = ", ".join(f"{o.shown} ({o.direction[:3]})" for o in record.objective_list)
     lines = [f"study {study_name}: task {record.task}, space {record.space.get('name')}, objectives {objectives}",
              counts_line(study, trials)]
     full = min(record.max_examples or record.dev_examples, record.dev_examples) if record.dev_examples else None
