@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import SpikingBertConfig
+from .layer import EncoderLayerWeights
 from .neurons import SignedIFNeuron
 
 #: The spiking populations of one layer of this family, in the order they fire.
@@ -87,32 +88,18 @@ class Accumulator:
         return torch.cat([first, values[1:] - values[:-1]])
 
 
-class ConvertedLayer(nn.Module):
+class ConvertedLayer(EncoderLayerWeights):
     """One encoder layer of the conversion-faithful family (same weights as SpikingLayer)."""
 
     def __init__(self, cfg: SpikingBertConfig, index: int) -> None:
-        super().__init__()
-        h, d = cfg.hidden_size, cfg.head_dim
-        self.num_heads, self.head_dim, self.levels = cfg.heads[index], d, cfg.levels
-        inner = self.num_heads * d
-        self.query = nn.Linear(h, inner)
-        self.key = nn.Linear(h, inner)
-        self.value = nn.Linear(h, inner)
-        self.attn_out = nn.Linear(inner, h)
-        self.attn_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
-        self.intermediate = nn.Linear(h, cfg.intermediate_sizes[index])
-        self.output = nn.Linear(cfg.intermediate_sizes[index], h)
-        self.out_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+        super().__init__(cfg, index)
+        self.levels = cfg.levels
         #: θ of each population, in POPULATIONS order.
         self.thresholds = nn.Parameter(torch.ones(len(POPULATIONS)))
         self.neurons = nn.ModuleDict({name: SignedIFNeuron(cfg.levels) for name in POPULATIONS})
 
     def theta(self, name: str) -> Tensor:
         return self.thresholds[POPULATIONS.index(name)]
-
-    def _heads(self, x: Tensor) -> Tensor:
-        """[..., B, L, nh*dh] -> [..., B, nh, L, dh]"""
-        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(-2, -3)
 
     def _linear(self, layer: nn.Linear, spikes: Tensor, theta: Tensor, first: bool) -> Tensor:
         """Currents of a Linear fed signed spikes [t, ...] of threshold θ: W·θ·s, plus the bias at

@@ -37,6 +37,7 @@ from spikeprune.errors import SpikepruneError
 from . import checkpoint
 from .config import SpikingBertConfig
 from .converted import Accumulator, ConvertedLayer, quantize_ste, retime
+from .layer import EncoderLayerWeights
 from .neurons import IFNeuron, SignedIFNeuron
 
 #: The spiking populations of one layer, in the order they fire.
@@ -118,28 +119,12 @@ class Embeddings(nn.Module):
 Fire = Callable[[str, Tensor], Tensor]
 
 
-class SpikingLayer(nn.Module):
+class SpikingLayer(EncoderLayerWeights):
     """One encoder layer; its math is written once and shared by all three modes."""
 
     def __init__(self, cfg: SpikingBertConfig, index: int) -> None:
-        super().__init__()
-        h, d = cfg.hidden_size, cfg.head_dim
-        self.num_heads = cfg.heads[index]
-        self.head_dim = d
-        inner = self.num_heads * d
-        self.query = nn.Linear(h, inner)
-        self.key = nn.Linear(h, inner)
-        self.value = nn.Linear(h, inner)
-        self.attn_out = nn.Linear(inner, h)
-        self.attn_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
-        self.intermediate = nn.Linear(h, cfg.intermediate_sizes[index])
-        self.output = nn.Linear(cfg.intermediate_sizes[index], h)
-        self.out_norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+        super().__init__(cfg, index)
         self.neurons = nn.ModuleDict({name: IFNeuron(cfg.threshold, cfg.leak) for name in SUBLAYERS})
-
-    def _heads(self, x: Tensor) -> Tensor:
-        """[..., B, L, nh*dh] -> [..., B, nh, L, dh]"""
-        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(-2, -3)
 
     def forward(self, x: Tensor, key_mask: Tensor, fire: Fire) -> tuple[dict[str, Tensor], Tensor]:
         """Run the six sublayers on input ``x`` ([..., B, L, H]); return every sublayer's output
