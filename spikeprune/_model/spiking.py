@@ -307,7 +307,10 @@ class SpikingBertForSequenceClassification(nn.Module):
         # The embedding is the encoder's accumulated input from the first step on.
         currents = torch.cat([embedded[None], embedded.new_zeros((steps - 1, *embedded.shape))])
         states = [Accumulator() for _ in self.layers]
-        trains: list[list[dict[str, Tensor]]] = [[] for _ in self.layers]
+        # Only what is returned is kept across layers and chunks (whole trains of every layer
+        # would cost gigabytes at T = 16): output spikes summed over time, counts, last scores.
+        totals: list[Tensor | float] = [0.0] * len(self.layers)
+        counts: list[dict[str, int]] = [{} for _ in self.layers]
         last_scores: list[Tensor] = [embedded.new_zeros(())] * len(self.layers)
         for start in (range(steps) if lockstep else (0,)):
             chunk = currents[start:start + 1] if lockstep else currents
@@ -321,16 +324,16 @@ class SpikingBertForSequenceClassification(nn.Module):
                     return layer.neurons[name].advance(current, layer.theta(name)) * token_mask
 
                 outputs, s = layer(x, theta_in, key_mask, states[i], start == 0, fire)
-                trains[i].append({"input": x, **outputs})
-                last_scores[i] = s[-1]
+                if record:  # counts add up over chunks: every count is a sum over time
+                    chunk_counts = _count_layer(x, outputs, token_mask, products=("query", "key", "value"))
+                    counts[i] = {k: counts[i].get(k, 0) + v for k, v in chunk_counts.items()}
+                totals[i] = totals[i] + outputs["output"].sum(dim=0)
+                last_scores[i] = s[-1].clone()
                 x, theta_in = outputs["output"], layer.theta("output")
         for n in neurons:
             n.reset()
-        whole = [{k: torch.cat([c[k] for c in chunks]) for k in chunks[0]} for chunks in trains]
-        rates = [w["output"].sum(dim=0) * layer.theta("output") for w, layer in zip(whole, self.layers)]
-        counts = [_count_layer(w["input"], {k: v for k, v in w.items() if k != "input"}, token_mask,
-                               products=("query", "key", "value")) for w in whole] if record else []
-        return rates, last_scores, counts
+        rates = [total * layer.theta("output") for total, layer in zip(totals, self.layers)]
+        return rates, last_scores, counts if record else []
 
     def _quantized(self, embedded: Tensor, token_mask: Tensor,
                    key_mask: Tensor) -> tuple[list[Tensor], list[Tensor], list[dict[str, int]]]:
