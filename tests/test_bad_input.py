@@ -194,9 +194,11 @@ for _cmd, (_build, _options) in NUMERIC.items():
                 lambda e, b=_build, o=_opt, v=_value: b(e, o, v), f"argument {_opt}: {_value!r} is not")
 
 #: --set FIELD=VALUE of prepare: wrong types and signs, all refused before any training.
-for _field, _value in [("distill_examples", "-5"), ("distill_examples", "0"), ("teacher_lr", "-1e-3"),
+for _field, _value in [("distill_examples", "-5"), ("teacher_lr", "-1e-3"),
                        ("teacher_lr", "nan"), ("batch_size", "1.5"), ("timesteps", "0"), ("leak", "2.0"),
-                       ("temperature", "0"), ("weight_decay", "-0.1"), ("max_length", "many")]:
+                       ("temperature", "0"), ("weight_decay", "-0.1"), ("max_length", "many"),
+                       ("family", "snn"), ("levels", "0"), ("calibration_percentile", "101"),
+                       ("length_bucket", "-1")]:
     CASES[f"gen-prepare-set-{_field}={_value}"] = (
         lambda e, f=_field, v=_value: _prepare(e, "--set", f"{f}={v}"), f"{_field}")
 

@@ -47,7 +47,7 @@ def test_the_same_command_reuses_the_cache(run_root, glue_dir, capsys):
     ("flip-a-byte", (), "teacher/model.safetensors changed since it was written"),
     ("delete", (), "importance.safetensors is missing"),
     (None, ("--seed", "3"), "another seed 0 (this command: 3)"),
-    (None, ("--set", "distill_epochs=2"), "another preset values distill_epochs"),
+    (None, ("--set", "distill_epochs=2"), "another set of preset values (distill_epochs differ)"),
     ("other-base", (), "another base"),
 ])
 def test_a_cache_that_does_not_match_is_refused(run_root, glue_dir, change, extra, message, capsys, tmp_path):

@@ -103,7 +103,7 @@ def key_difference(had: dict[str, Any], wanted: dict[str, Any]) -> str | None:
             return f"{name} {had.get(name)!r:.80} (this command: {wanted.get(name)!r:.80})" if name != "data" else \
                 "GLUE files (changed since)"
     changed = sorted(k for k, v in wanted["preset"].items() if had.get("preset", {}).get(k) != v)
-    return f"preset values {', '.join(changed)}" if changed else None
+    return f"set of preset values ({', '.join(changed)} differ)" if changed else None
 
 
 def file_digests(folder: Path) -> dict[str, dict[str, Any]]:
