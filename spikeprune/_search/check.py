@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from spikeprune.errors import SpikepruneError
 from spikeprune.records import StudyRecord, TrialRecord
 
-from .journal import cut_at_bad_line, fix_tail, inspect_journal
+from .journal import LOCK_WAIT_S, cut_at_bad_line, fix_tail, inspect_journal
 from .storage import FlockLock, describe, open_storage
 
 
@@ -36,7 +36,9 @@ class CheckResult:
 
 def _check_journal(path: Path, repair: bool, result: CheckResult) -> None:
     lock = FlockLock(path)
-    lock.acquire()
+    if not lock.acquire(timeout=LOCK_WAIT_S):
+        raise SpikepruneError(f"journal {path} is locked by a writer that does not finish its append; stop the "
+                              f"search (or the stopped process holding it) and check again")
     try:
         health = inspect_journal(path, replay=True)
         if health.ok:

@@ -28,6 +28,8 @@ from typing import Any
 from spikeprune.errors import SpikepruneError
 
 LOG = logging.getLogger(__name__)
+#: How long opening a journal waits for a writer to finish its append before checking the tail.
+LOCK_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,13 @@ def check_on_open(path: Path, lock: Any) -> None:
     """Before Optuna replays ``path``: recover a torn tail (saying so), refuse a corrupt line."""
     if not path.is_file() or path.stat().st_size == 0:
         return
-    lock.acquire()  # a live writer finishes its append first, so a tail seen now is really torn
+    # A live writer finishes its append first, so a tail seen once we hold the lock is really torn.
+    # A writer that keeps the lock (a stopped process) must not hang a reader: then the tail may be
+    # its append in progress, which Optuna's replay skips, and the next opener checks it.
+    if not lock.acquire(timeout=LOCK_WAIT_S):
+        LOG.warning("journal %s is locked by a writer that does not finish its append (a stopped process?); "
+                    "opened without checking its last record", path)
+        return
     try:
         health = inspect_journal(path)
         if health.bad_line is not None:

@@ -57,9 +57,19 @@ class FlockLock:
         self._path = f"{journal}.flock"
         self._fd: int | None = None
 
-    def acquire(self) -> bool:
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Take the lock, waiting for it; with ``timeout`` seconds, give up then (False)."""
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if deadline is None else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(0.05)
         self._fd = fd
         return True
 
