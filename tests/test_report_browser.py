@@ -145,10 +145,10 @@ def test_report_runs_in_chromium(chromium_path, report, tmp_path):
                             "Pareto front", "dense baseline"]
     assert out["points"] == 8 + 1  # every complete trial, plus the baseline star
     assert out["hover"].startswith("<b>trial 1</b> (Pareto front)") and "heads: 2 3" in out["hover"]
-    # the x-axis dropdown switches every trace from sops to the metric
-    assert out["buttons"] == ["metric", "sops"]
+    # the x-axis dropdown switches every trace from sops to the metric (named accuracy: an SST-2 study)
+    assert out["buttons"] == ["accuracy", "sops"]
     assert out["front_before"] == [1000, 500, 200, 100]
-    assert out["front_after"] == [0.9, 0.88, 0.85, 0.7] and out["xtitle"] == "metric (maximize)"
+    assert out["front_after"] == [0.9, 0.88, 0.85, 0.7] and out["xtitle"] == "accuracy (maximize)"
     # operations menu: front trials first, then the others; picking trial 4 (200 SOPs) restyles the bars
     assert out["ops_options"][:4] == ["0", "1", "4", "8"]
     assert out["ops_query"] == [[60, 60], [40, 40]]
