@@ -325,7 +325,8 @@ class SpikingBertForSequenceClassification(nn.Module):
 
                 outputs, s = layer(x, theta_in, key_mask, states[i], start == 0, fire)
                 if record:  # counts add up over chunks: every count is a sum over time
-                    chunk_counts = _count_layer(x, outputs, token_mask, products=("query", "key", "value"))
+                    chunk_counts = _count_layer(x, outputs, token_mask, products=("query", "key", "value"),
+                                                signed=True)
                     counts[i] = {k: counts[i].get(k, 0) + v for k, v in chunk_counts.items()}
                 totals[i] = totals[i] + outputs["output"].sum(dim=0)
                 last_scores[i] = s[-1].clone()
@@ -380,21 +381,18 @@ class SpikingBertForSequenceClassification(nn.Module):
 
 
 def _count_layer(x: Tensor, outputs: dict[str, Tensor], token_mask: Tensor,
-                 products: tuple[str, ...] = ("key", "value")) -> dict[str, int]:
-    """Exact spike counts of one layer's trains (each [T, B, L, D], padding already zeroed); a
-    signed spike counts once, a merged step of k spikes k times. ``products`` are the populations
-    whose spikes meet every position of their example in attention (``<name>_x_len``).
+                 products: tuple[str, ...] = ("key", "value"), signed: bool = False) -> dict[str, int]:
+    """Exact spike counts of one layer's trains (each [T, B, L, D], padding already zeroed). With
+    ``signed`` (the converted family) a -1 spike counts once and a merged step of k spikes k times;
+    binary trains are summed as they are. ``products`` are the populations whose spikes meet every
+    position of their example in attention (``<name>_x_len``).
 
     Counts are summed per example in float32, exact while one example has < 2^24 spikes per
     sublayer (T·L·D = 16·512·1536 is 1.3e7), then totalled in int64: cheap next to the run."""
     lengths = token_mask[..., 0].sum(dim=-1).to(torch.int64)    # [B]
-
-    def per_example(spikes: Tensor) -> Tensor:
-        return spikes.abs().sum(dim=(0, 2, 3)).to(torch.int64)
-
-    counts = {"input": int(per_example(x).sum())}
-    for name, spikes in outputs.items():
-        counts[name] = int(per_example(spikes).sum())
+    per_example = {name: (spikes.abs() if signed else spikes).sum(dim=(0, 2, 3)).to(torch.int64)
+                   for name, spikes in {"input": x, **outputs}.items()}
+    counts = {name: int(n.sum()) for name, n in per_example.items()}
     for name in products:
-        counts[f"{name}_x_len"] = int((per_example(outputs[name]) * lengths).sum())
+        counts[f"{name}_x_len"] = int((per_example[name] * lengths).sum())
     return counts
