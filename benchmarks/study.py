@@ -1,7 +1,7 @@
 """The spatio-temporal study: single-axis searches against the joint search, per GLUE task.
 
 For each prepared base (one per task) it runs (or resumes) one search per space, same sampler and
-trial budget, every trial on the whole dev set (no early stopping) and every energy counted under
+trial budget, every trial on the whole dev set or its first ``--max-examples`` (no early stopping) and every energy counted under
 one model (``--energy``, default int45nm, so quantization shows up), then prints per task:
 
 - the uncompressed spiking student (the dense baseline trial);
@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="a prepared base, one per task (repeat the option)")
     p.add_argument("--spaces", nargs="+", default=list(SPACES), help=f"space presets or files (default {' '.join(SPACES)})")
     p.add_argument("--n-trials", type=int, default=16, help="COMPLETE trials per space (default 16)")
+    p.add_argument("--max-examples", type=int, default=None,
+                   help="every trial on the first N dev examples of the fixed shuffled order (default: all)")
     p.add_argument("--sampler", default="tpe", help="sampler of every search (default tpe)")
     p.add_argument("--energy", default="int45nm", help="energy model of every search (default int45nm)")
     p.add_argument("--max-drop", type=float, default=0.01, help="allowed metric drop from the baseline (default 0.01)")
@@ -142,7 +144,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             study = run_search(SearchSettings(
                 prepared=prepared, space=space, study_name=f"{NAME}-{task}-{label}", n_trials=args.n_trials,
                 workers=args.workers, run_dir=args.run_dir, sampler=args.sampler, seed=args.seed,
-                glue_dir=args.glue_dir, energy=args.energy, early_stopping=False, progress=not args.quiet))
+                glue_dir=args.glue_dir, energy=args.energy, early_stopping=False, max_examples=args.max_examples,
+                progress=not args.quiet))
             timings[label] = benchlib.span_s(study.get_trials(deepcopy=False))
             per_space[label], baselines[label] = collect(study)
         baseline = next(b for b in baselines.values() if b is not None)

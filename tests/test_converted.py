@@ -84,6 +84,26 @@ def test_batched_equals_lockstep_bit_for_bit():
         set_timesteps(m, [6, 3])(IDS, MASK, mode="lockstep")
 
 
+@pytest.mark.parametrize("family", ["converted", "spikingbert"])
+def test_slicing_a_batch_changes_nothing(family, monkeypatch):
+    """A batch simulated in slices of one example gives the logits, scores and counts of one piece."""
+    from spikeprune._model import spiking
+
+    if family == "converted":
+        m = model()
+    else:
+        torch.manual_seed(0)
+        m = SpikingBertForSequenceClassification(config(family=family, timesteps=4)).eval()
+    with torch.no_grad():
+        whole = m(IDS, MASK, mode="batched", record=True)
+        monkeypatch.setattr(spiking, "SLICE_BYTES", 1)
+        sliced = m(IDS, MASK, mode="batched", record=True)
+    assert torch.allclose(whole.logits, sliced.logits, atol=1e-6)
+    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(whole.attention_scores, sliced.attention_scores))
+    assert whole.record.layers == sliced.record.layers
+    assert sliced.record.examples == 3 and sliced.record.tokens == int(MASK.sum())
+
+
 def test_enough_steps_reproduce_the_quantized_network_exactly():
     m = model()
     with torch.no_grad():

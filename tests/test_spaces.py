@@ -9,7 +9,7 @@ from spikeprune._model.config import CompressionConfig, SpikingBertConfig
 from spikeprune.errors import SpikepruneError
 from spikeprune._spaces.schema import SearchSpace, preset_names
 
-QUICK = SpikingBertConfig()  # the quick student: 6 layers, 12 heads of 32, FFN 1536, T = 4
+QUICK = SpikingBertConfig(timesteps=16, family="converted", levels=8)  # the quick student: 6 layers, 12 heads of 32, FFN 1536
 TINY = SpikingBertConfig(hidden_size=32, num_layers=2, head_dim=16, heads=2, intermediate_sizes=64, timesteps=2)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -38,7 +38,7 @@ def test_joint_preset_parameters_are_per_layer_and_coarse():
                                           for i in range(6))
     assert all(h % 2 == 0 and 2 <= h <= 12 for h in config.heads)
     assert all(n % 256 == 0 and 256 <= n <= 1536 for n in config.neurons)
-    assert all(1 <= t <= 4 for t in config.timesteps)
+    assert all(t in (4, 8, 12, 16) for t in config.timesteps)
     assert config.recovery_steps == 0
 
 
@@ -66,21 +66,21 @@ def test_seed_configs_start_with_the_dense_model_then_uniform_levels():
     seeds = s.seed_configs(QUICK)
     assert seeds[0].resolve(QUICK) == CompressionConfig().resolve(QUICK)
     # levels 3/4, 1/2, 1/4 of the way from the cheapest value to the baseline's, by index:
-    # heads [2..12 step 2] -> 10, 8, 4; neurons [256..1536] -> 1280, 1024, 512; T [1..4] -> 3, 3, 2;
+    # heads [2..12 step 2] -> 10, 8, 4; neurons [256..1536] -> 1280, 1024, 512; T [4..16 step 4] -> 12, 12, 8;
     # bits [1, 1.58, 2, 4, 8, 32] -> 8, 4, 1.58
     assert [(c.heads, c.neurons, c.timesteps, c.weight_bits) for c in seeds[1:]] == [
-        (10, 1280, 3, 8.0), (8, 1024, 3, 4.0), (4, 512, 2, 1.58)]
+        (10, 1280, 12, 8.0), (8, 1024, 12, 4.0), (4, 512, 8, 1.58)]
 
 
 def test_baseline_seed_is_the_in_space_point_nearest_the_dense_model():
     s = space(heads={"min": 1, "max": 9, "step": 4}, timesteps={"choices": [1, 3, 6]})
     baseline = s.seed_configs(QUICK)[0]
-    assert baseline.heads == 9 and baseline.timesteps == 3  # |3 - 4| < |6 - 4|
+    assert baseline.heads == 9 and baseline.timesteps == 6  # the nearest to T = 16
 
 
 def test_params_round_trip_through_enqueue_trial():
     s = SearchSpace.load("joint").check(QUICK)
-    config = CompressionConfig(heads=[12, 10, 8, 6, 4, 2], neurons=256, timesteps=[4, 3, 2, 1, 1, 2],
+    config = CompressionConfig(heads=[12, 10, 8, 6, 4, 2], neurons=256, timesteps=[16, 12, 8, 4, 4, 8],
                                weight_bits=[32, 8, 4, 2, 1.58, 1])
     study = optuna.create_study(directions=s.directions)
     study.enqueue_trial(s.params(config, QUICK))
@@ -100,7 +100,7 @@ def test_params_refuse_per_layer_values_for_a_shared_knob_and_changes_to_fixed_o
     s = space(heads={"min": 1, "max": 12}, timesteps=2)
     with pytest.raises(SpikepruneError, match="differs per layer but space.heads is shared"):
         s.params(CompressionConfig(heads=[1, 2, 3, 4, 5, 6], timesteps=2), QUICK)
-    with pytest.raises(SpikepruneError, match=r"timesteps=\[4, 4, 4, 4, 4, 4\] but the space fixes it"):
+    with pytest.raises(SpikepruneError, match=r"timesteps=\[16, 16, 16, 16, 16, 16\] but the space fixes it"):
         s.params(CompressionConfig(heads=3), QUICK)
 
 

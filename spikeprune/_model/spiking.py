@@ -40,6 +40,9 @@ from .converted import Accumulator, ConvertedLayer, quantize_ste, retime
 from .layer import EncoderLayerWeights
 from .neurons import IFNeuron, SignedIFNeuron
 
+#: Largest spike train (bytes) one simulation slice may hold; see ``_run_in_slices``.
+SLICE_BYTES = 24 * 2**20
+
 #: The spiking populations of one layer, in the order they fire.
 SUBLAYERS: tuple[str, ...] = ("key", "value", "context", "attn_out", "intermediate", "output")
 
@@ -174,21 +177,10 @@ class SpikingBertForSequenceClassification(nn.Module):
 
         if mode not in ("batched", "lockstep", "surrogate"):
             raise SpikepruneError(f"unknown simulation mode {mode!r}; use batched, lockstep or surrogate")
-        if self.config.family == "converted":
-            if mode == "surrogate":
-                if record:
-                    raise SpikepruneError("the converted family's surrogate mode runs no spikes to record; "
-                                          "use mode='batched' to count operations")
-                rates, scores, layer_counts = self._quantized(embedded, token_mask, key_mask)
-            else:
-                rates, scores, layer_counts = self._simulate_converted(embedded, token_mask, key_mask, record,
-                                                                       lockstep=mode == "lockstep")
-        elif mode == "batched":
-            rates, scores, layer_counts, _ = self._simulate_batched(embedded, token_mask, key_mask, record)
-        elif mode == "lockstep":
-            rates, scores, layer_counts = self._simulate_lockstep(embedded, token_mask, key_mask, record)
+        if mode == "surrogate":
+            rates, scores, layer_counts = self._run(mode, embedded, token_mask, key_mask, record)
         else:
-            rates, scores, layer_counts = self._surrogate(embedded, token_mask, key_mask, record)
+            rates, scores, layer_counts = self._run_in_slices(mode, embedded, token_mask, key_mask, record)
 
         logits = self.classifier(torch.tanh(self.pooler(self._readout(rates[-1], token_mask))))
         loss = self.loss(logits, labels) if labels is not None else None
@@ -198,6 +190,44 @@ class SpikingBertForSequenceClassification(nn.Module):
             sim = SimRecord(examples=int(input_ids.shape[0]), tokens=int(lengths.sum()),
                             token_pairs=int((lengths * lengths).sum()), layers=layer_counts)
         return SpikingOutput(logits=logits, loss=loss, hidden_rates=rates, attention_scores=scores, record=sim)
+
+    def _run(self, mode: str, embedded: Tensor, token_mask: Tensor, key_mask: Tensor,
+             record: bool) -> tuple[list[Tensor], list[Tensor], list[dict[str, int]]]:
+        """One simulation (or the surrogate) of the whole batch, by family and mode."""
+        if self.config.family == "converted":
+            if mode == "surrogate":
+                if record:
+                    raise SpikepruneError("the converted family's surrogate mode runs no spikes to record; "
+                                          "use mode='batched' to count operations")
+                return self._quantized(embedded, token_mask, key_mask)
+            return self._simulate_converted(embedded, token_mask, key_mask, record, lockstep=mode == "lockstep")
+        if mode == "batched":
+            return self._simulate_batched(embedded, token_mask, key_mask, record)[:3]
+        if mode == "lockstep":
+            return self._simulate_lockstep(embedded, token_mask, key_mask, record)
+        return self._surrogate(embedded, token_mask, key_mask, record)
+
+    def _run_in_slices(self, mode: str, embedded: Tensor, token_mask: Tensor, key_mask: Tensor,
+                       record: bool) -> tuple[list[Tensor], list[Tensor], list[dict[str, int]]]:
+        """Simulate the batch in slices whose widest spike train stays under SLICE_BYTES.
+
+        Examples are independent, so slicing changes no spike and no count. It is about speed: a
+        tensor above glibc's 32 MiB mmap threshold is mapped fresh and page-faulted on every
+        allocation, which made a batch of 64 at T = 16 spend as much time in the kernel as in the
+        arithmetic (benchmarks/bench_slices.py measures it)."""
+        cfg = self.config
+        batch, length = embedded.shape[:2]
+        width = max(cfg.hidden_size, *cfg.intermediate_sizes)
+        per_example = max(cfg.timesteps) * length * width * embedded.element_size()
+        size = max(1, SLICE_BYTES // per_example)
+        if size >= batch:
+            return self._run(mode, embedded, token_mask, key_mask, record)
+        parts = [self._run(mode, embedded[i:i + size], token_mask[i:i + size], key_mask[i:i + size], record)
+                 for i in range(0, batch, size)]
+        rates = [torch.cat(layer) for layer in zip(*(p[0] for p in parts))]
+        scores = [torch.cat(layer) for layer in zip(*(p[1] for p in parts))]
+        counts = [{key: sum(c[key] for c in layer) for key in layer[0]} for layer in zip(*(p[2] for p in parts))]
+        return rates, scores, counts
 
     def _readout(self, rates: Tensor, token_mask: Tensor) -> Tensor:
         """The sentence representation the classifier sees. Averaging over real tokens is the
