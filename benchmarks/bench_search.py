@@ -7,9 +7,16 @@ seeds first (the dense baseline and uniform configs), so arms differ in what the
 after them. Hypervolume is measured from one reference point (derived from the dense baseline,
 which every study measures identically) over fully evaluated trials, after each completed trial.
 
-Prints, per arm, the hypervolume after 10, 20, ... trials (median and range over seeds), the dev
-examples evaluated, the seconds trials spent in the kernel and how many stopped early; writes the
-figures as JSON and an offline HTML page with the curves.
+Prints, per arm, the hypervolume after 10, 20, ... trials (median and range over seeds), the fewest
+SOPs among fully evaluated trials within ``--max-drop`` of the baseline's metric, the dev examples
+evaluated, the seconds trials spent in the kernel and how many stopped early; writes the figures as
+JSON and an offline HTML page with the curves.
+
+The ``guided`` arm pays for its sensitivity profile: its seconds (read from the base's cache) are
+converted to trial-equivalents at the median kernel seconds per trial of all arms, and its curve is
+shifted right by that many trials (its HV@k is what it had after k - cost trials of its own). The
+same studies also measure the cost predictor: the median relative error of predicted against
+measured SOPs and energy over every fully evaluated trial.
 
     .venv/bin/python benchmarks/bench_search.py --prepared runs/study/prepared/sst2-quick \\
         --run-dir runs/bench-search --n-trials 30 --max-examples 64
@@ -33,13 +40,59 @@ from spikeprune import SearchSettings, run_search  # noqa: E402
 
 NAME = "bench_search"
 EARLY = "tpe+es"
-COLOURS = {"tpe": "#1f77b4", "nsga2": "#2ca02c", "gp": "#9467bd", "random": "#7f7f7f", EARLY: "#d62728"}
+COLOURS = {"tpe": "#1f77b4", "nsga2": "#2ca02c", "gp": "#9467bd", "random": "#7f7f7f", EARLY: "#d62728",
+           "guided": "#ff7f0e"}
 
 
 def curve(trials: list[Any], reference: Any) -> list[float]:
     """Hypervolume of the fully evaluated trials among the first k COMPLETE ones, for k = 1, 2, ..."""
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.number)
     return [front_hypervolume(done[:k], reference) for k in range(1, len(done) + 1)]
+
+
+def fewest_sops(trials: list[Any], baseline: float, max_drop: float) -> float | None:
+    """The fewest SOPs among fully evaluated trials whose metric is at most ``max_drop`` below ``baseline``."""
+    records = [TrialRecord.of(t) for t in trials if t.state == TrialState.COMPLETE]
+    ok = [r.report["sops"] for r in records if r.report and not r.early_stopped
+          and r.metrics["metric"] >= baseline - max_drop - 1e-12]
+    return min(ok) if ok else None
+
+
+def predictor_errors(args: Any, studies: dict[str, list[Any]]) -> dict[str, Any]:
+    """Median relative error of the cost predictor on every fully evaluated trial of the studies."""
+    import numpy as np
+
+    from spikeprune._guide.costs import CostPredictor
+    from spikeprune._guide.stats import SpikeStats
+    from spikeprune._spaces.schema import SearchSpace
+    from spikeprune._trial.base import BaseBundle
+
+    base = BaseBundle.load(args.prepared, args.glue_dir)
+    examples = min(args.profile_examples, base.dev_size)
+    path = Path(args.prepared) / "guide" / f"spike-stats-{examples}.safetensors"
+    if path.exists():
+        stats = SpikeStats.load(path)
+    else:
+        stats = SpikeStats.gather(base.student, base.dev_batches(examples), base.task)[0]
+        stats.save(path)
+    predictor = CostPredictor(base.student, base.importance, stats, base.importance_method)
+    space = SearchSpace.load(args.space).check(base.student.config)
+    errors: dict[str, list[float]] = {"sops": [], "energy_uj": []}
+    seen = set()
+    for runs in studies.values():
+        for study in runs:
+            energy = study.user_attrs["spikeprune"]["energy"]
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                record = TrialRecord.of(t)
+                key = tuple(sorted(t.params.items()))
+                if record.early_stopped or not record.report or key in seen:
+                    continue
+                seen.add(key)
+                predicted = predictor.objectives(space.suggest(t), energy)
+                for name in errors:
+                    errors[name].append(abs(predicted[name] / record.report[name] - 1))
+    return {name: {"median": float(np.median(v)), "p90": float(np.percentile(v, 90)), "trials": len(v)}
+            for name, v in errors.items() if v}
 
 
 def spread(values: list[float], digits: int = 3) -> str:
@@ -65,6 +118,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-early-stopping-arm", action="store_true", help=f"leave out the {EARLY} arm")
     p.add_argument("--every", type=int, default=10, help="report the hypervolume every this many trials (default 10)")
     p.add_argument("--images", nargs="*", default=[], help="also write the curves in these formats, e.g. png")
+    p.add_argument("--max-drop", type=float, default=0.01, help="metric drop allowed for the fewest-SOPs column (default 0.01)")
+    p.add_argument("--profile-examples", type=int, default=64, help="dev examples per probe of the guided sampler (default 64)")
     args = p.parse_args(argv)
     env = benchlib.search_setup(args)
     arms = [*args.samplers] + ([] if args.no_early_stopping_arm else [EARLY])
@@ -76,12 +131,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 n_trials=args.n_trials, workers=args.workers, run_dir=args.run_dir,
                 sampler="tpe" if arm == EARLY else arm, seed=seed, glue_dir=args.glue_dir,
                 max_examples=args.max_examples, early_stopping=arm == EARLY,
-                population_size=args.population_size, progress=not args.quiet)))
+                population_size=args.population_size, profile_examples=args.profile_examples,
+                progress=not args.quiet)))
     reference = analyse_study(studies[arms[0]][0]).reference
     figures: dict[str, Any] = {"reference": {"worst": reference.worst, "ideal": reference.ideal,
                                              "objectives": [o.name for o in reference.objectives]}, "arms": {}}
     checkpoints = sorted({*range(args.every, args.n_trials + 1, args.every), args.n_trials})
-    header = ["arm", *[f"HV@{k}" for k in checkpoints], "examples", "kernel s", "wall s", "stopped early"]
+    header = ["arm", *[f"HV@{k}" for k in checkpoints], f"fewest SOPs (<= {args.max_drop:g} drop)", "examples",
+              "kernel s", "wall s", "stopped early"]
+    per_trial_s = benchlib.median([float((TrialRecord.of(t).timing or {}).get("total_s", 0.0))
+                                   for runs in studies.values() for st in runs
+                                   for t in st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                                   if not is_duplicate(t)])
+    profile_trials = 0
+    if "guided" in arms:
+        from spikeprune._guide.sensitivity import SensitivityProfile, plan, profile_path
+        from spikeprune._spaces.schema import SearchSpace
+        from spikeprune._trial.base import BaseBundle
+
+        base = BaseBundle.load(args.prepared, args.glue_dir)
+        probes = plan(SearchSpace.load(args.space), base.student.config)
+        cached = profile_path(base.prepared, probes, min(args.profile_examples, base.dev_size))
+        profile = SensitivityProfile.from_dict(__import__("json").loads(cached.read_text()))
+        profile_trials = int(-(-profile.seconds // per_trial_s)) if per_trial_s > 0 else 0
+        figures["guided_profile"] = {"seconds": profile.seconds, "probes": len(profile.results),
+                                     "trial_equivalents": profile_trials, "per_trial_s": per_trial_s}
+        print(f"guided: the sensitivity profile ({len(profile.results)} probes) took {profile.seconds:.0f} s = "
+              f"{profile_trials} trial-equivalents at the median {per_trial_s:.1f} s per trial; its curve is shifted by that")
     rows = []
     fig = go.Figure()
     for arm in arms:
@@ -89,7 +165,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for seed, study in zip(args.seeds, studies[arm]):
             trials = study.get_trials(deepcopy=False)
             fresh = [TrialRecord.of(t) for t in trials if t.state == TrialState.COMPLETE and not is_duplicate(t)]
-            runs.append({"seed": seed, "study": study.study_name, "hypervolume": curve(trials, reference),
+            hv = curve(trials, reference)
+            if arm == "guided":
+                hv = [0.0] * profile_trials + hv
+            baseline = next(t for t in trials if t.user_attrs.get("baseline")).values[0]
+            runs.append({"seed": seed, "study": study.study_name, "hypervolume": hv,
+                         "fewest_sops": fewest_sops(trials, baseline, args.max_drop),
                          "examples": sum(r.examples or 0 for r in fresh),
                          "kernel_s": sum(float((r.timing or {}).get("total_s", 0.0)) for r in fresh),
                          "stopped_early": sum(r.early_stopped for r in fresh),
@@ -97,7 +178,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "wall_s": benchlib.span_s(trials)})
         figures["arms"][arm] = {"runs": runs}
         at = {k: [r["hypervolume"][k - 1] for r in runs if len(r["hypervolume"]) >= k] for k in checkpoints}
-        rows.append([arm, *[spread(at[k]) for k in checkpoints], spread([r["examples"] for r in runs], 0),
+        sops = [r["fewest_sops"] for r in runs if r["fewest_sops"] is not None]
+        rows.append([arm, *[spread(at[k]) for k in checkpoints], spread([v / 1e6 for v in sops], 1) + " M",
+                     spread([r["examples"] for r in runs], 0),
                      spread([r["kernel_s"] for r in runs], 0), spread([r["wall_s"] for r in runs], 0),
                      spread([r["stopped_early"] for r in runs], 0)])
         colour = COLOURS.get(arm, "#333")
@@ -123,6 +206,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      "final_hv_early": hv[0], "final_hv_plain": hv[1]}
         print(f"early stopping: {ratio['examples']:.0%} of the dev examples and {ratio['kernel_s']:.0%} of the kernel "
               f"seconds of plain TPE (median of per-seed ratios); final hypervolume {hv[0]:.3f} vs {hv[1]:.3f}")
+    if "guided" in arms:
+        figures["predictor"] = predictor_errors(args, studies)
+        print("cost predictor, relative error over the fully evaluated trials: " + "; ".join(
+            f"{name} median {e['median']:.1%} (90th percentile {e['p90']:.1%}, {e['trials']} configs)"
+            for name, e in figures["predictor"].items()))
     html = args.out.with_suffix(".html")
     html.parent.mkdir(parents=True, exist_ok=True)
     html.write_text(plots.page("spikeprune: search efficiency", [

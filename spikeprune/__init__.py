@@ -51,6 +51,9 @@ _API: dict[str, str] = {
     # search
     "SearchSpace": "spikeprune._spaces.schema", "SearchSettings": "spikeprune._search.settings",
     "SAMPLERS": "spikeprune._search.settings", "make_sampler": "spikeprune._search.settings",
+    "GuidedSampler": "spikeprune._guide.sampler", "CostPredictor": "spikeprune._guide.costs",
+    "SpikeStats": "spikeprune._guide.stats", "SensitivityProfile": "spikeprune._guide.sensitivity",
+    "compute_profile": "spikeprune._guide.sensitivity",
     "run_search": "spikeprune._search.run", "open_storage": "spikeprune._search.storage",
     "study_status": "spikeprune._search.progress",
     # results

@@ -240,6 +240,11 @@ class OpReport:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def costs(self) -> dict[str, float]:
+        """The cost objectives a search can minimise, by the names of the space files."""
+        return {"sops": self.sops, "energy_uj": self.energy_uj, "sum_t": float(self.sum_t),
+                "max_t": float(self.max_t), "size_mb": self.size_mb}
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "OpReport":
         names = {f.name for f in dataclasses.fields(cls)}

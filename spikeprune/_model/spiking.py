@@ -161,6 +161,10 @@ class SpikingBertForSequenceClassification(nn.Module):
             self.layers = nn.ModuleList(SpikingLayer(config, i) for i in range(config.num_layers))
         self.pooler = nn.Linear(config.hidden_size, config.hidden_size)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        #: Called as ``observer(layer, population, spikes [T, B, L, D])`` for every train of a
+        #: batched simulation ("input" included): how the base's spike statistics are gathered
+        #: (``spikeprune._guide.stats``) without a second copy of the simulation.
+        self.spike_observer: Callable[[int, str, Tensor], None] | None = None
 
     # ----------------------------------------------------------------------------- forward
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
@@ -257,6 +261,7 @@ class SpikingBertForSequenceClassification(nn.Module):
         for layer, steps in zip(self.layers, cfg.timesteps):
             x = align_train(x, steps, cfg.boundary, cfg.threshold)
             outputs, s = layer(x, key_mask, lambda name, c, layer=layer: layer.neurons[name].run(c, token_mask))
+            self._observe(len(rates), x, outputs)
             if record:
                 counts.append(_count_layer(x, outputs, token_mask))
             if keep_sublayers:
@@ -265,6 +270,11 @@ class SpikingBertForSequenceClassification(nn.Module):
             rates.append(x.mean(dim=0))
             scores.append(s.mean(dim=0))
         return rates, scores, counts, sublayers
+
+    def _observe(self, layer: int, x: Tensor, outputs: dict[str, Tensor]) -> None:
+        if self.spike_observer is not None:
+            for name, spikes in {"input": x, **outputs}.items():
+                self.spike_observer(layer, name, spikes)
 
     def _simulate_lockstep(self, embedded: Tensor, token_mask: Tensor, key_mask: Tensor,
                            record: bool) -> tuple[list[Tensor], list[Tensor], list[dict[str, int]]]:
@@ -354,6 +364,8 @@ class SpikingBertForSequenceClassification(nn.Module):
                     return layer.neurons[name].advance(current, layer.theta(name)) * token_mask
 
                 outputs, s = layer(x, theta_in, key_mask, states[i], start == 0, fire)
+                if not lockstep:
+                    self._observe(i, x, outputs)
                 if record:  # counts add up over chunks: every count is a sum over time
                     chunk_counts = _count_layer(x, outputs, token_mask, products=("query", "key", "value"),
                                                 signed=True)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from spikeprune._spaces.schema import SearchSpace
 
-SAMPLERS: tuple[str, ...] = ("tpe", "nsga2", "nsga3", "gp", "random")
+SAMPLERS: tuple[str, ...] = ("tpe", "nsga2", "nsga3", "gp", "random", "guided")
 #: The trial function the workers run unless ``--kernel`` names another (worker.py).
 DEFAULT_KERNEL = "spikeprune:run_trial"
 STUDY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")  # \Z: "$" would let a trailing newline in
@@ -53,6 +53,7 @@ class SearchSettings:
     max_examples: int | None = None         # cap on dev examples of a full evaluation
     early_stopping: bool = True             # False ignores the space's early_stopping
     population_size: int = 20               # NSGA-II/III generation size
+    profile_examples: int = 64              # dev examples per sensitivity probe (guided sampler)
     max_failures: int = 5                   # stop after this many failed trials in one run
     stale_after_s: float = 120.0            # a driver silent this long is dead (other hosts)
     progress: bool = True                   # live status line on stderr
@@ -65,7 +66,7 @@ class SearchSettings:
         check_study_name(self.study_name)
         if self.sampler not in SAMPLERS:
             raise SpikepruneError(f"sampler {self.sampler!r} is unknown; use one of {', '.join(SAMPLERS)}")
-        for name in ("n_trials", "workers", "max_failures", "population_size"):
+        for name in ("n_trials", "workers", "max_failures", "population_size", "profile_examples"):
             if int(getattr(self, name)) < 1:
                 raise SpikepruneError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
@@ -96,5 +97,8 @@ def make_sampler(name: str, seed: int, population_size: int = 20) -> optuna.samp
             return s.GPSampler(seed=seed)
         if name == "random":
             return s.RandomSampler(seed=seed)
+        if name == "guided":
+            raise SpikepruneError("the guided sampler is built from a prepared base and a space: "
+                                  "spikeprune.GuidedSampler.for_base(base, space)")
     raise SpikepruneError(f"sampler {name!r} is unknown; use one of {', '.join(SAMPLERS)}")
 

@@ -27,9 +27,11 @@ SETUP_POLL_S = 0.2
 
 
 def open_study(settings: SearchSettings, space: SearchSpace, storage: optuna.storages.BaseStorage,
-               task: str, prepared: Path, model: SpikingBertConfig, energy: str, dev_size: int) -> optuna.Study:
-    """The study of ``settings.study_name``: created and seeded, or loaded and checked."""
-    sampler = make_sampler(settings.sampler, settings.seed, settings.population_size)
+               task: str, prepared: Path, model: SpikingBertConfig, energy: str, dev_size: int,
+               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+    """The study of ``settings.study_name``: created and seeded, or loaded and checked. The
+    sampler is ``settings.sampler``'s unless one is given (the guided sampler needs the base)."""
+    sampler = sampler or make_sampler(settings.sampler, settings.seed, settings.population_size)
     try:
         storage.create_new_study([StudyDirection[d.upper()] for d in space.directions], settings.study_name)
         created = True

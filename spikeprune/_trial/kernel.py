@@ -76,9 +76,7 @@ class TrialResult:
     @property
     def objectives(self) -> dict[str, float]:
         """The values a study can optimise, by the objective names of the space files."""
-        r = self.report
-        return {METRIC: self.metrics[METRIC], "sops": r.sops, "energy_uj": r.energy_uj,
-                "sum_t": float(r.sum_t), "max_t": float(r.max_t), "size_mb": r.size_mb}
+        return {METRIC: self.metrics[METRIC], **self.report.costs()}
 
     def to_dict(self) -> dict[str, Any]:
         return {"compression": self.compression.to_dict(), "metrics": self.metrics,

@@ -1,0 +1,252 @@
+"""``GuidedSampler``: an Optuna sampler that proposes configs on the *predicted* Pareto front.
+
+Every objective but the metric is predicted from the base's spike statistics (costs.py); the
+metric drop is predicted by an additive model over the sensitivity profile (sensitivity.py):
+S(c) = Σ over layers and knobs of the profile's flips at c's value, drop(c) ≈ b + a·S(c). The
+sampler learns from every finished trial: (a, b) are refitted by least squares with the profile's
+own drop/flips ratio as a prior, and the residuals of evaluated trials correct nearby candidates
+(a kernel average over the index distance: the interactions the additive model misses).
+
+Each ask builds candidates: a greedy path from the dense config that always takes the step with
+the best predicted cost saved per drop added (a knapsack over layers, for a random weighting of
+the cost objectives), random neighbours of the points on that path and of the evaluated front,
+and uniform random configs. It proposes the candidate whose predicted point adds the most
+hypervolume to the evaluated front plus the predicted points of running trials (so parallel
+workers get different configs). A fraction ``explore`` of the trials is sampled at random instead.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.study import Study
+from optuna.trial import FixedTrial, FrozenTrial, TrialState
+
+from spikeprune._model.config import CompressionConfig
+from spikeprune._results.pareto import hypervolume, study_reference
+from spikeprune._spaces.schema import SearchSpace
+from spikeprune._trial.base import BaseBundle
+from spikeprune.objectives import METRIC, Objective
+
+from .costs import CostPredictor
+from .sensitivity import SensitivityProfile, compute_profile
+
+#: Weight (in trials) of the profile's prior on the calibration of drop against flips.
+PRIOR_TRIALS = 3.0
+#: Bandwidth of the residual correction, in mean normalised index distance.
+BANDWIDTH = 0.15
+
+
+class GuidedSampler(BaseSampler):
+    """Cost-aware, sensitivity-guided multi-objective sampler (see the module doc).
+
+    Usable from plain Optuna: ``optuna.create_study(directions=space.directions, sampler=s)`` with
+    an objective that calls ``space.suggest(trial)`` and returns ``space.objective_values(...)``.
+    """
+
+    def __init__(self, space: SearchSpace, predictor: CostPredictor, profile: SensitivityProfile, *,
+                 energy: Any = "float45nm", explore: float = 0.2, candidates: int = 600,
+                 seed: int | None = None) -> None:
+        self.space = space.check(predictor.base)
+        self.predictor, self.profile, self.energy = predictor, profile, energy
+        self.explore, self.n_candidates = explore, candidates
+        self.objectives: list[Objective] = list(space.objectives)
+        names = [o.name for o in self.objectives]
+        self._metric_index = names.index(METRIC) if METRIC in names else None
+        self._rng = np.random.default_rng(seed)
+        self._random = RandomSampler(seed=seed)
+        self._params: list[tuple[str, str, int | None, list]] = []   # (param, knob, layer, values)
+        for knob_name, knob in self.space.knobs.items():
+            if not knob.searched:
+                continue
+            names = knob.param_names(self.space.num_layers or 1)
+            for i, name in enumerate(names):
+                self._params.append((name, knob_name, i if knob.per_layer else None, knob.values()))
+        self._cache: dict[tuple[int, ...], dict[str, float]] = {}
+        dense = self._dense_index()
+        self._dense = dense
+        self._reference = study_reference(self.objectives, self._predict_point(dense, with_metric=False)
+                                          | {METRIC: profile.base_metric})
+
+    @classmethod
+    def for_base(cls, base: BaseBundle, space: SearchSpace, *, energy: Any = "float45nm", seed: int | None = None,
+                 examples: int = 64, levels: int = 2, **options: Any) -> "GuidedSampler":
+        """The sampler of a prepared base: its spike statistics and sensitivity profile are loaded
+        from the base's cache, or measured once (``examples`` dev examples per probe) and cached."""
+        stats, profile = compute_profile(base, space.check(base.student.config), examples=examples, levels=levels)
+        predictor = CostPredictor(base.student, base.importance, stats, base.importance_method)
+        return cls(space, predictor, profile, energy=energy, seed=seed, **options)
+
+    # ------------------------------------------------------------------ Optuna interface
+    def reseed_rng(self) -> None:
+        self._rng = np.random.default_rng()
+        self._random.reseed_rng()
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {name: (CategoricalDistribution(values) if self.space.knobs[knob].choices is not None
+                       else IntDistribution(min(values), max(values), step=self.space.knobs[knob].step))
+                for name, knob, _, values in self._params}
+
+    def sample_relative(self, study: Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        if not search_space or self._rng.random() < self.explore:
+            return {}   # explore: every parameter from the random sampler
+        index = self._propose(study, trial)
+        return {name: values[i] for (name, _, _, values), i in zip(self._params, index)}
+
+    def sample_independent(self, study: Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        return self._random.sample_independent(study, trial, param_name, param_distribution)
+
+    # --------------------------------------------------------------------- the model
+    def config(self, index: Sequence[int]) -> CompressionConfig:
+        return self.space.suggest(FixedTrial({name: values[i] for (name, _, _, values), i in zip(self._params, index)}))
+
+    def _index_of(self, params: dict[str, Any]) -> tuple[int, ...]:
+        """Value indices of a trial's params (a value outside the space counts as the cheapest)."""
+        return tuple(values.index(params[name]) if params[name] in values else 0 for name, _, _, values in self._params)
+
+    def _dense_index(self) -> tuple[int, ...]:
+        dense = self.profile.base_values
+        return tuple(min(range(len(values)), key=lambda i: (abs(values[i] - dense[knob][layer or 0]), -values[i]))
+                     for _, knob, layer, values in self._params)
+
+    def flips(self, index: Sequence[int]) -> float:
+        """S(c): the profile's flips summed over every searched parameter."""
+        return sum(self.profile.score(knob, layer, values[i])[1] for (_, knob, layer, values), i in zip(self._params, index))
+
+    def _predict_point(self, index: tuple[int, ...], with_metric: bool = True,
+                       fit: tuple[float, float] | None = None) -> dict[str, float]:
+        if index not in self._cache:
+            self._cache[index] = self.predictor.objectives(self.config(index), self.energy)
+        point = dict(self._cache[index])
+        if with_metric:
+            a, b = fit or (self._prior(), 0.0)
+            point[METRIC] = self.profile.base_metric - (b + a * self.flips(index))
+        return point
+
+    def _prior(self) -> float:
+        """The profile's own drop per flip (what one changed prediction costs in metric)."""
+        drops = sum(max(self.profile.base_metric - r.metric, 0.0) for r in self.profile.results)
+        flips = sum(r.flips for r in self.profile.results)
+        return drops / flips if flips > 0 else 1.0
+
+    def _observations(self, study: Study) -> tuple[list[tuple[int, ...]], np.ndarray, np.ndarray]:
+        """Evaluated trials: their indices, metric drops and objective vectors."""
+        indices, drops, values = [], [], []
+        k = self._metric_index
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.values is None or t.user_attrs.get("early_stopped") or not all(p[0] in t.params for p in self._params):
+                continue
+            indices.append(self._index_of(t.params))
+            drops.append(self.profile.base_metric - t.values[k] if k is not None else 0.0)
+            values.append(list(t.values))
+        return indices, np.asarray(drops), np.asarray(values, dtype=float).reshape(-1, len(self.objectives))
+
+    def _fit(self, indices: list[tuple[int, ...]], drops: np.ndarray) -> tuple[float, float, np.ndarray]:
+        """(a, b) of drop ≈ b + a·S by least squares with the prior (a0, 0) worth PRIOR_TRIALS
+        trials, and the residuals of the observations."""
+        a0 = self._prior()
+        s = np.asarray([self.flips(i) for i in indices], dtype=float)
+        w = PRIOR_TRIALS
+        # Normal equations of Σ (d - b - a s)^2 + w (a - a0)^2 + w b^2.
+        m = np.array([[np.sum(s * s) + w, np.sum(s)], [np.sum(s), len(s) + w]])
+        v = np.array([np.sum(s * drops) + w * a0, np.sum(drops)])
+        a, b = np.linalg.solve(m, v)
+        a = max(float(a), 0.0)
+        return a, float(b), drops - (b + a * s)
+
+    def _distance(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        span = np.asarray([max(len(values) - 1, 1) for *_, values in self._params], dtype=float)
+        return np.mean(np.abs(x[:, None, :] - y[None, :, :]) / span, axis=-1)
+
+    def _propose(self, study: Study, trial: FrozenTrial) -> tuple[int, ...]:
+        indices, drops, observed = self._observations(study)
+        a, b, residuals = self._fit(indices, drops) if indices else (self._prior(), 0.0, np.zeros(0))
+        candidates = self._candidates(indices, observed, (a, b))
+        points = []
+        for c in candidates:
+            p = self._predict_point(c, fit=(a, b))
+            points.append([p[o.name] for o in self.objectives])
+        points = np.asarray(points, dtype=float)
+        if indices:   # the residual correction of nearby evaluated trials
+            k = self._metric_index
+            if k is not None:
+                weights = np.exp(-0.5 * (self._distance(np.asarray(candidates), np.asarray(indices)) / BANDWIDTH) ** 2)
+                points[:, k] -= (weights @ residuals) / (weights.sum(axis=1) + 1.0)
+        front = [self._reference.normalise(v) for v in observed] if len(observed) else []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number != trial.number and all(p[0] in t.params for p in self._params):
+                p = self._predict_point(self._index_of(t.params), fit=(a, b))
+                front.append(self._reference.normalise([p[o.name] for o in self.objectives]))
+        seen = set(indices)
+        ones = np.ones(len(self.objectives))
+        base_hv = hypervolume(front, ones) if front else 0.0
+        normalised = np.asarray([self._reference.normalise(p) for p in points])
+        order = np.argsort(normalised.sum(axis=1))
+        best, best_gain = None, 0.0
+        for i in order:
+            if candidates[i] in seen or not np.all(normalised[i] < 1):
+                continue
+            gain = hypervolume([*front, normalised[i]], ones) - base_hv
+            if gain > best_gain:
+                best, best_gain = candidates[i], gain
+        if best is None:
+            unseen = [c for c in candidates if c not in seen]
+            best = unseen[int(self._rng.integers(len(unseen)))] if unseen else candidates[0]
+        return best
+
+    # ------------------------------------------------------------------ candidates
+    def _candidates(self, indices: list[tuple[int, ...]], observed: np.ndarray,
+                    fit: tuple[float, float]) -> list[tuple[int, ...]]:
+        sizes = [len(values) for *_, values in self._params]
+        path = self._greedy_path(fit)
+        out: set[tuple[int, ...]] = set(path)
+        anchors = path + list(indices)
+        n_random = self.n_candidates // 3
+        while len(out) < self.n_candidates - n_random and anchors:
+            anchor = np.array(anchors[int(self._rng.integers(len(anchors)))])
+            for _ in range(int(self._rng.integers(1, 4))):
+                j = int(self._rng.integers(len(sizes)))
+                anchor[j] = int(np.clip(anchor[j] + self._rng.choice([-1, 1]), 0, sizes[j] - 1))
+            out.add(tuple(int(v) for v in anchor))
+        for _ in range(n_random):
+            out.add(tuple(int(self._rng.integers(n)) for n in sizes))
+        return sorted(out)
+
+    def _greedy_path(self, fit: tuple[float, float]) -> list[tuple[int, ...]]:
+        """From the dense config, repeatedly take the one-step move down one parameter with the most
+        (weighted, normalised) predicted cost saved per predicted drop added."""
+        costs = [o for o in self.objectives if o.name != METRIC]
+        if not costs:
+            return [self._dense]
+        weights = self._rng.dirichlet(np.ones(len(costs)))
+        dense_point = self._predict_point(self._dense, with_metric=False)
+        scale = [max(abs(dense_point[o.name]), 1e-12) for o in costs]
+
+        def cost(index: tuple[int, ...]) -> float:
+            p = self._predict_point(index, with_metric=False)
+            return float(sum(w * p[o.name] / s for w, o, s in zip(weights, costs, scale)))
+
+        a = max(fit[0], 1e-9)
+        current = self._dense
+        path = [current]
+        current_cost, current_flips = cost(current), self.flips(current)
+        while True:
+            best, best_ratio = None, -math.inf
+            for j in range(len(current)):
+                if current[j] == 0:
+                    continue
+                step = current[:j] + (current[j] - 1,) + current[j + 1:]
+                saved = current_cost - cost(step)
+                added = a * max(self.flips(step) - current_flips, 0.0) + 1e-4
+                if saved > 0 and saved / added > best_ratio:
+                    best, best_ratio = step, saved / added
+            if best is None:
+                return path
+            current, current_cost, current_flips = best, cost(best), self.flips(best)
+            path.append(current)

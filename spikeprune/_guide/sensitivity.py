@@ -1,0 +1,192 @@
+"""The sensitivity profile of a base: how much compressing one layer along one knob hurts.
+
+For every searched knob of a space and every layer (or all layers at once for a shared knob), a
+few of the knob's cheaper values are each applied alone to the dense base, which is evaluated on
+the first ``examples`` dev examples (the trials' fixed order). Each probe records the metric and
+the fraction of predictions that changed from the dense model's ("flips"; for regression, the mean
+absolute change over the dense predictions' standard deviation). Flips are paired with the dense
+model on the same examples, so they are far less noisy than the metric on a few examples, and at
+small compressions they add up across layers: the sampler's additive model (sampler.py) sums them.
+
+The profile is cached beside the base (``<prepared>/guide/``), written after every probe, so an
+interrupted profile resumes where it stopped; its file name is a digest of the plan and budget.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from spikeprune._model.config import CompressionConfig, SpikingBertConfig
+from spikeprune._model.evaluation import evaluate_model
+from spikeprune._spaces.schema import SearchSpace
+from spikeprune._trial.base import BaseBundle
+from spikeprune._trial.kernel import build_compressed
+from spikeprune.errors import SpikepruneError
+
+from .stats import SpikeStats
+
+FORMAT = 1
+#: Knobs a profile probes, in this order.
+KNOBS: tuple[str, ...] = ("heads", "neurons", "timesteps", "weight_bits")
+
+
+@dataclass(frozen=True)
+class Probe:
+    knob: str
+    layer: int | None          # None: every layer at once (a shared knob)
+    value: float
+
+
+@dataclass
+class ProbeResult:
+    probe: Probe
+    metric: float
+    flips: float
+    seconds: float
+
+
+@dataclass
+class SensitivityProfile:
+    """Measured probes plus the dense base's metric on the same examples."""
+
+    examples: int
+    base_metric: float
+    base_values: dict[str, list[float]]            # the dense model's value of every knob per layer
+    results: list[ProbeResult] = field(default_factory=list)
+    seconds: float = 0.0                           # evaluation time of the whole profile
+
+    def curve(self, knob: str, layer: int | None) -> list[tuple[float, float, float]]:
+        """(value, drop, flips) of the probes of one knob and layer, the dense value at (.., 0, 0)."""
+        base = self.base_values[knob][layer or 0]
+        points = [(r.probe.value, self.base_metric - r.metric, r.flips) for r in self.results
+                  if r.probe.knob == knob and r.probe.layer == layer]
+        return sorted([(base, 0.0, 0.0), *points])
+
+    def score(self, knob: str, layer: int | None, value: float) -> tuple[float, float]:
+        """(drop, flips) at ``value``, linear between the probed values; 0 at or above the dense
+        value, the cheapest probe's below it."""
+        curve = self.curve(knob, layer)
+        xs = [c[0] for c in curve]
+        if value >= xs[-1]:
+            return 0.0, 0.0
+        return (float(np.interp(value, xs, [c[1] for c in curve])), float(np.interp(value, xs, [c[2] for c in curve])))
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "examples": self.examples, "base_metric": self.base_metric,
+                "base_values": self.base_values, "seconds": self.seconds,
+                "results": [{**asdict(r.probe), "metric": r.metric, "flips": r.flips, "seconds": r.seconds}
+                            for r in self.results]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SensitivityProfile":
+        if data.get("format") != FORMAT:
+            raise ValueError(f"format {data.get('format')}, expected {FORMAT}")
+        results = [ProbeResult(Probe(r["knob"], r["layer"], r["value"]), r["metric"], r["flips"], r["seconds"])
+                   for r in data["results"]]
+        return cls(data["examples"], data["base_metric"], data["base_values"], results, data.get("seconds", 0.0))
+
+
+def dense_values(model: SpikingBertConfig) -> dict[str, list[float]]:
+    return {"heads": list(model.heads), "neurons": list(model.intermediate_sizes),
+            "timesteps": list(model.timesteps), "weight_bits": list(model.weight_bits)}
+
+
+def plan(space: SearchSpace, model: SpikingBertConfig, levels: int = 2) -> list[Probe]:
+    """Per searched knob and layer, ``levels`` of the knob's values below the dense one, spread
+    evenly from the cheapest (included) towards the dense value."""
+    space.check(model)
+    dense = dense_values(model)
+    probes = []
+    for knob in KNOBS:
+        spec = space.knobs.get(knob)
+        if spec is None or not spec.searched:
+            continue
+        layers: list[int | None] = list(range(model.num_layers)) if spec.per_layer else [None]
+        for layer in layers:
+            below = [v for v in spec.values() if v < dense[knob][layer or 0]]
+            if not below:
+                continue
+            picks = sorted({below[int(i * len(below) / levels)] for i in range(min(levels, len(below)))})
+            probes += [Probe(knob, layer, float(v)) for v in picks]
+    return probes
+
+
+def _config(probe: Probe, model: SpikingBertConfig) -> CompressionConfig:
+    values = dense_values(model)[probe.knob]
+    if probe.layer is None:
+        values = [probe.value] * len(values)
+    else:
+        values = [probe.value if l == probe.layer else v for l, v in enumerate(values)]
+    return CompressionConfig(**{probe.knob: values})
+
+
+def profile_path(prepared: Path, probes: list[Probe], examples: int) -> Path:
+    digest = hashlib.sha256(json.dumps([[asdict(p) for p in probes], examples]).encode()).hexdigest()[:12]
+    return Path(prepared) / "guide" / f"sensitivity-{digest}.json"
+
+
+def _flips(task_regression: bool, dense: np.ndarray, other: np.ndarray) -> float:
+    if task_regression:
+        return float(np.mean(np.abs(other - dense)) / (np.std(dense) or 1.0))
+    return float(np.mean(other != dense))
+
+
+def compute_profile(base: BaseBundle, space: SearchSpace, *, examples: int = 64, levels: int = 2,
+                    progress: Callable[[str], None] | None = None) -> tuple[SpikeStats, SensitivityProfile]:
+    """The base's spike statistics and its profile for ``space``, each loaded from its cache beside
+    the base, resumed, or measured; one dense evaluation serves both when anything is missing."""
+    from spikeprune._model.glue import get_task
+
+    model = base.student.config
+    examples = min(examples, base.dev_size)
+    probes = plan(space, model, levels)
+    path = profile_path(base.prepared, probes, examples)
+    stats_path = Path(base.prepared) / "guide" / f"spike-stats-{examples}.safetensors"
+    say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    profile = None
+    if path.exists():
+        try:
+            profile = SensitivityProfile.from_dict(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+            raise SpikepruneError(f"{path} is damaged ({e}); delete it and the profile is measured again") from None
+    done = {r.probe for r in profile.results} if profile else set()
+    todo = [p for p in probes if p not in done]
+    if not todo and stats_path.exists():
+        return SpikeStats.load(stats_path), profile
+    t0 = time.perf_counter()
+    stats, dense = SpikeStats.gather(base.student, base.dev_batches(examples), base.task)
+    stats.save(stats_path)
+    if profile is None:
+        profile = SensitivityProfile(examples, stats.metric, dense_values(model), seconds=time.perf_counter() - t0)
+    if todo:
+        say(f"sensitivity profile: {len(todo)} of {len(probes)} probes to run on {examples} dev examples -> {path}")
+    regression = get_task(base.task).is_regression
+    for i, probe in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        compressed, _, _ = build_compressed(base, _config(probe, model))
+        ev = evaluate_model(compressed, base.dev_batches(examples), base.task)
+        seconds = time.perf_counter() - t0
+        result = ProbeResult(probe, float(ev.metrics["metric"]), _flips(regression, dense.predictions, ev.predictions), seconds)
+        profile.results.append(result)
+        profile.seconds += seconds
+        _write(path, profile)
+        where = "all layers" if probe.layer is None else f"layer {probe.layer}"
+        say(f"  [{len(done) + i}/{len(probes)}] {probe.knob}={probe.value:g} in {where}: metric "
+            f"{result.metric:.4f} (dense {profile.base_metric:.4f}), flips {result.flips:.3f}, {seconds:.1f} s")
+    _write(path, profile)
+    return stats, profile
+
+
+def _write(path: Path, profile: SensitivityProfile) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(profile.to_dict(), indent=1) + "\n")
+    tmp.replace(path)
