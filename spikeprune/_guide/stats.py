@@ -79,7 +79,7 @@ class SpikeStats:
 
     @classmethod
     def load(cls, path: str | Path) -> "SpikeStats":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         try:
             with safe_open(str(path), framework="pt") as f:
@@ -94,5 +94,5 @@ class SpikeStats:
             return cls(family=meta["family"], timesteps=meta["timesteps"], examples=meta["examples"],
                        tokens=meta["tokens"], token_pairs=meta["token_pairs"], counts=meta["counts"],
                        histograms=hists, metric=meta["metric"])
-        except (OSError, KeyError, ValueError, json.JSONDecodeError) as e:
+        except (OSError, KeyError, ValueError, SafetensorError) as e:
             raise SpikepruneError(f"{path} is not a spike-statistics file ({e}); delete it and it is gathered again") from None

@@ -1,0 +1,196 @@
+"""The search guide: spike statistics, the cost predictor (against integers worked out by hand and
+against real simulations), the sensitivity profile (cached, resumable) and GuidedSampler through
+plain Optuna and through `spikeprune search` on Ray with resume."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import optuna
+import pytest
+import torch
+
+from spikeprune import GuidedSampler, SearchSettings, SearchSpace, run_search
+from spikeprune._guide.costs import CostPredictor
+from spikeprune._guide.sensitivity import compute_profile, plan, profile_path
+from spikeprune._guide.stats import SpikeStats
+from spikeprune._model.compress import importance_shapes, prune, set_timesteps
+from spikeprune._model.config import CompressionConfig, SpikingBertConfig
+from spikeprune._model.ops import count_ops
+from spikeprune._model.quantize import quantize_model
+from spikeprune._model.spiking import SpikingBertForSequenceClassification
+from spikeprune._search.settings import make_sampler
+from spikeprune._trial.base import BaseBundle
+from spikeprune._trial.kernel import run_trial
+from spikeprune.errors import SpikepruneError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+HAND = SpikingBertConfig(vocab_size=10, hidden_size=2, num_layers=2, head_dim=1, heads=2, intermediate_sizes=2,
+                         timesteps=4, max_position_embeddings=8, family="converted", levels=4, task="sst2")
+#: Per channel, how many (token, channel) pairs spent k = 0..4 spikes; the same in both layers.
+HISTOGRAMS = {
+    "input": [[0, 0, 0, 0, 1], [0, 2, 0, 0, 0]],          # counts 4 + 2 = 6
+    "query": [[0, 0, 0, 1, 0], [0, 0, 1, 0, 0]],          # 3 + 2
+    "key": [[0, 1, 0, 0, 0], [0, 0, 0, 0, 2]],            # 1 + 8
+    "value": [[0, 0, 2, 0, 0], [0, 0, 0, 1, 0]],          # 4 + 3
+    "context": [[0, 0, 0, 0, 1], [0, 1, 0, 0, 0]],        # 4 + 1
+    "attn_out": [[0, 0, 1, 0, 0], [0, 0, 0, 0, 1]],       # 2 + 4
+    "intermediate": [[0, 3, 0, 0, 0], [0, 0, 0, 1, 1]],   # 3 + 7
+    "output": [[0, 0, 0, 1, 0], [0, 1, 0, 0, 0]],         # 3 + 1
+}
+BASE_COUNTS = {"input": 6, "query": 5, "key": 9, "value": 7, "context": 5, "attn_out": 6, "intermediate": 10,
+               "output": 4, "query_x_len": 50, "key_x_len": 90, "value_x_len": 70}
+
+
+def hand_predictor() -> CostPredictor:
+    stats = SpikeStats(family="converted", timesteps=[4, 4], examples=1, tokens=2, token_pairs=4,
+                       counts=[dict(BASE_COUNTS), dict(BASE_COUNTS)], metric=0.5,
+                       histograms=[{k: torch.tensor(v, dtype=torch.float64) for k, v in HISTOGRAMS.items()}] * 2)
+    scores = {k: torch.zeros(n) for k, n in importance_shapes(HAND).items()}
+    for l in range(2):
+        scores[f"grad.head.{l}"] = torch.tensor([0.9, 0.1])     # heads=1 keeps head 0 (channel 0)
+        scores[f"grad.neuron.{l}"] = torch.tensor([0.2, 0.8])   # neurons=1 keeps neuron 1
+    return CostPredictor(SpikingBertForSequenceClassification(HAND), scores, stats)
+
+
+def test_predicted_counts_and_sops_by_hand():
+    predictor = hand_predictor()
+    compression = CompressionConfig(heads=[1, 2], neurons=[1, 2], timesteps=[2, 4], weight_bits=[4, 32])
+    config = predictor.config(compression)
+    record = predictor.record(config)
+    # Layer 0 runs T = 2, so a pair that spent k spikes now spends min(k, 2); only head 0 and neuron 1 stay.
+    assert record.layers[0] == {"input": 2 + 2, "query": 2, "key": 1, "value": 2 * 2, "context": 2,
+                                "attn_out": 2 + 2, "intermediate": 2 + 2, "output": 2 + 1,
+                                "query_x_len": 50 * 2 // 5, "key_x_len": 90 * 1 // 9, "value_x_len": 70 * 4 // 7}
+    # Layer 1 is dense at the base T: the base's counts, its input the previous layer's predicted output.
+    assert record.layers[1] == {**BASE_COUNTS, "input": 3}
+    report = predictor.predict(compression)
+    # SOPs by hand (docs/DESIGN.md §4), layer 0: Q, K, V 4 input spikes x 1 row each; attention: the
+    # products 20 + 10 + 40 plus one add per Q, K, V spike (2 + 1 + 4); attn_out 2 context spikes x 2;
+    # intermediate 4 x 1 kept neuron; output 4 x 2; residual 4 + 4.
+    layer0 = 4 + 4 + 4 + (70 + 7) + 4 + 4 + 8 + 8
+    # Layer 1: Q, K, V 3 x 2; attention 210 + 21; attn_out 5 x 2; intermediate 6 x 2; output 10 x 2; residual 3 + 6.
+    layer1 = 6 + 6 + 6 + (210 + 21) + 10 + 12 + 20 + 9
+    assert report.sops == layer0 + layer1 == 413
+    assert report.sum_t == 6 and report.max_t == 4
+    assert report == count_ops(config, record)   # the same accounting as a trial, size included
+
+
+def random_converted(family: str) -> tuple[SpikingBertForSequenceClassification, dict, list]:
+    torch.manual_seed(0)
+    cfg = SpikingBertConfig(vocab_size=50, hidden_size=16, num_layers=2, head_dim=4, heads=2, intermediate_sizes=24,
+                            timesteps=6 if family == "converted" else 4, max_position_embeddings=16, family=family,
+                            levels=4, readout="cls", task="sst2")
+    model = SpikingBertForSequenceClassification(cfg).eval()
+    if family == "converted":
+        with torch.no_grad():
+            model.encoder_threshold.fill_(0.5)
+            for layer in model.layers:
+                layer.thresholds.copy_(torch.rand(len(layer.thresholds)) * 0.4 + 0.2)
+    ids = torch.randint(1, 50, (6, 9))
+    mask = torch.ones_like(ids)
+    mask[3:, 6:] = 0
+    batch = [{"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids),
+              "labels": torch.zeros(6, dtype=torch.long)}]
+    scores = {k: torch.rand(n) for k, n in importance_shapes(cfg).items()}
+    return model, scores, batch
+
+
+@pytest.mark.parametrize("family", ["converted", "spikingbert"])
+def test_prediction_is_exact_at_the_base_and_close_after_pruning(family):
+    model, scores, batch = random_converted(family)
+    stats, evaluation = SpikeStats.gather(model, batch, "sst2")
+    predictor = CostPredictor(model, scores, stats)
+    for compression, tolerance in [(CompressionConfig(), 0.0), (CompressionConfig(weight_bits=4), 0.05),
+                                   (CompressionConfig(heads=1), 0.05), (CompressionConfig(neurons=[12, 24]), 0.05)]:
+        c = compression.resolve(model.config)
+        compressed = quantize_model(set_timesteps(prune(model, c.heads, c.neurons, scores), c.timesteps), c.weight_bits)
+        with torch.no_grad():
+            out = compressed(**{k: batch[0][k] for k in ("input_ids", "attention_mask", "token_type_ids")},
+                             mode="batched", record=True)
+        measured, predicted = count_ops(compressed.config, out.record), predictor.predict(compression)
+        assert predicted.sops == pytest.approx(measured.sops, rel=tolerance, abs=0.5)
+        assert predicted.energy_uj == pytest.approx(measured.energy_uj, rel=tolerance, abs=1e-9)
+        assert predicted.size_mb == measured.size_mb and predicted.sum_t == measured.sum_t
+
+
+def test_stats_round_trip(tmp_path):
+    model, _, batch = random_converted("converted")
+    stats, _ = SpikeStats.gather(model, batch, "sst2")
+    loaded = SpikeStats.load(stats.save(tmp_path / "s.safetensors"))
+    assert loaded.counts == stats.counts and loaded.timesteps == stats.timesteps
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(loaded.histograms, stats.histograms) for k in a)
+    (tmp_path / "bad.safetensors").write_bytes(b"nope")
+    with pytest.raises(SpikepruneError, match="not a spike-statistics file"):
+        SpikeStats.load(tmp_path / "bad.safetensors")
+
+
+GUIDED_SPACE = {"name": "guided", "heads": {"per_layer": True, "min": 1, "max": 2},
+                "neurons": {"per_layer": True, "min": 32, "max": 64, "step": 32},
+                "timesteps": {"min": 1, "max": 2}, "weight_bits": {"per_layer": True, "choices": [4, 32]},
+                "objectives": [{"name": "metric", "direction": "maximize"}, {"name": "sops", "direction": "minimize"}]}
+
+
+@pytest.fixture
+def own_base(tiny_prepared, tmp_path):
+    """A private copy of the tiny base, so the guide cache a test writes is its own."""
+    return shutil.copytree(tiny_prepared, tmp_path / "base")
+
+
+def test_profile_is_cached_and_resumes(own_base):
+    base, space = BaseBundle.load(own_base), SearchSpace.from_dict(GUIDED_SPACE)
+    lines: list[str] = []
+    stats, profile = compute_profile(base, space, examples=16, progress=lines.append)
+    probes = plan(space, base.student.config)
+    # heads 1 of 2 and neurons 32 of 64 per layer, T = 1 and 4 bits for all layers at once
+    assert len(probes) == len(profile.results) == 2 + 2 + 1 + 2 and len(lines) == 1 + len(probes)
+    path = profile_path(own_base, probes, 16)
+    data = json.loads(path.read_text())
+    data["results"] = data["results"][:-1]                      # as if interrupted before the last probe
+    path.write_text(json.dumps(data))
+    lines.clear()
+    _, resumed = compute_profile(base, space, examples=16, progress=lines.append)
+    assert "1 of 7 probes to run" in lines[0] and len(lines) == 2
+    assert [r.probe for r in resumed.results] == [r.probe for r in profile.results]
+    lines.clear()
+    compute_profile(base, space, examples=16, progress=lines.append)
+    assert lines == []                                          # complete: nothing measured again
+    assert profile.score("heads", 0, 2) == (0.0, 0.0)           # the dense value costs nothing
+    assert stats.metric == profile.base_metric
+
+
+def test_guided_sampler_in_plain_optuna(own_base):
+    base, space = BaseBundle.load(own_base), SearchSpace.from_dict(GUIDED_SPACE)
+    sampler = GuidedSampler.for_base(base, space, examples=16, seed=0, explore=0.0)
+    study = optuna.create_study(directions=space.check(base.student.config).directions, sampler=sampler)
+    study.optimize(lambda trial: space.objective_values(run_trial(base, space.suggest(trial), max_examples=16).objectives),
+                   n_trials=5)
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 5
+    configs = {tuple(sorted(t.params.items())) for t in trials}
+    assert len(configs) == 5                                    # never proposes an evaluated config again
+    allowed = space.knobs["neurons"].values()
+    assert all(t.params["neurons_l0"] in allowed and t.params["weight_bits_l1"] in (4, 32) for t in trials)
+    # Every proposal comes from the model (explore=0): none is the dense config, which adds no volume.
+    assert all(t.params != {"heads_l0": 2, "heads_l1": 2, "neurons_l0": 64, "neurons_l1": 64, "timesteps": 2,
+                            "weight_bits_l0": 32, "weight_bits_l1": 32} for t in trials)
+
+
+def test_guided_search_on_ray_resumes(own_base, tmp_path, ray_local, capsys):
+    space = tmp_path / "guided.yaml"
+    space.write_text(json.dumps(GUIDED_SPACE))
+    settings = dict(prepared=own_base, space=space, study_name="g", workers=2, run_dir=tmp_path, sampler="guided",
+                    max_examples=16, profile_examples=16, progress=False)
+    run_search(SearchSettings(**settings, n_trials=5))
+    assert "probes to run" in capsys.readouterr().err
+    study = run_search(SearchSettings(**settings, n_trials=8))
+    assert "probes to run" not in capsys.readouterr().err      # the profile came from the base's cache
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(done) == 8 and not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+
+
+def test_make_sampler_points_to_for_base():
+    with pytest.raises(SpikepruneError, match="GuidedSampler.for_base"):
+        make_sampler("guided", 0)
