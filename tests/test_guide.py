@@ -29,25 +29,28 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 HAND = SpikingBertConfig(vocab_size=10, hidden_size=2, num_layers=2, head_dim=1, heads=2, intermediate_sizes=2,
                          timesteps=4, max_position_embeddings=8, family="converted", levels=4, task="sst2")
-#: Per channel, how many (token, channel) pairs spent k = 0..4 spikes; the same in both layers.
+#: Per channel, how many (token, channel) pairs spent k = 0..4 spikes at the base T = 4; both layers.
 HISTOGRAMS = {
     "input": [[0, 0, 0, 0, 1], [0, 2, 0, 0, 0]],          # counts 4 + 2 = 6
-    "query": [[0, 0, 0, 1, 0], [0, 0, 1, 0, 0]],          # 3 + 2
-    "key": [[0, 1, 0, 0, 0], [0, 0, 0, 0, 2]],            # 1 + 8
-    "value": [[0, 0, 2, 0, 0], [0, 0, 0, 1, 0]],          # 4 + 3
-    "context": [[0, 0, 0, 0, 1], [0, 1, 0, 0, 0]],        # 4 + 1
+    "query": [[0, 0, 0, 0, 1], [0, 0, 1, 0, 0]],          # 4 + 2
+    "key": [[0, 0, 1, 0, 0], [0, 0, 0, 0, 2]],            # 2 + 8
+    "value": [[0, 0, 2, 0, 0], [0, 0, 0, 0, 1]],          # 4 + 4
+    "context": [[0, 0, 0, 0, 1], [0, 0, 1, 0, 0]],        # 4 + 2
     "attn_out": [[0, 0, 1, 0, 0], [0, 0, 0, 0, 1]],       # 2 + 4
-    "intermediate": [[0, 3, 0, 0, 0], [0, 0, 0, 1, 1]],   # 3 + 7
+    "intermediate": [[0, 0, 2, 0, 0], [0, 0, 0, 2, 0]],   # 4 + 6
     "output": [[0, 0, 0, 1, 0], [0, 1, 0, 0, 0]],         # 3 + 1
 }
-BASE_COUNTS = {"input": 6, "query": 5, "key": 9, "value": 7, "context": 5, "attn_out": 6, "intermediate": 10,
-               "output": 4, "query_x_len": 50, "key_x_len": 90, "value_x_len": 70}
+BASE_COUNTS = {"input": 6, "query": 6, "key": 10, "value": 8, "context": 6, "attn_out": 6, "intermediate": 10,
+               "output": 4, "query_x_len": 60, "key_x_len": 100, "value_x_len": 80}
+#: The whole model at uniform T = 2 spikes half as much as at T = 4, in every population.
+HALF = {k: v // 2 for k, v in BASE_COUNTS.items()}
 
 
 def hand_predictor() -> CostPredictor:
     stats = SpikeStats(family="converted", timesteps=[4, 4], examples=1, tokens=2, token_pairs=4,
                        counts=[dict(BASE_COUNTS), dict(BASE_COUNTS)], metric=0.5,
-                       histograms=[{k: torch.tensor(v, dtype=torch.float64) for k, v in HISTOGRAMS.items()}] * 2)
+                       histograms=[{k: torch.tensor(v, dtype=torch.float64) for k, v in HISTOGRAMS.items()}] * 2,
+                       by_steps={4: [dict(BASE_COUNTS)] * 2, 2: [dict(HALF)] * 2})
     scores = {k: torch.zeros(n) for k, n in importance_shapes(HAND).items()}
     for l in range(2):
         scores[f"grad.head.{l}"] = torch.tensor([0.9, 0.1])     # heads=1 keeps head 0 (channel 0)
@@ -60,20 +63,21 @@ def test_predicted_counts_and_sops_by_hand():
     compression = CompressionConfig(heads=[1, 2], neurons=[1, 2], timesteps=[2, 4], weight_bits=[4, 32])
     config = predictor.config(compression)
     record = predictor.record(config)
-    # Layer 0 runs T = 2, so a pair that spent k spikes now spends min(k, 2); only head 0 and neuron 1 stay.
-    assert record.layers[0] == {"input": 2 + 2, "query": 2, "key": 1, "value": 2 * 2, "context": 2,
-                                "attn_out": 2 + 2, "intermediate": 2 + 2, "output": 2 + 1,
-                                "query_x_len": 50 * 2 // 5, "key_x_len": 90 * 1 // 9, "value_x_len": 70 * 4 // 7}
-    # Layer 1 is dense at the base T: the base's counts, its input the previous layer's predicted output.
-    assert record.layers[1] == {**BASE_COUNTS, "input": 3}
+    # Layer 0 runs T = 2: half its kept channels' base counts (only head 0 and neuron 1 stay);
+    # each product scales with its population (query 2 of 6 spikes: 60 -> 20).
+    assert record.layers[0] == {"input": 3, "query": 2, "key": 1, "value": 2, "context": 2, "attn_out": 3,
+                                "intermediate": 3, "output": 2, "query_x_len": 20, "key_x_len": 10, "value_x_len": 20}
+    # Layer 1 runs T = 4 but after a 2-step layer: it spikes like the model at T = 2, on the
+    # previous layer's predicted output.
+    assert record.layers[1] == {**HALF, "input": 2}
     report = predictor.predict(compression)
-    # SOPs by hand (docs/DESIGN.md §4), layer 0: Q, K, V 4 input spikes x 1 row each; attention: the
-    # products 20 + 10 + 40 plus one add per Q, K, V spike (2 + 1 + 4); attn_out 2 context spikes x 2;
-    # intermediate 4 x 1 kept neuron; output 4 x 2; residual 4 + 4.
-    layer0 = 4 + 4 + 4 + (70 + 7) + 4 + 4 + 8 + 8
-    # Layer 1: Q, K, V 3 x 2; attention 210 + 21; attn_out 5 x 2; intermediate 6 x 2; output 10 x 2; residual 3 + 6.
-    layer1 = 6 + 6 + 6 + (210 + 21) + 10 + 12 + 20 + 9
-    assert report.sops == layer0 + layer1 == 413
+    # SOPs by hand (docs/DESIGN.md §4), layer 0: Q, K, V 3 input spikes x 1 row each; attention: the
+    # products 20 + 10 + 20 plus one add per Q, K, V spike (2 + 1 + 2); attn_out 2 context spikes x 2;
+    # intermediate 3 x 1 kept neuron; output 3 x 2; residual 3 + 3.
+    layer0 = 3 * 3 + (50 + 5) + 4 + 3 + 6 + 6
+    # Layer 1: Q, K, V 2 x 2; attention 120 + 12; attn_out 3 x 2; intermediate 3 x 2; output 5 x 2; residual 2 + 3.
+    layer1 = 3 * 4 + (120 + 12) + 6 + 6 + 10 + 5
+    assert report.sops == layer0 + layer1 == 254
     assert report.sum_t == 6 and report.max_t == 4
     assert report == count_ops(config, record)   # the same accounting as a trial, size included
 
@@ -101,10 +105,12 @@ def random_converted(family: str) -> tuple[SpikingBertForSequenceClassification,
 @pytest.mark.parametrize("family", ["converted", "spikingbert"])
 def test_prediction_is_exact_at_the_base_and_close_after_pruning(family):
     model, scores, batch = random_converted(family)
-    stats, evaluation = SpikeStats.gather(model, batch, "sst2")
+    stats, evaluation = SpikeStats.gather(model, batch, "sst2", steps=[2])
+    assert sorted(stats.by_steps) == [2, model.config.timesteps[0]]
     predictor = CostPredictor(model, scores, stats)
     for compression, tolerance in [(CompressionConfig(), 0.0), (CompressionConfig(weight_bits=4), 0.05),
-                                   (CompressionConfig(heads=1), 0.05), (CompressionConfig(neurons=[12, 24]), 0.05)]:
+                                   (CompressionConfig(heads=1), 0.05), (CompressionConfig(neurons=[12, 24]), 0.05),
+                                   (CompressionConfig(timesteps=2), 0.0)]:   # a measured uniform T: exact
         c = compression.resolve(model.config)
         compressed = quantize_model(set_timesteps(prune(model, c.heads, c.neurons, scores), c.timesteps), c.weight_bits)
         with torch.no_grad():

@@ -131,7 +131,7 @@ class GuidedSampler(BaseSampler):
 
     def _prior(self) -> float:
         """The profile's own drop per flip (what one changed prediction costs in metric)."""
-        drops = sum(max(self.profile.base_metric - r.metric, 0.0) for r in self.profile.results)
+        drops = sum(max(r.drop, 0.0) for r in self.profile.results)
         flips = sum(r.flips for r in self.profile.results)
         return drops / flips if flips > 0 else 1.0
 

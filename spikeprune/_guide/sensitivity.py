@@ -1,12 +1,19 @@
 """The sensitivity profile of a base: how much compressing one layer along one knob hurts.
 
 For every searched knob of a space and every layer (or all layers at once for a shared knob), a
-few of the knob's cheaper values are each applied alone to the dense base, which is evaluated on
-the first ``examples`` dev examples (the trials' fixed order). Each probe records the metric and
-the fraction of predictions that changed from the dense model's ("flips"; for regression, the mean
-absolute change over the dense predictions' standard deviation). Flips are paired with the dense
-model on the same examples, so they are far less noisy than the metric on a few examples, and at
-small compressions they add up across layers: the sampler's additive model (sampler.py) sums them.
+few of the knob's cheaper values are each applied alone to the dense base. Each probe records the
+metric drop and the fraction of predictions that changed from the dense model's ("flips"; for
+regression, the mean absolute change over the dense predictions' standard deviation). Flips are
+paired with the dense model on the same examples, so they are far less noisy than the metric on a
+few examples, and at small compressions they add up across layers: the sampler's additive model
+(sampler.py) sums them.
+
+What a probe costs is what makes the profile pay for itself. Heads, neurons and bit widths are
+probed on the model's training surrogate (``mode="surrogate"``: the converted family's quantized
+network, what its spikes converge to), which runs no timesteps and so costs about one T-th of a
+simulation: those probes see ``SURROGATE_FACTOR`` times more examples for the same time. Only
+timesteps need the spiking simulation; their probes run it on the first ``examples`` dev examples
+(the trials' fixed order), against the simulated dense model on the same examples.
 
 The profile is cached beside the base (``<prepared>/guide/``), written after every probe, so an
 interrupted profile resumes where it stopped; its file name is a digest of the plan and budget.
@@ -33,9 +40,13 @@ from spikeprune.errors import SpikepruneError
 
 from .stats import SpikeStats
 
-FORMAT = 1
+FORMAT = 2
 #: Knobs a profile probes, in this order.
 KNOBS: tuple[str, ...] = ("heads", "neurons", "timesteps", "weight_bits")
+#: Knobs whose probes need the spiking simulation; the others run the surrogate.
+SIMULATED: frozenset[str] = frozenset({"timesteps"})
+#: Surrogate probes see this many times the simulated probes' examples.
+SURROGATE_FACTOR = 4
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,7 @@ class Probe:
 class ProbeResult:
     probe: Probe
     metric: float
+    drop: float                # the dense model's metric (same mode, same examples) minus ``metric``
     flips: float
     seconds: float
 
@@ -66,7 +78,7 @@ class SensitivityProfile:
     def curve(self, knob: str, layer: int | None) -> list[tuple[float, float, float]]:
         """(value, drop, flips) of the probes of one knob and layer, the dense value at (.., 0, 0)."""
         base = self.base_values[knob][layer or 0]
-        points = [(r.probe.value, self.base_metric - r.metric, r.flips) for r in self.results
+        points = [(r.probe.value, r.drop, r.flips) for r in self.results
                   if r.probe.knob == knob and r.probe.layer == layer]
         return sorted([(base, 0.0, 0.0), *points])
 
@@ -82,14 +94,14 @@ class SensitivityProfile:
     def to_dict(self) -> dict:
         return {"format": FORMAT, "examples": self.examples, "base_metric": self.base_metric,
                 "base_values": self.base_values, "seconds": self.seconds,
-                "results": [{**asdict(r.probe), "metric": r.metric, "flips": r.flips, "seconds": r.seconds}
-                            for r in self.results]}
+                "results": [{**asdict(r.probe), "metric": r.metric, "drop": r.drop, "flips": r.flips,
+                             "seconds": r.seconds} for r in self.results]}
 
     @classmethod
     def from_dict(cls, data: dict) -> "SensitivityProfile":
         if data.get("format") != FORMAT:
             raise ValueError(f"format {data.get('format')}, expected {FORMAT}")
-        results = [ProbeResult(Probe(r["knob"], r["layer"], r["value"]), r["metric"], r["flips"], r["seconds"])
+        results = [ProbeResult(Probe(r["knob"], r["layer"], r["value"]), r["metric"], r["drop"], r["flips"], r["seconds"])
                    for r in data["results"]]
         return cls(data["examples"], data["base_metric"], data["base_values"], results, data.get("seconds", 0.0))
 
@@ -128,6 +140,18 @@ def _config(probe: Probe, model: SpikingBertConfig) -> CompressionConfig:
     return CompressionConfig(**{probe.knob: values})
 
 
+def uniform_steps(space: SearchSpace, model: SpikingBertConfig) -> list[int]:
+    """The uniform T the spike statistics are measured at: the space's timesteps below the base's."""
+    knob = space.knobs.get("timesteps")
+    values = knob.values() if knob is not None else []
+    return [int(t) for t in values if t < max(model.timesteps)]
+
+
+def stats_file(prepared: Path, examples: int, steps: list[int]) -> Path:
+    suffix = "".join(f"-t{t}" for t in steps)
+    return Path(prepared) / "guide" / f"spike-stats-{examples}{suffix}.safetensors"
+
+
 def profile_path(prepared: Path, probes: list[Probe], examples: int) -> Path:
     digest = hashlib.sha256(json.dumps([[asdict(p) for p in probes], examples]).encode()).hexdigest()[:12]
     return Path(prepared) / "guide" / f"sensitivity-{digest}.json"
@@ -149,7 +173,8 @@ def compute_profile(base: BaseBundle, space: SearchSpace, *, examples: int = 64,
     examples = min(examples, base.dev_size)
     probes = plan(space, model, levels)
     path = profile_path(base.prepared, probes, examples)
-    stats_path = Path(base.prepared) / "guide" / f"spike-stats-{examples}.safetensors"
+    steps = uniform_steps(space, model)
+    stats_path = stats_file(base.prepared, examples, steps)
     say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     profile = None
     if path.exists():
@@ -162,25 +187,34 @@ def compute_profile(base: BaseBundle, space: SearchSpace, *, examples: int = 64,
     if not todo and stats_path.exists():
         return SpikeStats.load(stats_path), profile
     t0 = time.perf_counter()
-    stats, dense = SpikeStats.gather(base.student, base.dev_batches(examples), base.task)
+    stats, simulated = SpikeStats.gather(base.student, base.dev_batches(examples), base.task, steps)
     stats.save(stats_path)
+    wide = min(examples * SURROGATE_FACTOR, base.dev_size)
+    surrogate = evaluate_model(base.student, base.dev_batches(wide), base.task, mode="surrogate")
     if profile is None:
-        profile = SensitivityProfile(examples, stats.metric, dense_values(model), seconds=time.perf_counter() - t0)
+        profile = SensitivityProfile(examples, stats.metric, dense_values(model))
+    profile.seconds += time.perf_counter() - t0
     if todo:
-        say(f"sensitivity profile: {len(todo)} of {len(probes)} probes to run on {examples} dev examples -> {path}")
+        say(f"sensitivity profile: {len(todo)} of {len(probes)} probes to run ({examples} dev examples simulated, "
+            f"{wide} on the surrogate) -> {path}")
     regression = get_task(base.task).is_regression
     for i, probe in enumerate(todo, 1):
         t0 = time.perf_counter()
         compressed, _, _ = build_compressed(base, _config(probe, model))
-        ev = evaluate_model(compressed, base.dev_batches(examples), base.task)
+        simulate = probe.knob in SIMULATED
+        dense = simulated if simulate else surrogate
+        ev = evaluate_model(compressed, base.dev_batches(examples if simulate else wide), base.task,
+                            mode="batched" if simulate else "surrogate")
         seconds = time.perf_counter() - t0
-        result = ProbeResult(probe, float(ev.metrics["metric"]), _flips(regression, dense.predictions, ev.predictions), seconds)
+        metric = float(ev.metrics["metric"])
+        result = ProbeResult(probe, metric, float(dense.metrics["metric"]) - metric,
+                             _flips(regression, dense.predictions, ev.predictions), seconds)
         profile.results.append(result)
         profile.seconds += seconds
         _write(path, profile)
         where = "all layers" if probe.layer is None else f"layer {probe.layer}"
         say(f"  [{len(done) + i}/{len(probes)}] {probe.knob}={probe.value:g} in {where}: metric "
-            f"{result.metric:.4f} (dense {profile.base_metric:.4f}), flips {result.flips:.3f}, {seconds:.1f} s")
+            f"{result.metric:.4f} (drop {result.drop:+.4f}), flips {result.flips:.3f}, {seconds:.1f} s")
     _write(path, profile)
     return stats, profile
 

@@ -1,17 +1,20 @@
 """Spike statistics of a prepared base, the input of the cost predictor (costs.py).
 
-For every layer and population, a histogram per channel: how many (token, channel) pairs of the
-dev examples spent k spikes (k = 0..K, |spikes| summed over the steps, so a signed -1 counts once,
-as it costs one accumulate). Summing ``k`` over a histogram gives the base's spike count exactly;
-summing ``min(k, T)`` gives the count a converted-family population has when it runs T < K steps
-(a neuron fires at most once per step), and keeping rows gives the count of the kept channels
-after pruning. Gathered in one batched simulation through the model's ``spike_observer``.
+Two things, both measured on the same dev examples:
+
+- for every layer and population, a histogram per channel: how many (token, channel) pairs spent
+  k spikes at the base's timesteps (k = 0..K, |spikes| summed over the steps, so a signed -1
+  counts once, as it costs one accumulate). Summing ``k`` over the rows of the kept channels
+  gives the count that remains after pruning; gathered through the model's ``spike_observer``;
+- every population's total count when the whole model runs T steps, for a few uniform T
+  (``by_steps``): fewer steps cut counts by more than the cap of one spike per step, because a
+  deep layer's input arrives late, so the predictor reads the effect of T from these runs.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import field, dataclass
 from pathlib import Path
 
 import torch
@@ -21,7 +24,7 @@ from spikeprune._model.evaluation import Evaluation, evaluate_model
 from spikeprune._model.spiking import SpikingBertForSequenceClassification
 from spikeprune.errors import SpikepruneError
 
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass
@@ -36,11 +39,16 @@ class SpikeStats:
     counts: list[dict[str, int]]          # the base SimRecord's layers (spike counts and *_x_len)
     histograms: list[dict[str, Tensor]]
     metric: float                         # the base's metric on the same examples
+    by_steps: dict[int, list[dict[str, int]]] = field(default_factory=dict)   # uniform T -> record layers
 
     @classmethod
     def gather(cls, model: SpikingBertForSequenceClassification, batches: Iterable[dict[str, Tensor]],
-               task: str) -> "tuple[SpikeStats, Evaluation]":
-        """One evaluation of ``model`` on ``batches`` with every spike train histogrammed."""
+               task: str, steps: Iterable[int] = ()) -> "tuple[SpikeStats, Evaluation]":
+        """One evaluation of ``model`` on ``batches`` with every spike train histogrammed, then one
+        simulation (counts only) at each uniform T of ``steps``."""
+        from spikeprune._model.compress import set_timesteps
+
+        batches = list(batches)
         cfg = model.config
         top = max(cfg.timesteps)
         hists: list[dict[str, Tensor]] = [{} for _ in range(cfg.num_layers)]
@@ -58,9 +66,15 @@ class SpikeStats:
         finally:
             model.spike_observer = None
         record = evaluation.record
+        by_steps = {}
+        if len(set(cfg.timesteps)) == 1:
+            by_steps[cfg.timesteps[0]] = [dict(layer) for layer in record.layers]
+        for t in sorted(set(steps) - set(by_steps)):
+            other = evaluate_model(set_timesteps(model, t), batches, task).record
+            by_steps[int(t)] = [dict(layer) for layer in other.layers]
         stats = cls(family=cfg.family, timesteps=list(cfg.timesteps), examples=record.examples, tokens=record.tokens,
                     token_pairs=record.token_pairs, counts=[dict(layer) for layer in record.layers],
-                    histograms=hists, metric=float(evaluation.metrics["metric"]))
+                    histograms=hists, metric=float(evaluation.metrics["metric"]), by_steps=by_steps)
         return stats, evaluation
 
     def save(self, path: str | Path) -> Path:
@@ -71,7 +85,8 @@ class SpikeStats:
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"{l}.{name}": h.contiguous() for l, layer in enumerate(self.histograms) for name, h in layer.items()}
         meta = {"format": FORMAT, "family": self.family, "timesteps": self.timesteps, "examples": self.examples,
-                "tokens": self.tokens, "token_pairs": self.token_pairs, "counts": self.counts, "metric": self.metric}
+                "tokens": self.tokens, "token_pairs": self.token_pairs, "counts": self.counts, "metric": self.metric,
+                "by_steps": {str(t): layers for t, layers in self.by_steps.items()}}
         tmp = path.with_name(path.name + ".tmp")
         save_file(tensors, str(tmp), metadata={"spikeprune": json.dumps(meta)})
         tmp.replace(path)
@@ -93,6 +108,7 @@ class SpikeStats:
                 hists[int(layer)][name] = value
             return cls(family=meta["family"], timesteps=meta["timesteps"], examples=meta["examples"],
                        tokens=meta["tokens"], token_pairs=meta["token_pairs"], counts=meta["counts"],
-                       histograms=hists, metric=meta["metric"])
+                       histograms=hists, metric=meta["metric"],
+                       by_steps={int(t): layers for t, layers in meta["by_steps"].items()})
         except (OSError, KeyError, ValueError, SafetensorError) as e:
             raise SpikepruneError(f"{path} is not a spike-statistics file ({e}); delete it and it is gathered again") from None

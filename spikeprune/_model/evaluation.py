@@ -30,20 +30,24 @@ class Evaluation:
 
 
 @torch.inference_mode()
-def evaluate_model(model: nn.Module, batches: Iterable[dict[str, Tensor]], task: str) -> Evaluation:
-    """Evaluate a spiking (``mode="batched"``, spikes recorded) or a Hugging Face model."""
+def evaluate_model(model: nn.Module, batches: Iterable[dict[str, Tensor]], task: str,
+                   mode: str = "batched") -> Evaluation:
+    """Evaluate a spiking (``mode="batched"``, spikes recorded) or a Hugging Face model. A spiking
+    model in ``mode="surrogate"`` runs its training surrogate instead (no spikes, no record): the
+    quantized network of the converted family, a cheap stand-in for sensitivity probes."""
     spiking = isinstance(model, SpikingBertForSequenceClassification)
     regression = get_task(task).is_regression
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    record = SimRecord() if spiking else None
+    record = SimRecord() if spiking and mode != "surrogate" else None
     predictions, labels = [], []
     for batch in batches:
         inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids")}
         if spiking:
-            out = model(**inputs, mode="batched", record=True)
-            record.merge(out.record)
+            out = model(**inputs, mode=mode, record=record is not None)
+            if record is not None:
+                record.merge(out.record)
         else:
             out = model(**inputs)
         logits = out.logits.float().cpu()
