@@ -208,7 +208,9 @@ class GuidedSampler(BaseSampler):
         out: set[tuple[int, ...]] = set(path)
         anchors = path + list(indices)
         n_random = self.n_candidates // 3
-        while len(out) < self.n_candidates - n_random and anchors:
+        for _ in range(4 * self.n_candidates):   # bounded: a small space has fewer configs than asked for
+            if len(out) >= self.n_candidates - n_random or not anchors:
+                break
             anchor = np.array(anchors[int(self._rng.integers(len(anchors)))])
             for _ in range(int(self._rng.integers(1, 4))):
                 j = int(self._rng.integers(len(sizes)))

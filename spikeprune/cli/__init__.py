@@ -117,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="also write the full result as JSON here")
     add_glue_dir(p)
 
+    p = add("profile", c.cmd_profile, "measure (or show) a base's sensitivity profile for a space",
+            "Measure how much compressing each layer along each searched knob of a space hurts the metric,\n"
+            "and the base's spike statistics the cost predictor needs: the guided sampler's inputs. Cached\n"
+            "in PREPARED/guide/; an interrupted profile resumes, a finished one is shown without running.")
+    p.add_argument("--prepared", required=True, type=Path, help="prepared base folder (from `spikeprune prepare`)")
+    p.add_argument("--space", default="joint", help="space preset or YAML file (default joint)")
+    p.add_argument("--examples", type=POSITIVE_INT, default=64,
+                   help="dev examples per simulated probe; surrogate probes see 4x as many (default 64)")
+    add_glue_dir(p)
+
     p = add("search", c.cmd_search, "run or resume a multi-objective compression search",
             "Search the space (heads, FFN neurons, timesteps, bit widths per layer) of a prepared base with\n"
             "an Optuna multi-objective study whose trials run as Ray tasks. The driver is the only writer to\n"

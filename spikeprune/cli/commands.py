@@ -51,6 +51,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from spikeprune import BaseBundle, SearchSpace, compute_profile
+
+    space = SearchSpace.load(args.space)
+    base = BaseBundle.load(args.prepared, glue_dir=args.glue_dir)
+    _, profile = compute_profile(base, space.check(base.student.config), examples=args.examples)
+    print(f"sensitivity of {args.prepared} (dense metric {profile.base_metric:.4f} on {profile.examples} examples; "
+          f"{len(profile.results)} probes, {profile.seconds:.0f} s):")
+    print(f"  {'knob':<12} {'layer':>5} {'value':>7} {'drop':>8} {'flips':>6}")
+    for r in profile.results:
+        layer = "all" if r.probe.layer is None else str(r.probe.layer)
+        print(f"  {r.probe.knob:<12} {layer:>5} {r.probe.value:>7g} {r.drop:>+8.4f} {r.flips:>6.3f}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from spikeprune import write_report
 
