@@ -63,20 +63,16 @@ def predictor_errors(args: Any, studies: dict[str, list[Any]]) -> dict[str, Any]
     import numpy as np
 
     from spikeprune._guide.costs import CostPredictor
+    from spikeprune._guide.sensitivity import stats_file, uniform_steps
     from spikeprune._guide.stats import SpikeStats
     from spikeprune._spaces.schema import SearchSpace
     from spikeprune._trial.base import BaseBundle
 
     base = BaseBundle.load(args.prepared, args.glue_dir)
-    examples = min(args.profile_examples, base.dev_size)
-    path = Path(args.prepared) / "guide" / f"spike-stats-{examples}.safetensors"
-    if path.exists():
-        stats = SpikeStats.load(path)
-    else:
-        stats = SpikeStats.gather(base.student, base.dev_batches(examples), base.task)[0]
-        stats.save(path)
-    predictor = CostPredictor(base.student, base.importance, stats, base.importance_method)
     space = SearchSpace.load(args.space).check(base.student.config)
+    # the statistics the guided arm gathered (its profile run wrote them)
+    path = stats_file(base.prepared, min(args.profile_examples, base.dev_size), uniform_steps(space, base.student.config))
+    predictor = CostPredictor(base.student, base.importance, SpikeStats.load(path), base.importance_method)
     errors: dict[str, list[float]] = {"sops": [], "energy_uj": []}
     seen = set()
     for runs in studies.values():

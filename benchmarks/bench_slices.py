@@ -22,14 +22,16 @@ from spikeprune._model import spiking  # noqa: E402
 NAME = "bench_slices"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = benchlib.parser(NAME, __doc__.splitlines()[0], repeats=3, budget=600)
     benchlib.add_pass_options(p)
-    args = p.parse_args()
+    p.add_argument("--slice-bytes", type=int, default=spiking.SLICE_BYTES,
+                   help=f"largest spike train per slice (default the model's, {spiking.SLICE_BYTES})")
+    args = p.parse_args(argv)
     env, base, data, tokens = benchlib.pass_setup(args)
     print(f"{base.source}: {benchlib.describe(base.model)}; {args.examples} examples, {tokens} tokens, "
           f"batches of {args.batch_size}")
-    sliced_bytes = spiking.SLICE_BYTES
+    default_bytes, sliced_bytes = spiking.SLICE_BYTES, args.slice_bytes
     results: dict[str, tuple] = {}
 
     def variant(limit: int):
@@ -45,10 +47,10 @@ def main() -> None:
             results[name_of[limit]] = (torch.cat(logits), record)
         return call
 
-    name_of = {2**62: "one piece", sliced_bytes: f"slices of {sliced_bytes // 2**20} MiB"}
+    name_of = {2**62: "one piece", sliced_bytes: f"slices of {sliced_bytes / 2**20:g} MiB"}
     times = benchlib.interleaved({name: variant(limit) for limit, name in name_of.items()},
                                  args.repeats, args.budget, warmup=False)
-    spiking.SLICE_BYTES = sliced_bytes
+    spiking.SLICE_BYTES = default_bytes
     (a_logits, a_rec), (b_logits, b_rec) = results.values()
     same = bool(torch.equal(a_logits, b_logits)) and a_rec.layers == b_rec.layers
     medians = {name: benchlib.median(t) for name, t in times.items()}
@@ -56,10 +58,11 @@ def main() -> None:
     rows = [[name, f"{m:.2f}", f"{m / args.examples * 1000:.1f}", str(len(times[name]))] for name, m in medians.items()]
     print(benchlib.table(["variant", "median s", "ms/example", "rounds"], rows))
     print(f"speedup {one / sliced:.2f}x; logits and spike counts identical: {same}")
-    benchlib.finish(args.out, NAME, env, args, {"times": times, "medians": medians, "speedup": one / sliced,
-                                                "identical": same})
+    result = benchlib.finish(args.out, NAME, env, args, {"times": times, "medians": medians, "speedup": one / sliced,
+                                                         "identical": same})
     if not same:
         sys.exit("error: slicing changed the outputs")
+    return result
 
 
 if __name__ == "__main__":

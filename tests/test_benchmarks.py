@@ -51,6 +51,14 @@ def test_bench_simulation_quick(tmp_path):
     assert all(s["rounds"] == 1 and s["speedup_lockstep_over_batched"] > 0 for s in data["settings"])
 
 
+def test_bench_slices_quick(tmp_path):
+    out = tmp_path / "slices.json"
+    result = _script("bench_slices").main(["--quick", "--threads", "1", "--slice-bytes", "1", "--out", str(out)])
+    data = _written(out, result)
+    assert data["identical"] is True and data["speedup"] > 0
+    assert sorted(data["medians"]) == ["one piece", "slices of 9.53674e-07 MiB"]
+
+
 def test_bench_pruned_quick(tmp_path):
     out = tmp_path / "pruned.json"
     result = _script("bench_pruned").main(["--quick", "--threads", "1", "--out", str(out)])
@@ -145,14 +153,20 @@ def test_bench_search_compares_samplers_and_early_stopping(tmp_path, tiny_prepar
     joint = _spaces(tmp_path)[1]
     result = _script("bench_search").main([
         "--prepared", str(tiny_prepared), "--glue-dir", str(glue_dir), "--space", joint, "--run-dir",
-        str(tmp_path / "runs"), "--samplers", "tpe", "random", "--seeds", "0", "--n-trials", "5",
-        "--max-examples", "16", "--every", "5", "--quiet", "--out", str(out)])
+        str(tmp_path / "runs"), "--samplers", "tpe", "random", "guided", "--seeds", "0", "--n-trials", "5",
+        "--max-examples", "16", "--every", "5", "--quiet", "--profile-examples", "16", "--out", str(out)])
     data = json.loads(out.read_text())
     assert data["arms"] == json.loads(json.dumps(result["arms"]))
-    assert sorted(data["arms"]) == ["random", "tpe", "tpe+es"]
+    assert sorted(data["arms"]) == ["guided", "random", "tpe", "tpe+es"]
+    shift = data["guided_profile"]["trial_equivalents"]   # the guided arm pays for its profile in trials
+    assert shift >= 1 and data["guided_profile"]["probes"] == 2 + 2 + 4   # heads, T, two bit widths per layer
+    assert set(data["predictor"]) == {"sops", "energy_uj"} and data["predictor"]["sops"]["trials"] >= 5
     for arm, figures in data["arms"].items():
         (run,) = figures["runs"]
         curve = run["hypervolume"]
+        if arm == "guided":
+            assert curve[:shift] == [0.0] * shift
+            curve = curve[shift:]
         assert len(curve) == 5 and all(b >= a for a, b in zip(curve, curve[1:])) and 0 <= curve[-1] <= 1
         full = 5 - run["duplicates"] - run["stopped_early"]
         assert run["examples"] == 16 * full + 8 * run["stopped_early"]  # a stopped trial cost its look only
