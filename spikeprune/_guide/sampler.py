@@ -37,6 +37,8 @@ from .sensitivity import SensitivityProfile, compute_profile
 
 #: Weight (in trials) of the profile's prior on the calibration of drop against flips.
 PRIOR_TRIALS = 3.0
+#: Least drop per flipped prediction the prior assumes (metrics near chance give 2m - 1 <= 0).
+PRIOR_FLOOR = 0.05
 #: Bandwidth of the residual correction, in mean normalised index distance.
 BANDWIDTH = 0.15
 
@@ -130,10 +132,14 @@ class GuidedSampler(BaseSampler):
         return point
 
     def _prior(self) -> float:
-        """The profile's own drop per flip (what one changed prediction costs in metric)."""
+        """What one changed prediction costs in metric: at least 2m - 1 for a metric m of accuracy
+        kind (a flip of a binary classifier that is right with probability m loses m and gains 1 - m),
+        or the profile's own drop per flip when that is larger. The profile's drops alone are too
+        noisy on a few dozen examples (docs/RESULTS.md: they gave 0.04)."""
         drops = sum(max(r.drop, 0.0) for r in self.profile.results)
         flips = sum(r.flips for r in self.profile.results)
-        return drops / flips if flips > 0 else 1.0
+        measured = drops / flips if flips > 0 else 0.0
+        return max(measured, 2 * self.profile.base_metric - 1, PRIOR_FLOOR)
 
     def _observations(self, study: Study) -> tuple[list[tuple[int, ...]], np.ndarray, np.ndarray]:
         """Evaluated trials: their indices, metric drops and objective vectors."""
