@@ -200,3 +200,21 @@ def test_guided_search_on_ray_resumes(own_base, tmp_path, ray_local, capsys):
 def test_make_sampler_points_to_for_base():
     with pytest.raises(SpikepruneError, match="GuidedSampler.for_base"):
         make_sampler("guided", 0)
+
+
+def test_profile_command_prints_the_table(own_base, tmp_path, capsys):
+    from spikeprune.cli import main as cli_main
+
+    space = tmp_path / "guided.yaml"
+    space.write_text(json.dumps(GUIDED_SPACE))
+    argv = ["profile", "--prepared", str(own_base), "--space", str(space), "--examples", "16"]
+    assert cli_main(argv) == 0
+    first = capsys.readouterr()
+    assert "7 of 7 probes to run" in first.err
+    rows = [line.split() for line in first.out.splitlines() if line.startswith("  ") and "knob" not in line]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("heads", "0", "1"), ("heads", "1", "1"), ("neurons", "0", "32"),
+                                                  ("neurons", "1", "32"), ("timesteps", "all", "1"),
+                                                  ("weight_bits", "0", "4"), ("weight_bits", "1", "4")]
+    assert cli_main(argv) == 0                                   # shown again from the cache
+    again = capsys.readouterr()
+    assert "probes to run" not in again.err and again.out == first.out
