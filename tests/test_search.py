@@ -276,3 +276,19 @@ def test_export_remeasures_with_the_search_seed(tiny_prepared, tmp_path, glue_di
     assert "re-measured" not in capsys.readouterr().err
     metrics = json.loads((tmp_path / "seeded" / "export" / "trial-00000" / "metrics.json").read_text())
     assert metrics["ok"] and metrics["measured"] == pytest.approx(metrics["search"], abs=0)
+
+
+def test_a_resumed_random_search_does_not_replay_its_first_draws(tiny_prepared, space_file, tmp_path, ray_local):
+    """A seeded sampler re-created on resume would draw its first configs again; the resumed run is
+    seeded by resume_seed instead (the 40-trial benchmark of 2026-12-02 found 16 replayed duplicates)."""
+    from spikeprune._search.settings import resume_seed
+
+    first = run_search(settings(tiny_prepared, space_file, tmp_path, n_trials=6, workers=1, sampler="random",
+                                early_stopping=False))
+    before = first.trials
+    drawn = [t.params for t in before if not t.user_attrs.get("seeded")]
+    again = run_search(settings(tiny_prepared, space_file, tmp_path, n_trials=6 + len(drawn), workers=1,
+                                sampler="random", early_stopping=False))
+    resumed = [t.params for t in again.trials[len(before):]]
+    assert len(resumed) == len(drawn) and resumed != drawn
+    assert resume_seed(0, 6) != 0 and resume_seed(0, 6) == resume_seed(0, 6) != resume_seed(0, 7)

@@ -40,11 +40,13 @@ def run_search(settings: SearchSettings) -> optuna.Study:
         raise SpikepruneError(f"--task {settings.task} but {settings.prepared} was prepared for {base.task}")
     model = base.student.config
     space.check(model)
-    sampler = None
+    sampler_for = None
     if settings.sampler == "guided":   # measured (or loaded from the base's cache) before any storage is touched
         from spikeprune._guide.sampler import GuidedSampler
-        sampler = GuidedSampler.for_base(base, space, energy=energy, seed=settings.seed,
-                                         examples=settings.profile_examples)
+        GuidedSampler.for_base(base, space, energy=energy, examples=settings.profile_examples)
+
+        def sampler_for(seed: int) -> GuidedSampler:
+            return GuidedSampler.for_base(base, space, energy=energy, seed=seed, examples=settings.profile_examples)
     # Last, as a journal is created on opening: a search refused for bad input leaves no files.
     location = settings.storage or default_storage(settings.run_dir, settings.study_name)
     storage = RetryingStorage(optuna.storages.get_storage(open_storage(location)), describe(location),
@@ -53,7 +55,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = open_study(settings, space, storage, base.task, Path(settings.prepared).resolve(), model,
-                           energy, base.dev_size, sampler)
+                           energy, base.dev_size, sampler_for)
         driver = Driver(settings, space, study, storage, model, base.dev_size, energy)
         with ray_session(settings):
             import ray

@@ -79,6 +79,12 @@ class SearchSettings:
             raise SpikepruneError(f"storage_patience must be >= 0 seconds, got {self.storage_patience}")
 
 
+def resume_seed(seed: int, trials: int) -> int:
+    """The sampler seed of a run that resumes a study holding ``trials`` trials: reproducible, and
+    different from every earlier run's, so a seeded sampler does not replay its first draws."""
+    return (seed * 1_000_003 + trials) % 2**31
+
+
 def make_sampler(name: str, seed: int, population_size: int = 20) -> optuna.samplers.BaseSampler:
     """The sampler by name. Feasibility needs no constraints_func: in Optuna 5 every sampler reads
     the constraints the driver sets on each trial (``Trial.set_constraint``) before ``tell``."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 import warnings
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from spikeprune._spaces.schema import SearchSpace
 from spikeprune.errors import SpikepruneError
 from spikeprune.records import StudyRecord, TrialRecord
 
-from .settings import SearchSettings, make_sampler
+from .settings import SearchSettings, make_sampler, resume_seed
 
 #: How long a driver waits for another driver's setup of a study it has just created.
 SETUP_WAIT_S = 30.0
@@ -28,16 +29,22 @@ SETUP_POLL_S = 0.2
 
 def open_study(settings: SearchSettings, space: SearchSpace, storage: optuna.storages.BaseStorage,
                task: str, prepared: Path, model: SpikingBertConfig, energy: str, dev_size: int,
-               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
-    """The study of ``settings.study_name``: created and seeded, or loaded and checked. The
-    sampler is ``settings.sampler``'s unless one is given (the guided sampler needs the base)."""
-    sampler = sampler or make_sampler(settings.sampler, settings.seed, settings.population_size)
+               sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None) -> optuna.Study:
+    """The study of ``settings.study_name``: created and seeded, or loaded and checked. The sampler
+    is ``settings.sampler``'s, or what ``sampler_for(seed)`` makes (the guided sampler needs the
+    base). A resumed study gets a sampler seeded by ``resume_seed``: with the original seed a
+    history-blind sampler (random) would draw its first configs again, as duplicates."""
+    make = sampler_for or (lambda seed: make_sampler(settings.sampler, seed, settings.population_size))
+    sampler = make(settings.seed)
     try:
         storage.create_new_study([StudyDirection[d.upper()] for d in space.directions], settings.study_name)
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         created = False
     study = optuna.load_study(study_name=settings.study_name, storage=storage, sampler=sampler)
+    existing = len(study.get_trials(deepcopy=False))
+    if existing:
+        study.sampler = make(resume_seed(settings.seed, existing))
     wanted = StudyRecord(task=task, objectives=[{"name": o.name, "direction": o.direction} for o in space.objectives],
                          space=space.to_dict(), prepared=str(prepared), energy=energy, dev_examples=dev_size,
                          max_examples=settings.max_examples, seed=settings.seed,
