@@ -58,21 +58,10 @@ def fewest_sops(trials: list[Any], baseline: float, max_drop: float) -> float | 
     return min(ok) if ok else None
 
 
-def predictor_errors(args: Any, studies: dict[str, list[Any]]) -> dict[str, Any]:
+def predictor_errors(predictor: Any, space: Any, studies: dict[str, list[Any]]) -> dict[str, Any]:
     """Median relative error of the cost predictor on every fully evaluated trial of the studies."""
     import numpy as np
 
-    from spikeprune._guide.costs import CostPredictor
-    from spikeprune._guide.sensitivity import stats_file, uniform_steps
-    from spikeprune._guide.stats import SpikeStats
-    from spikeprune._spaces.schema import SearchSpace
-    from spikeprune._trial.base import BaseBundle
-
-    base = BaseBundle.load(args.prepared, args.glue_dir)
-    space = SearchSpace.load(args.space).check(base.student.config)
-    # the statistics the guided arm gathered (its profile run wrote them)
-    path = stats_file(base.prepared, min(args.profile_examples, base.dev_size), uniform_steps(space, base.student.config))
-    predictor = CostPredictor(base.student, base.importance, SpikeStats.load(path), base.importance_method)
     errors: dict[str, list[float]] = {"sops": [], "energy_uj": []}
     seen = set()
     for runs in studies.values():
@@ -141,14 +130,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                    if not is_duplicate(t)])
     profile_trials = 0
     if "guided" in arms:
-        from spikeprune._guide.sensitivity import SensitivityProfile, plan, profile_path
+        from spikeprune._guide.costs import CostPredictor
+        from spikeprune._guide.sensitivity import compute_profile
         from spikeprune._spaces.schema import SearchSpace
         from spikeprune._trial.base import BaseBundle
 
         base = BaseBundle.load(args.prepared, args.glue_dir)
-        probes = plan(SearchSpace.load(args.space), base.student.config)
-        cached = profile_path(base.prepared, probes, min(args.profile_examples, base.dev_size))
-        profile = SensitivityProfile.from_dict(__import__("json").loads(cached.read_text()))
+        space = SearchSpace.load(args.space).check(base.student.config)
+        # what the guided arm measured, read back from the base's cache
+        spike_stats, profile = compute_profile(base, space, examples=args.profile_examples)
+        predictor = CostPredictor(base.student, base.importance, spike_stats, base.importance_method)
         profile_trials = int(-(-profile.seconds // per_trial_s)) if per_trial_s > 0 else 0
         figures["guided_profile"] = {"seconds": profile.seconds, "probes": len(profile.results),
                                      "trial_equivalents": profile_trials, "per_trial_s": per_trial_s}
@@ -203,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"early stopping: {ratio['examples']:.0%} of the dev examples and {ratio['kernel_s']:.0%} of the kernel "
               f"seconds of plain TPE (median of per-seed ratios); final hypervolume {hv[0]:.3f} vs {hv[1]:.3f}")
     if "guided" in arms:
-        figures["predictor"] = predictor_errors(args, studies)
+        figures["predictor"] = predictor_errors(predictor, space, studies)
         print("cost predictor, relative error over the fully evaluated trials: " + "; ".join(
             f"{name} median {e['median']:.1%} (90th percentile {e['p90']:.1%}, {e['trials']} configs)"
             for name, e in figures["predictor"].items()))

@@ -68,7 +68,7 @@ class CostPredictor:
         if not base:
             return 0.0
         if not measured:   # no uniform runs: the cap of one spike per step is all that is known
-            return min(steps / max(self.stats.timesteps), 1.0) if steps < max(self.stats.timesteps) else 1.0
+            return min(steps / max(self.stats.timesteps), 1.0)
         xs = [0, *sorted(measured)]
         ys = [0.0, *(measured[t][layer][name] / base for t in sorted(measured))]
         return float(np.interp(steps, xs, ys))
@@ -88,13 +88,14 @@ class CostPredictor:
         for l, steps in enumerate(itertools.accumulate(config.timesteps, min)):   # the bottleneck so far
             sums = self._kept(l, config.heads[l], config.intermediate_sizes[l])
             names = [*populations(config), *(["input"] if l == 0 else [])]
-            counts = {name: float(sums[name] @ spikes) * self._factor(l, name, steps) for name in names}
+            kept = {name: float(sums[name] @ spikes) for name in names}   # at the base T
+            counts = {name: kept[name] * self._factor(l, name, steps) for name in names}
             if l > 0:
                 counts["input"] = previous_output
             base = stats.counts[l]
             for name in _products(config):   # the kept share of the population, times the product's own T factor
-                kept = float(sums[name] @ spikes) / base[name] if base[name] else 0.0
-                counts[f"{name}_x_len"] = base[f"{name}_x_len"] * kept * self._factor(l, f"{name}_x_len", steps)
+                share = kept[name] / base[name] if base[name] else 0.0
+                counts[f"{name}_x_len"] = base[f"{name}_x_len"] * share * self._factor(l, f"{name}_x_len", steps)
             previous_output = counts["output"]
             layers.append({k: int(round(v)) for k, v in counts.items()})
         return SimRecord(examples=stats.examples, tokens=stats.tokens, token_pairs=stats.token_pairs, layers=layers)

@@ -3,8 +3,8 @@
 Every objective but the metric is predicted from the base's spike statistics (costs.py); the
 metric drop is predicted by an additive model over the sensitivity profile (sensitivity.py):
 S(c) = Σ over layers and knobs of the profile's flips at c's value, drop(c) ≈ b + a·S(c). The
-sampler learns from every finished trial: (a, b) are refitted by least squares with the profile's
-own drop/flips ratio as a prior, and the residuals of evaluated trials correct nearby candidates
+sampler learns from every finished trial: (a, b) are refitted by least squares with a prior on a
+(``_prior``: what a flipped prediction costs), and the residuals of evaluated trials correct nearby candidates
 (a kernel average over the index distance: the interactions the additive model misses).
 
 Each ask builds candidates: a greedy path from the dense config that always takes the step with
@@ -69,9 +69,9 @@ class GuidedSampler(BaseSampler):
             for i, name in enumerate(names):
                 self._params.append((name, knob_name, i if knob.per_layer else None, knob.values()))
         self._cache: dict[tuple[int, ...], dict[str, float]] = {}
-        dense = self._dense_index()
-        self._dense = dense
-        self._reference = study_reference(self.objectives, self._predict_point(dense, with_metric=False)
+        self._a0 = self._prior()
+        self._dense = self._dense_index()
+        self._reference = study_reference(self.objectives, self._predict_point(self._dense, with_metric=False)
                                           | {METRIC: profile.base_metric})
 
     @classmethod
@@ -127,7 +127,7 @@ class GuidedSampler(BaseSampler):
             self._cache[index] = self.predictor.objectives(self.config(index), self.energy)
         point = dict(self._cache[index])
         if with_metric:
-            a, b = fit or (self._prior(), 0.0)
+            a, b = fit or (self._a0, 0.0)
             point[METRIC] = self.profile.base_metric - (b + a * self.flips(index))
         return point
 
@@ -156,7 +156,7 @@ class GuidedSampler(BaseSampler):
     def _fit(self, indices: list[tuple[int, ...]], drops: np.ndarray) -> tuple[float, float, np.ndarray]:
         """(a, b) of drop ≈ b + a·S by least squares with the prior (a0, 0) worth PRIOR_TRIALS
         trials, and the residuals of the observations."""
-        a0 = self._prior()
+        a0 = self._a0
         s = np.asarray([self.flips(i) for i in indices], dtype=float)
         w = PRIOR_TRIALS
         # Normal equations of Σ (d - b - a s)^2 + w (a - a0)^2 + w b^2.
@@ -172,8 +172,8 @@ class GuidedSampler(BaseSampler):
 
     def _propose(self, study: Study, trial: FrozenTrial) -> tuple[int, ...]:
         indices, drops, observed = self._observations(study)
-        a, b, residuals = self._fit(indices, drops) if indices else (self._prior(), 0.0, np.zeros(0))
-        candidates = self._candidates(indices, observed, (a, b))
+        a, b, residuals = self._fit(indices, drops) if indices else (self._a0, 0.0, np.zeros(0))
+        candidates = self._candidates(indices, (a, b))
         points = []
         for c in candidates:
             p = self._predict_point(c, fit=(a, b))
@@ -207,8 +207,7 @@ class GuidedSampler(BaseSampler):
         return best
 
     # ------------------------------------------------------------------ candidates
-    def _candidates(self, indices: list[tuple[int, ...]], observed: np.ndarray,
-                    fit: tuple[float, float]) -> list[tuple[int, ...]]:
+    def _candidates(self, indices: list[tuple[int, ...]], fit: tuple[float, float]) -> list[tuple[int, ...]]:
         sizes = [len(values) for *_, values in self._params]
         path = self._greedy_path(fit)
         out: set[tuple[int, ...]] = set(path)

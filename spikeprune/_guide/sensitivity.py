@@ -190,7 +190,9 @@ def compute_profile(base: BaseBundle, space: SearchSpace, *, examples: int = 64,
     stats, simulated = SpikeStats.gather(base.student, base.dev_batches(examples), base.task, steps)
     stats.save(stats_path)
     wide = min(examples * SURROGATE_FACTOR, base.dev_size)
-    surrogate = evaluate_model(base.student, base.dev_batches(wide), base.task, mode="surrogate")
+    surrogate = None   # the dense surrogate's predictions, evaluated only if a surrogate probe runs
+    if any(p.knob not in SIMULATED for p in todo):
+        surrogate = evaluate_model(base.student, base.dev_batches(wide), base.task, mode="surrogate")
     if profile is None:
         profile = SensitivityProfile(examples, stats.metric, dense_values(model))
     profile.seconds += time.perf_counter() - t0

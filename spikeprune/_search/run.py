@@ -42,11 +42,15 @@ def run_search(settings: SearchSettings) -> optuna.Study:
     space.check(model)
     sampler_for = None
     if settings.sampler == "guided":   # measured (or loaded from the base's cache) before any storage is touched
+        from spikeprune._guide.costs import CostPredictor
         from spikeprune._guide.sampler import GuidedSampler
-        GuidedSampler.for_base(base, space, energy=energy, examples=settings.profile_examples)
+        from spikeprune._guide.sensitivity import compute_profile
+
+        spike_stats, profile = compute_profile(base, space, examples=settings.profile_examples)
+        predictor = CostPredictor(base.student, base.importance, spike_stats, base.importance_method)
 
         def sampler_for(seed: int) -> GuidedSampler:
-            return GuidedSampler.for_base(base, space, energy=energy, seed=seed, examples=settings.profile_examples)
+            return GuidedSampler(space, predictor, profile, energy=energy, seed=seed)
     # Last, as a journal is created on opening: a search refused for bad input leaves no files.
     location = settings.storage or default_storage(settings.run_dir, settings.study_name)
     storage = RetryingStorage(optuna.storages.get_storage(open_storage(location)), describe(location),
