@@ -1,19 +1,26 @@
-"""Orchestration: what Optuna, Ray and the storage add to each trial, and 2 workers against 1.
+"""Orchestration and throughput: what Optuna, Ray and the storage add to each trial, and trials per
+hour as the machine's CPUs are split between 1, 2 and 4 worker processes.
 
 In one local Ray session it measures
 - the pieces: loading the base bundle, putting it in the object store, a Ray task round trip
   that receives it (no-op body), and an Optuna ask + suggest + tell on a journal file (and on
   PostgreSQL with ``--storage-url``), each a median over repeats;
 - fresh searches of the same ``--n-trials`` trials (random sampler, same seed, so the same
-  configs) with 1 worker of 1 CPU, 1 worker of 2 CPUs and 2 workers of 1 CPU: the wall time of
-  ``run_search``, the seconds the trials spent in the kernel, and per trial the overhead
-  (wall - kernel seconds / workers) / trials, which includes the per-search setup.
+  configs) for each ``--layouts`` entry WORKERSxCPUS (default 1x1, then 2 CPUs split as 1x2, 2x1
+  and 4x0.5; a worker with half a CPU runs one thread). Each search starts with that many warm
+  Ray workers, as a long search has after its first trials. Per layout: trials per hour (from the
+  wall time of ``run_search``), and per trial where the time goes: ``dispatch`` (submission to
+  the task starting: scheduling, the base reaching the worker and being unpickled), the kernel's
+  compress/recover/eval/count seconds, and the rest of the trial's Optuna duration (``driver``:
+  ask, tell, storage, waiting for the driver's loop). Orchestration = dispatch + driver, as a
+  share of the trial's duration.
 
-    .venv/bin/python benchmarks/bench_orchestration.py --prepared runs/study/prepared/sst2-quick \\
-        --n-trials 10 --max-examples 64
+    .venv/bin/python benchmarks/bench_orchestration.py --prepared runs/prepared/sst2-quick \\
+        --n-trials 12 --max-examples 64
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import shutil
 import tempfile
@@ -34,9 +41,30 @@ from spikeprune._spaces.schema import SearchSpace  # noqa: E402
 from spikeprune.records import TrialRecord  # noqa: E402
 
 NAME = "bench_orchestration"
-#: (label, workers, CPUs per trial) of the search runs, in the order they run.
-LAYOUTS: tuple[tuple[str, int, int], ...] = (("1 worker x 1 CPU", 1, 1), ("1 worker x 2 CPUs", 1, 2),
-                                             ("2 workers x 1 CPU", 2, 1))
+#: The default layouts, WORKERSxCPUS_PER_TRIAL: one worker of one CPU (the baseline of earlier
+#: runs), then the 2 CPUs split between 1, 2 and 4 workers.
+LAYOUTS = ("1x1", "1x2", "2x1", "4x0.5")
+#: Per-trial pieces, in the order a trial spends them.
+PIECES = ("dispatch_s", "compress_s", "recover_s", "eval_s", "count_s", "driver_s")
+
+
+def layout(text: str) -> tuple[int, float]:
+    workers, sep, cpus = text.partition("x")
+    try:
+        out = int(workers), float(cpus)
+    except ValueError:
+        out = (0, 0.0)
+    if not sep or out[0] < 1 or out[1] <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WORKERSxCPUS, e.g. 2x1 or 4x0.5")
+    return out
+
+
+def trial_pieces(trial: Any) -> dict[str, float]:
+    """Where one trial's Optuna duration went (PIECES)."""
+    timing = TrialRecord.of(trial).timing
+    out = {k: float(timing.get(k, 0.0)) for k in PIECES[:-1]}
+    out["driver_s"] = max(0.0, trial.duration.total_seconds() - float(timing["total_s"]) - out["dispatch_s"])
+    return out
 
 
 def timed(fn: Any, repeats: int) -> list[float]:
@@ -70,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--space", default="joint", help="space preset or file (default joint)")
     p.add_argument("--n-trials", type=int, default=10, help="trials per search run (default 10)")
     p.add_argument("--max-examples", type=int, default=64, help="dev examples per trial (default 64)")
+    p.add_argument("--layouts", type=layout, nargs="+", default=[layout(x) for x in LAYOUTS], metavar="WxC",
+                   help=f"searches to run: workers x CPUs per trial (default {' '.join(LAYOUTS)})")
     p.add_argument("--repeats", type=int, default=20, help="repeats of each piece (default 20)")
     p.add_argument("--storage-url", default=None, help="also time Optuna on this database URL (e.g. PostgreSQL)")
     args = p.parse_args(argv)
@@ -79,7 +109,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     figures: dict[str, Any] = {"pieces": {}, "searches": {}}
     try:
         t0 = time.perf_counter()
-        with ray_session(SearchSettings(prepared=args.prepared, workers=2)):
+        cpus = max(w * c for w, c in args.layouts)
+        with ray_session(SearchSettings(prepared=args.prepared, workers=1, cpus_per_trial=max(2.0, cpus))):
             import ray
 
             figures["pieces"]["ray_start_s"] = time.perf_counter() - t0
@@ -90,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             @ray.remote(num_cpus=1)
             def receive(bundle: BaseBundle) -> int:
+                import spikeprune._trial.kernel  # noqa: F401  (what a trial imports: torch, the model)
                 return bundle.dev_size
 
             ray.get(receive.remote(ref))  # a warm worker, as in a search after its first trial
@@ -102,21 +134,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 pieces["database_ask_tell_s"] = storage_round_trips(args.storage_url, space, model, args.repeats)
             for key, values in pieces.items():
                 figures["pieces"][key] = {"median": benchlib.median(values), "seconds": values}
-            del ref, base
-            for label, workers, cpus in LAYOUTS:
+            for workers, cpus in args.layouts:
+                label = f"{workers}x{cpus:g}"
+                ray.get([receive.options(num_cpus=cpus).remote(ref) for _ in range(workers)])  # warm workers
                 t0 = time.perf_counter()
                 study = run_search(SearchSettings(
-                    prepared=args.prepared, space=args.space, study_name=f"orch-w{workers}-c{cpus}",
+                    prepared=args.prepared, space=args.space, study_name=f"orch-{label}",
                     n_trials=args.n_trials, workers=workers, cpus_per_trial=cpus, run_dir=scratch, sampler="random",
                     seed=args.seed, glue_dir=args.glue_dir, max_examples=args.max_examples, early_stopping=False,
                     progress=not args.quiet))
                 wall = time.perf_counter() - t0
-                done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-                kernel = sum(float(TrialRecord.of(t).timing["total_s"]) for t in done)
+                done = sorted((t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
+                               and TrialRecord.of(t).fresh), key=lambda t: t.number)
+                per_trial = [trial_pieces(t) for t in done]
+                durations = [t.duration.total_seconds() for t in done]
                 figures["searches"][label] = {
-                    "workers": workers, "cpus_per_trial": cpus, "trials": len(done), "wall_s": wall, "kernel_s": kernel,
-                    "overhead_per_trial_s": (wall - kernel / workers) / len(done),
-                    "configs": [t.params for t in sorted(done, key=lambda t: t.number)]}
+                    "workers": workers, "cpus_per_trial": cpus, "trials": len(done), "wall_s": wall,
+                    "trials_per_hour": 3600 * len(done) / wall,
+                    "kernel_s": sum(float(TrialRecord.of(t).timing["total_s"]) for t in done),
+                    "trial_s": benchlib.median(durations),
+                    "pieces": {k: benchlib.median([p[k] for p in per_trial]) for k in PIECES},
+                    "orchestration_share": benchlib.median([(p["dispatch_s"] + p["driver_s"]) / d
+                                                            for p, d in zip(per_trial, durations)]),
+                    "configs": [t.params for t in done]}
+            del ref, base
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     pieces = figures["pieces"]
@@ -128,12 +169,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append(["Optuna ask + suggest + tell, database", f"{pieces['database_ask_tell_s']['median'] * 1e3:.1f} ms"])
     print(benchlib.table(["per trial", "median"], rows))
     searches = figures["searches"]
-    one = searches[LAYOUTS[0][0]]["wall_s"]
-    header = ["layout", "trials", "wall s", "kernel s", "overhead/trial s", "mean trial s", "speedup vs 1x1"]
+    rate = {label: s["trials_per_hour"] for label, s in searches.items()}
     print()
-    print(benchlib.table(header, [[label, str(s["trials"]), f"{s['wall_s']:.1f}", f"{s['kernel_s']:.1f}",
-                                   f"{s['overhead_per_trial_s']:.2f}", f"{s['kernel_s'] / s['trials']:.1f}",
-                                   f"{one / s['wall_s']:.2f}x"] for label, s in searches.items()]))
+    print(benchlib.table(
+        ["layout", "trials", "wall s", "trials/h", "vs 1x1", "vs 1x2", "trial s", *[k[:-2] for k in PIECES],
+         "orchestration"],
+        [[label, str(s["trials"]), f"{s['wall_s']:.1f}", f"{s['trials_per_hour']:.0f}",
+          f"{s['trials_per_hour'] / rate['1x1']:.2f}x" if "1x1" in rate else "-",
+          f"{s['trials_per_hour'] / rate['1x2']:.2f}x" if "1x2" in rate else "-", f"{s['trial_s']:.1f}",
+          *[f"{s['pieces'][k]:.2f}" for k in PIECES], f"{s['orchestration_share']:.1%}"]
+         for label, s in searches.items()]))
+    print("(per-trial columns are medians over the trials; orchestration = (dispatch + driver) / trial)")
     same = len({str(s["configs"]) for s in searches.values()}) == 1
     figures["same_configs"] = same
     print(f"same configs in every layout: {same}")

@@ -217,14 +217,16 @@ class TrialRecord:
     """
 
     #: The fields of a measured result, copied whole to a duplicate.
-    RESULT: ClassVar[tuple[str, ...]] = ("metrics", "metric_ci", "report", "timing", "worker", "examples",
-                                         "fidelity", "early_stopped", "partial")
+    RESULT: ClassVar[tuple[str, ...]] = ("metrics", "metric_ci", "report", "timing", "worker", "node", "device",
+                                         "examples", "fidelity", "early_stopped", "partial")
     compression: dict[str, Any] | None = None
     metrics: dict[str, float] | None = None
     metric_ci: list[float] | None = None
     report: dict[str, Any] | None = None
     timing: dict[str, float] | None = None
-    worker: str | None = None
+    worker: str | None = None     # host:pid of the process that evaluated it
+    node: str | None = None       # the Ray node that ran it: address/first 8 hex of its node id
+    device: str | None = None     # cpu or cuda
     examples: int | None = None
     fidelity: float | None = None
     early_stopped: bool = False

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 from spikeprune.errors import SpikepruneError
 from spikeprune._model.spiking import SpikingBertForSequenceClassification
 from spikeprune._model.evaluation import evaluate_model
-from spikeprune._model.glue import batches
+from spikeprune._model.glue import batches, encode
 from spikeprune._training import loop, prepare as prepare_module
 from spikeprune._training.convert import build_student, default_layer_map
 from spikeprune._training.distill import DistillLoss, distill_student, teacher_forward
@@ -278,3 +278,22 @@ def test_named_presets_take_their_task_values_before_any_set():
     assert override_preset("quick", ["max_length=96"], "mrpc").max_length == 96
     assert override_preset("quick", [], "mrpc").teacher_epochs == 3
     assert get_preset("tiny", "mrpc") == PRESETS["tiny"]
+
+
+def test_a_recovery_source_survives_pickling_with_its_teacher_outputs(tiny_prepared, glue_dir):
+    """Ray ships the recovery source inside the base bundle: the rebuilt teacher must still give
+    the hidden states and scores distillation reads (a pickled Hugging Face model loses them)."""
+    import pickle
+
+    from spikeprune._training.recovery import RecoverySource
+
+    source = RecoverySource.load(tiny_prepared, glue_dir)
+    shipped = pickle.loads(pickle.dumps(source))
+    assert len(shipped.train) == len(source.train) and shipped.layer_map == source.layer_map
+    batch = next(batches(encode(source.train.subset(4), source.tokenizer, 32), 4, pad_id=0))
+    layers = list(range(source.teacher.config.num_hidden_layers))
+    before, after = teacher_forward(source.teacher, batch, layers), teacher_forward(shipped.teacher, batch, layers)
+    assert torch.equal(before.logits, after.logits)
+    assert len(after.hidden) == len(layers) + 1
+    assert all(torch.equal(a, b) for a, b in zip(before.hidden, after.hidden))
+    assert all(torch.equal(before.scores[l], after.scores[l]) for l in layers)

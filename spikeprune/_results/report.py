@@ -98,7 +98,7 @@ def pareto_figure(analysis: Analysis) -> go.Figure:
 def _table(analysis: Analysis) -> str:
     status = analysis.split.status()
     columns = ["trial", "status", *[o.shown for o in analysis.objectives], f"{analysis.record.metric_name} CI",
-               *plots.LAYER_FIELDS.values(), "recovery", "fidelity", "duration s", "worker", "error"]
+               *plots.LAYER_FIELDS.values(), "recovery", "fidelity", "duration s", "node", "worker", "error"]
     rows, classes = [], []
     for t in analysis.trials:
         r = TrialRecord.of(t)
@@ -110,7 +110,7 @@ def _table(analysis: Analysis) -> str:
             *[" ".join(f"{v:g}" for v in comp[f]) if comp.get(f) is not None else None for f in plots.LAYER_FIELDS],
             comp.get("recovery_steps"), r.fidelity,
             round(t.duration.total_seconds(), 2) if t.duration is not None else None,
-            r.worker, r.error])
+            r.node, r.worker, r.error])
         classes.append(status[t.number])
     return plots.html_table(columns, rows, classes)
 

@@ -59,7 +59,9 @@ def analysis_frame(analysis: Analysis) -> pd.DataFrame:
         row["fidelity"] = np.nan if r.fidelity is None else r.fidelity
         row["seeded"] = r.seeded
         row["early_stopped"] = r.early_stopped
+        row["node"] = r.node
         row["worker"] = r.worker
+        row["device"] = r.device
         row["error"] = r.error
         row["duplicate_of"] = r.duplicate_of
         row["datetime_start"] = t.datetime_start
@@ -84,7 +86,7 @@ def analysis_frame(analysis: Analysis) -> pd.DataFrame:
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: number, state, status (front / within_noise / dominated / infeasible /
     early_stopped / incomplete), feasibility, Pareto flag, values by objective name, metric CI,
-    fidelity, worker, timing, constraints, the flattened per-layer config, metrics, op counts and
+    fidelity, node, worker and device, timing, constraints, the flattened per-layer config, metrics, op counts and
     Optuna params."""
     return analysis_frame(analyse_study(study))
 

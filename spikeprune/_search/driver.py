@@ -272,7 +272,7 @@ class Driver:
         ref = self.task.remote(self.base_ref, flight.config.to_dict(), kernel=self.s.kernel,
                                max_examples=None if self.full_examples >= self.dev_size else self.full_examples,
                                seed=self.s.seed, energy=self.energy, threads=max(1, int(self.s.cpus_per_trial)),
-                               early_stop=self.early_stop(flight))
+                               early_stop=self.early_stop(flight), submitted_at=time.time())
         self.flights[ref] = flight
         self.progress.update(running=len(self.flights))
 
@@ -322,7 +322,8 @@ class Driver:
     def fail(self, flight: _Flight, result: dict[str, Any]) -> None:
         """Record a failed evaluation on the trial (FAIL with its error) and on its followers."""
         trial = flight.trial
-        TrialRecord.set(trial, **{k: result[k] for k in ("error", "traceback", "worker") if result.get(k) is not None})
+        TrialRecord.set(trial, **{k: result[k] for k in ("error", "traceback", "worker", "node", "device")
+                                  if result.get(k) is not None})
         self.study.tell(trial, state=TrialState.FAIL)
         self.stats.failed += 1
         for follower in flight.followers:
@@ -341,6 +342,7 @@ class Driver:
         stopped = bool(result.get("early_stopped"))
         TrialRecord.set(trial, **{k: result[k] for k in ("metrics", "metric_ci", "report", "timing", "worker",
                                                          "examples")},
+                        **{k: result[k] for k in ("node", "device") if result.get(k) is not None},
                         fidelity=result["examples"] / self.dev_size, early_stopped=stopped, format=FORMAT)
         values = self.space.objective_values(result["objectives"])
         self.tell(trial, values, self.space.constraint_values(result["objectives"]))

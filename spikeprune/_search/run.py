@@ -35,7 +35,9 @@ def run_search(settings: SearchSettings) -> optuna.Study:
                               f"local Ray cluster; use 0, or --ray-address of a cluster with GPUs")
     from spikeprune._trial.base import BaseBundle
 
-    base = BaseBundle.load(settings.prepared, settings.glue_dir)
+    # Everything a trial reads travels with the base through the object store (not by path).
+    recovers = max(space.knobs["recovery_steps"].values() or [0]) > 0
+    base = BaseBundle.load(settings.prepared, settings.glue_dir, recovery=recovers)
     if settings.task and settings.task != base.task:
         raise SpikepruneError(f"--task {settings.task} but {settings.prepared} was prepared for {base.task}")
     model = base.student.config

@@ -1,6 +1,8 @@
-"""The prepared base as a trial sees it: the student, its importance scores and the encoded dev set.
+"""The prepared base as a trial sees it: the student, its importance scores and the encoded dev set
+(and, for spaces that recover, what recovery trains from).
 
-Loaded once per search and put in Ray's object store once; every trial starts from it.
+Loaded once per search and put in Ray's object store once; every trial starts from it, so a worker
+node needs no access to the files it came from.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from torch import Tensor
 from spikeprune._model.compress import IMPORTANCE_NAME, load_importance
 from spikeprune._model.glue import batches, encode, get_task, load_glue
 from spikeprune._model.spiking import SpikingBertForSequenceClassification
+from spikeprune._training.recovery import RecoverySource
 from spikeprune.errors import SpikepruneError
 from spikeprune.records import PreparedRecord
 
@@ -35,10 +38,12 @@ class BaseBundle:
     glue_dir: str | None
     batch_size: int = 64
     importance_method: str = "grad"
+    #: Loaded with the bundle when trials will recover (``load(recovery=True)``), else on first use.
+    recovery: RecoverySource | None = None
 
     @classmethod
     def load(cls, prepared: str | Path, glue_dir: str | Path | None = None, batch_size: int = 64,
-             importance_method: str = "grad") -> "BaseBundle":
+             importance_method: str = "grad", recovery: bool = False) -> "BaseBundle":
         from transformers import AutoTokenizer
 
         prepared = Path(prepared)
@@ -58,7 +63,12 @@ class BaseBundle:
         encoded = {k: [v[i] for i in order] for k, v in encoded.items()}
         return cls(prepared=prepared, task=task.name, student=student, importance=importance, dev=encoded,
                    pad_id=tokenizer.pad_token_id or 0, glue_dir=glue, batch_size=batch_size,
-                   importance_method=importance_method)
+                   importance_method=importance_method,
+                   recovery=RecoverySource.load(prepared, glue) if recovery else None)
+
+    def recovery_source(self) -> RecoverySource:
+        """What recovery trains from: carried by the bundle, or loaded (once per process) from disk."""
+        return self.recovery if self.recovery is not None else RecoverySource.cached(self.prepared, self.glue_dir)
 
     @property
     def dev_size(self) -> int:

@@ -102,8 +102,8 @@ def build_compressed(base: BaseBundle, compression: CompressionConfig, seed: int
     model = set_timesteps(model, resolved.timesteps).to(device)
     t1 = time.perf_counter()
     if resolved.recovery_steps:
-        model = recover(model, base.prepared, base.glue_dir, steps=resolved.recovery_steps,
-                        teacher_heads=kept_heads, seed=seed, device=device)
+        model = recover(model, base.recovery_source(), steps=resolved.recovery_steps, teacher_heads=kept_heads,
+                        seed=seed, device=device)
     t2 = time.perf_counter()
     model = quantize_model(model, resolved.weight_bits).eval()
     t3 = time.perf_counter()

@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("trials", c.cmd_trials, "export a study's trials as a table",
             "One row per trial: state, objective values, feasibility, Pareto membership, per-layer\n"
-            "parameters, operation counts, timing and worker.")
+            "parameters, operation counts, timing, and the node, worker and device that ran it.")
     add_study_args(p)
     p.add_argument("--format", choices=["csv", "parquet", "json"], default=None,
                    help="table format (default: from --out's suffix, csv when printing)")

@@ -82,10 +82,12 @@ def cmd_trials(args: argparse.Namespace) -> int:
     from spikeprune import trials_frame, write_trials
 
     output_file(args.out, "--out")
+    if args.out is None and args.format == "parquet":
+        raise SpikepruneError("--format parquet is a binary file and cannot be printed; add --out trials.parquet")
     study = open_study(args, args.study)
     if args.out is None:
         frame = trials_frame(study)
-        print(frame.to_csv(index=False) if args.format == "csv" else frame.to_json(orient="records", indent=1))
+        print(frame.to_json(orient="records", indent=1) if args.format == "json" else frame.to_csv(index=False))
         return 0
     print(f"wrote {write_trials(study, args.out, args.format)}")
     return 0
