@@ -13,7 +13,8 @@ In one local Ray session it measures
   the task starting: scheduling, the base reaching the worker and being unpickled), the kernel's
   compress/recover/eval/count seconds, and the rest of the trial's Optuna duration (``driver``:
   ask, tell, storage, waiting for the driver's loop). Orchestration = dispatch + driver, as a
-  share of the trial's duration.
+  share of the trial's duration. With ``--rounds R`` every layout runs R times, round r in an
+  order rotated by r, and speedups are ratios within a round (medians over rounds).
 
     .venv/bin/python benchmarks/bench_orchestration.py --prepared runs/prepared/sst2-quick \\
         --n-trials 12 --max-examples 64
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--max-examples", type=int, default=64, help="dev examples per trial (default 64)")
     p.add_argument("--layouts", type=layout, nargs="+", default=[layout(x) for x in LAYOUTS], metavar="WxC",
                    help=f"searches to run: workers x CPUs per trial (default {' '.join(LAYOUTS)})")
+    p.add_argument("--rounds", type=int, default=1, help="rounds of all layouts, in rotated order (default 1)")
     p.add_argument("--repeats", type=int, default=20, help="repeats of each piece (default 20)")
     p.add_argument("--storage-url", default=None, help="also time Optuna on this database URL (e.g. PostgreSQL)")
     args = p.parse_args(argv)
@@ -134,29 +136,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 pieces["database_ask_tell_s"] = storage_round_trips(args.storage_url, space, model, args.repeats)
             for key, values in pieces.items():
                 figures["pieces"][key] = {"median": benchlib.median(values), "seconds": values}
-            for workers, cpus in args.layouts:
-                label = f"{workers}x{cpus:g}"
-                ray.get([receive.options(num_cpus=cpus).remote(ref) for _ in range(workers)])  # warm workers
-                t0 = time.perf_counter()
-                study = run_search(SearchSettings(
-                    prepared=args.prepared, space=args.space, study_name=f"orch-{label}",
-                    n_trials=args.n_trials, workers=workers, cpus_per_trial=cpus, run_dir=scratch, sampler="random",
-                    seed=args.seed, glue_dir=args.glue_dir, max_examples=args.max_examples, early_stopping=False,
-                    progress=not args.quiet))
-                wall = time.perf_counter() - t0
-                done = sorted((t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
-                               and TrialRecord.of(t).fresh), key=lambda t: t.number)
-                per_trial = [trial_pieces(t) for t in done]
-                durations = [t.duration.total_seconds() for t in done]
+            runs: dict[str, list[dict[str, Any]]] = {}
+            for r in range(args.rounds):   # round r runs every layout once, in an order rotated by r
+                for workers, cpus in args.layouts[r % len(args.layouts):] + args.layouts[:r % len(args.layouts)]:
+                    label = f"{workers}x{cpus:g}"
+                    ray.get([receive.options(num_cpus=cpus).remote(ref) for _ in range(workers)])  # warm workers
+                    t0 = time.perf_counter()
+                    study = run_search(SearchSettings(
+                        prepared=args.prepared, space=args.space, study_name=f"orch-{label}-r{r}",
+                        n_trials=args.n_trials, workers=workers, cpus_per_trial=cpus, run_dir=scratch,
+                        sampler="random", seed=args.seed, glue_dir=args.glue_dir, max_examples=args.max_examples,
+                        early_stopping=False, progress=not args.quiet))
+                    wall = time.perf_counter() - t0
+                    done = sorted((t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
+                                   and TrialRecord.of(t).fresh), key=lambda t: t.number)
+                    runs.setdefault(label, []).append({
+                        "round": r, "workers": workers, "cpus_per_trial": cpus, "trials": len(done), "wall_s": wall,
+                        "trials_per_hour": 3600 * len(done) / wall,
+                        "kernel_s": sum(float(TrialRecord.of(t).timing["total_s"]) for t in done),
+                        "durations": [t.duration.total_seconds() for t in done],
+                        "pieces": [trial_pieces(t) for t in done], "configs": [t.params for t in done]})
+            for label, done_runs in runs.items():
+                per_trial = [p for run in done_runs for p in run["pieces"]]
+                durations = [d for run in done_runs for d in run["durations"]]
                 figures["searches"][label] = {
-                    "workers": workers, "cpus_per_trial": cpus, "trials": len(done), "wall_s": wall,
-                    "trials_per_hour": 3600 * len(done) / wall,
-                    "kernel_s": sum(float(TrialRecord.of(t).timing["total_s"]) for t in done),
+                    **{k: done_runs[0][k] for k in ("workers", "cpus_per_trial", "trials", "configs")},
+                    "wall_s": benchlib.median([run["wall_s"] for run in done_runs]),
+                    "trials_per_hour": benchlib.median([run["trials_per_hour"] for run in done_runs]),
+                    "kernel_s": benchlib.median([run["kernel_s"] for run in done_runs]),
                     "trial_s": benchlib.median(durations),
                     "pieces": {k: benchlib.median([p[k] for p in per_trial]) for k in PIECES},
                     "orchestration_share": benchlib.median([(p["dispatch_s"] + p["driver_s"]) / d
                                                             for p, d in zip(per_trial, durations)]),
-                    "configs": [t.params for t in done]}
+                    "rounds": [{k: run[k] for k in ("round", "wall_s", "trials_per_hour")} for run in done_runs],
+                    "same_in_every_round": all(run["configs"] == done_runs[0]["configs"] for run in done_runs)}
+            for base_label in ("1x1", "1x2"):   # speedups: ratios within a round, median over rounds
+                if base_label in runs:
+                    for label, done_runs in runs.items():
+                        figures["searches"][label][f"vs_{base_label}"] = benchlib.median(
+                            [run["trials_per_hour"] / other["trials_per_hour"]
+                             for run, other in zip(done_runs, runs[base_label])])
             del ref, base
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -169,18 +188,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows.append(["Optuna ask + suggest + tell, database", f"{pieces['database_ask_tell_s']['median'] * 1e3:.1f} ms"])
     print(benchlib.table(["per trial", "median"], rows))
     searches = figures["searches"]
-    rate = {label: s["trials_per_hour"] for label, s in searches.items()}
     print()
     print(benchlib.table(
         ["layout", "trials", "wall s", "trials/h", "vs 1x1", "vs 1x2", "trial s", *[k[:-2] for k in PIECES],
          "orchestration"],
         [[label, str(s["trials"]), f"{s['wall_s']:.1f}", f"{s['trials_per_hour']:.0f}",
-          f"{s['trials_per_hour'] / rate['1x1']:.2f}x" if "1x1" in rate else "-",
-          f"{s['trials_per_hour'] / rate['1x2']:.2f}x" if "1x2" in rate else "-", f"{s['trial_s']:.1f}",
+          f"{s['vs_1x1']:.2f}x" if "vs_1x1" in s else "-", f"{s['vs_1x2']:.2f}x" if "vs_1x2" in s else "-",
+          f"{s['trial_s']:.1f}",
           *[f"{s['pieces'][k]:.2f}" for k in PIECES], f"{s['orchestration_share']:.1%}"]
          for label, s in searches.items()]))
-    print("(per-trial columns are medians over the trials; orchestration = (dispatch + driver) / trial)")
-    same = len({str(s["configs"]) for s in searches.values()}) == 1
+    print(f"(medians over {args.rounds} round(s): wall and trials/h over rounds, speedups of ratios within a "
+          f"round, per-trial columns over every trial; orchestration = (dispatch + driver) / trial)")
+    same = len({str(s["configs"]) for s in searches.values()}) == 1 and all(
+        s["same_in_every_round"] for s in searches.values())
     figures["same_configs"] = same
     print(f"same configs in every layout: {same}")
     return benchlib.finish(args.out, NAME, env, args, figures)

@@ -26,7 +26,9 @@ from typing import Any
 # Idle OpenMP threads (torch's and numba's) spin by default; on a machine whose cores are busy
 # with other work (Ray workers, a second job) that made one distillation step of the quick
 # student take 48 s instead of 6 s here. PASSIVE must be set before torch loads its runtime;
-# a value already in the environment wins.
+# a value already in the environment wins. (Search trials with several CPUs of their own spin:
+# ``_search.worker.task_env``.)
+_OMP_POLICY_FROM_USER = "OMP_WAIT_POLICY" in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"

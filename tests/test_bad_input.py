@@ -274,10 +274,21 @@ PATHS: dict[str, tuple[Callable[[Env, Path], list[str]], Callable[[Env], Path], 
     "search-reference-ideal": (lambda e, p: search(e, "--reference", "metric=1.5"), _folder, "below 1"),
     "search-reference-form": (lambda e, p: search(e, "--reference", "metric"), _folder, "NAME=VALUE"),
     "search-gpus-without-gpu": (lambda e, p: search(e, "--gpus-per-trial", "1"), _folder, "no CUDA GPU"),
+    # A port nobody listens on (the folder's name is not a port): refused at once, before any storage.
+    "search-ray-address-unreachable": (lambda e, p: search(e, "--ray-address", f"127.0.0.1:{_closed_port()}"),
+                                       _folder, "cannot reach the Ray cluster"),
     "space-reference-bad": (lambda e, p: search(e, space=SPACE + "reference: {sops: -1}\n"), _folder, "above 0"),
 }
 for _name, (_build_path, _make, _hint) in PATHS.items():
     CASES[f"path-{_name}"] = (lambda e, b=_build_path, m=_make: b(e, m(e)), _hint)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_a_taken_dashboard_port_is_one_line(tmp_path, capsys):

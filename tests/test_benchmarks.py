@@ -179,12 +179,13 @@ def test_bench_orchestration_runs_the_same_trials_in_every_layout(tmp_path, tiny
     joint = _spaces(tmp_path)[1]
     result = _script("bench_orchestration").main([
         "--prepared", str(tiny_prepared), "--glue-dir", str(glue_dir), "--space", joint, "--n-trials", "3",
-        "--max-examples", "8", "--repeats", "3", "--quiet", "--out", str(out)])
+        "--max-examples", "8", "--repeats", "3", "--rounds", "2", "--quiet", "--out", str(out)])
     data = json.loads(out.read_text())
     assert data["same_configs"] is True and sorted(data["searches"]) == ["1x1", "1x2", "2x1", "4x0.5"]
     for s in data["searches"].values():
         assert s["trials"] == 3 and s["kernel_s"] > 0 and s["trials_per_hour"] > 0
         assert 0 <= s["orchestration_share"] < 1 and s["pieces"]["eval_s"] > 0 and s["pieces"]["dispatch_s"] >= 0
+        assert len(s["rounds"]) == 2 and s["vs_1x1"] > 0
     pieces = result["pieces"]
     assert len(pieces["ray_round_trip_s"]["seconds"]) == 3 and len(pieces["journal_ask_tell_s"]["seconds"]) == 3
 

@@ -292,3 +292,16 @@ def test_a_resumed_random_search_does_not_replay_its_first_draws(tiny_prepared, 
     resumed = [t.params for t in again.trials[len(before):]]
     assert len(resumed) == len(drawn) and resumed != drawn
     assert resume_seed(0, 6) != 0 and resume_seed(0, 6) == resume_seed(0, 6) != resume_seed(0, 7)
+
+
+def test_only_trials_with_cpus_of_their_own_spin(monkeypatch):
+    """Trials of 2+ CPUs get workers whose OpenMP threads spin (ACTIVE); one thread, or a policy the
+    user set before importing spikeprune, keeps the process environment."""
+    import spikeprune
+    from spikeprune._search.worker import task_env
+
+    monkeypatch.setattr(spikeprune, "_OMP_POLICY_FROM_USER", False)
+    assert task_env(1) == {} and task_env(1.5) == {}
+    assert task_env(2) == task_env(8) == {"OMP_WAIT_POLICY": "ACTIVE"}
+    monkeypatch.setattr(spikeprune, "_OMP_POLICY_FROM_USER", True)
+    assert task_env(8) == {}

@@ -7,6 +7,7 @@ GPUs one trial asks for.
 from __future__ import annotations
 
 import os
+import socket
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -15,6 +16,23 @@ from spikeprune.errors import SpikepruneError
 from .settings import SearchSettings
 
 LOCAL_RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+#: How long the head of a cluster (``--ray-address``) gets to accept a connection.
+CONNECT_TIMEOUT_S = 10.0
+
+
+def check_reachable(address: str) -> None:
+    """Fail fast on a ``host:port`` nobody listens on (Ray itself would retry for minutes).
+    ``auto`` and ``ray://`` client addresses are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise SpikepruneError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}); start it with "
+                              f"`ray start --head --port {port}` or fix --ray-address") from None
 
 
 @contextmanager

@@ -120,10 +120,12 @@ class Driver:
     def run(self, base_ref: Any) -> RunStats:
         import ray
 
-        from .worker import evaluate
+        from .worker import evaluate, task_env
 
+        env = task_env(self.s.cpus_per_trial)
         self.task = ray.remote(evaluate).options(num_cpus=self.s.cpus_per_trial, num_gpus=self.s.gpus_per_trial,
-                                                 max_retries=TASK_RETRIES)
+                                                 max_retries=TASK_RETRIES,
+                                                 **({"runtime_env": {"env_vars": env}} if env else {}))
         self.base_ref = base_ref
         self.stats.re_queued.extend(self.resume.recover())
         self.progress.update(running=0)

@@ -9,7 +9,7 @@ from spikeprune._spaces.schema import SearchSpace
 from spikeprune.errors import SpikepruneError
 from spikeprune.objectives import parse_reference
 
-from .cluster import ray_session
+from .cluster import check_reachable, ray_session
 from .driver import Driver, RunStats
 from .settings import SearchSettings
 from .storage import RetryingStorage, default_storage, describe, open_storage
@@ -53,6 +53,8 @@ def run_search(settings: SearchSettings) -> optuna.Study:
 
         def sampler_for(seed: int) -> GuidedSampler:
             return GuidedSampler(space, predictor, profile, energy=energy, seed=seed)
+    if settings.ray_address:
+        check_reachable(settings.ray_address)   # Ray itself would retry for minutes
     # Last, as a journal is created on opening: a search refused for bad input leaves no files.
     location = settings.storage or default_storage(settings.run_dir, settings.study_name)
     storage = RetryingStorage(optuna.storages.get_storage(open_storage(location)), describe(location),
