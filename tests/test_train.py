@@ -280,19 +280,29 @@ def test_named_presets_take_their_task_values_before_any_set():
     assert get_preset("tiny", "mrpc") == PRESETS["tiny"]
 
 
-def test_a_recovery_source_survives_pickling_with_its_teacher_outputs(tiny_prepared, glue_dir):
-    """Ray ships the recovery source inside the base bundle: the rebuilt teacher must still give
-    the hidden states and scores distillation reads (a pickled Hugging Face model loses them)."""
-    import pickle
+def test_a_recovery_source_reaches_a_fresh_ray_worker_whole(tiny_prepared, glue_dir, ray_local):
+    """Ray ships the recovery source inside the base bundle. Unpickled in a process that never
+    built a Hugging Face model, a teacher shipped whole returns no hidden states; the rebuilt one
+    must give the same logits, hidden states and scores as here."""
+    import uuid
+
+    import ray
 
     from spikeprune._training.recovery import RecoverySource
 
     source = RecoverySource.load(tiny_prepared, glue_dir)
-    shipped = pickle.loads(pickle.dumps(source))
-    assert len(shipped.train) == len(source.train) and shipped.layer_map == source.layer_map
+
+    @ray.remote(num_cpus=1)
+    def forward(shipped: RecoverySource, batch: dict, layers: list[int]) -> tuple:
+        return len(shipped.train), teacher_forward(shipped.teacher, batch, layers)
+
     batch = next(batches(encode(source.train.subset(4), source.tokenizer, 32), 4, pad_id=0))
     layers = list(range(source.teacher.config.num_hidden_layers))
-    before, after = teacher_forward(source.teacher, batch, layers), teacher_forward(shipped.teacher, batch, layers)
+    # A runtime environment of its own makes Ray start a new worker process for the task.
+    fresh = {"env_vars": {"SPIKEPRUNE_TEST_FRESH_WORKER": uuid.uuid4().hex}}
+    examples, after = ray.get(forward.options(runtime_env=fresh).remote(source, batch, layers))
+    before = teacher_forward(source.teacher, batch, layers)
+    assert examples == len(source.train)
     assert torch.equal(before.logits, after.logits)
     assert len(after.hidden) == len(layers) + 1
     assert all(torch.equal(a, b) for a, b in zip(before.hidden, after.hidden))
