@@ -45,13 +45,17 @@ def free_port() -> int:
 def nodes(address: str) -> list[dict]:
     """The cluster's nodes as Ray reports them (id, alive, resources), asked from a fresh driver."""
     code = ("import json, ray; ray.init(address=%r, log_to_driver=False); "
-            "print(json.dumps([{'id': n['NodeID'], 'alive': n['Alive'], 'resources': n['Resources']} "
+            "print('NODES', json.dumps([{'id': n['NodeID'], 'alive': n['Alive'], 'resources': n['Resources']} "
             "for n in ray.nodes()]))" % address)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=START_S,
                          env=cluster_env())
     if out.returncode:
         raise RuntimeError(f"cannot list the nodes of {address}: {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    # Ray may print its own lines to stdout too: ours is the one marked NODES.
+    line = next((x for x in out.stdout.splitlines() if x.startswith("NODES ")), None)
+    if line is None:
+        raise RuntimeError(f"no node list from {address}: {out.stdout[-2000:]}")
+    return json.loads(line[len("NODES "):])
 
 
 def session_processes(sid: int) -> dict[int, str]:
@@ -130,18 +134,28 @@ class RayCluster:
         log = open(self.root / f"{name}.log", "w")
         process = subprocess.Popen(args, env=cluster_env(**(env or {})), cwd="/", stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)
-        node = self.nodes[name] = Node(name, process, resource)
+        node = Node(name, process, resource)
+        try:
+            self._wait_alive(node, head)
+        except BaseException:
+            node.stop()   # a node that failed to join must not linger in the cluster
+            raise
+        self.nodes[name] = node
+        return node
+
+    def _wait_alive(self, node: Node, head: bool) -> None:
         deadline = time.monotonic() + START_S
         while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"ray start of node {name} exited: {(self.root / f'{name}.log').read_text()[-3000:]}")
+            if node.process.poll() is not None:
+                log = (self.root / f"{node.name}.log").read_text()[-3000:]
+                raise RuntimeError(f"ray start of node {node.name} exited: {log}")
             try:
-                if any(n["alive"] and resource in n["resources"] for n in nodes(self.address)):
-                    return node
+                if any(n["alive"] and node.resource in n["resources"] for n in nodes(self.address)):
+                    return
             except RuntimeError:
-                if head is False:
+                if not head:
                     raise
-            assert time.monotonic() < deadline, f"node {name} did not join within {START_S:g} s"
+            assert time.monotonic() < deadline, f"node {node.name} did not join within {START_S:g} s"
             time.sleep(1.0)
 
     def node_id(self, name: str) -> str:

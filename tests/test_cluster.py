@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 
 from spikeprune._search.storage import default_storage, open_storage
 
+import drivers
 from faulty_kernels import FAULTS, KERNEL, claimed, copy_base
 from raycluster import RayCluster, cluster_env, session_processes
 from tiny_spaces import TINY_KNOBS
@@ -36,7 +37,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_EXAMPLES = 16
-DEADLINE_S = 400.0
+DEADLINE_S = drivers.DEADLINE_S
 #: Ray workers on the nodes import the test kernel from the repository.
 NODE_ENV = {"PYTHONPATH": str(REPO)}
 
@@ -65,26 +66,10 @@ def search(address: str, base: Path, run_dir: Path, study: str, n_trials: int, w
            *extra: str, space: str = "name: tiny" + TINY_KNOBS) -> subprocess.Popen:
     space_file = run_dir / f"{study}.yaml"
     space_file.write_text(space)
-    command = [sys.executable, "-m", "spikeprune", "search", "--prepared", str(base), "--space", str(space_file),
-               "--study", study, "--n-trials", str(n_trials), "--workers", str(workers), "--run-dir", str(run_dir),
-               "--max-examples", str(MAX_EXAMPLES), "--ray-address", address, "--quiet", "--no-early-stopping",
-               *extra]
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=cluster_env())
-
-
-def finish(*drivers: subprocess.Popen, code: int = 0) -> list[str]:
-    """Wait for the drivers; each must exit with ``code`` and no traceback. Their stdout."""
-    try:
-        outputs = [d.communicate(timeout=DEADLINE_S) for d in drivers]
-    finally:
-        for d in drivers:
-            if d.poll() is None:
-                d.kill()
-                d.wait()
-    for d, (out, err) in zip(drivers, outputs):
-        assert d.returncode == code and "Traceback" not in err, (d.returncode, err[-3000:])
-    return [out for out, _ in outputs]
+    return drivers.start(["--prepared", str(base), "--space", str(space_file), "--study", study, "--n-trials",
+                          str(n_trials), "--workers", str(workers), "--run-dir", str(run_dir), "--max-examples",
+                          str(MAX_EXAMPLES), "--ray-address", address, "--quiet", "--no-early-stopping", *extra],
+                         env=cluster_env())
 
 
 def short_id(cluster: RayCluster, name: str) -> str:
@@ -136,7 +121,7 @@ class NodeKiller(threading.Thread):
 
 
 def test_trials_spread_over_the_nodes_and_record_them(cluster, worker_node, tiny_prepared, tmp_path):
-    finish(search(cluster.address, tiny_prepared, tmp_path, "spread", 4, 2))
+    drivers.finish(search(cluster.address, tiny_prepared, tmp_path, "spread", 4, 2))
     study = optuna.load_study(study_name="spread", storage=open_storage(default_storage(tmp_path, "spread")))
     fresh = check_nothing_lost(study, 4)
     expected = {short_id(cluster, "head"), short_id(cluster, worker_node.name)}
@@ -161,7 +146,7 @@ def test_a_worker_node_lost_mid_trial_loses_nothing(cluster, worker_node, tiny_p
     killer = NodeKiller(base, worker_node)
     killer.start()
     try:
-        finish(search(cluster.address, base, tmp_path, "lost", 6, 2, "--kernel", KERNEL))
+        drivers.finish(search(cluster.address, base, tmp_path, "lost", 6, 2, "--kernel", KERNEL))
     finally:
         killer.stopped.set()
         killer.join()
@@ -182,9 +167,9 @@ def test_a_worker_node_lost_under_two_drivers_on_postgres(cluster, worker_node, 
     killer = NodeKiller(base, worker_node)
     killer.start()
     try:
-        drivers = [search(cluster.address, base, tmp_path, name, 6, 1, "--kernel", KERNEL, "--storage", postgres_url)
-                   for _ in range(2)]
-        finish(*drivers)
+        pair = [search(cluster.address, base, tmp_path, name, 6, 1, "--kernel", KERNEL, "--storage", postgres_url)
+                for _ in range(2)]
+        drivers.finish(*pair)
     finally:
         killer.stopped.set()
         killer.join()
@@ -207,7 +192,7 @@ def test_a_worker_node_without_the_run_folder(tiny_prepared, glue_dir, tmp_path,
         mounts = Path(f"/proc/{raylet}/mountinfo").read_text()
         assert all(f" {p} " in mounts for p in hidden), "the folders are not hidden from the node"
         space = "name: far" + TINY_KNOBS + "recovery_steps: 2\n"   # recovery reads the teacher and train set
-        finish(search(c.address, tiny_prepared, tmp_path, "far", 4, 2, space=space))
+        drivers.finish(search(c.address, tiny_prepared, tmp_path, "far", 4, 2, space=space))
         study = optuna.load_study(study_name="far", storage=open_storage(default_storage(tmp_path, "far")))
         fresh = check_nothing_lost(study, 4)
         assert set(node_ids(fresh)) == {c.node_id("far")[:8]}
@@ -222,7 +207,7 @@ def test_a_gpu_that_torch_cannot_use_fails_the_trial_clearly(cluster, tiny_prepa
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: the trial would run on it")
-    out = finish(search(cluster.address, tiny_prepared, tmp_path, "gpu", 1, 1, "--gpus-per-trial", "1",
+    out = drivers.finish(search(cluster.address, tiny_prepared, tmp_path, "gpu", 1, 1, "--gpus-per-trial", "1",
                         "--max-failures", "1"), code=1)
     assert "stopped after 1 failed trials" in out[0]
     study = optuna.load_study(study_name="gpu", storage=open_storage(default_storage(tmp_path, "gpu")))

@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,6 +30,7 @@ from spikeprune.errors import SpikepruneError
 from spikeprune import SearchSettings, run_search
 from spikeprune._search.storage import RetryingStorage
 
+import drivers
 from faulty_kernels import KERNEL, claimed, copy_base
 from tiny_spaces import TINY_KNOBS
 
@@ -144,21 +144,10 @@ def test_two_drivers_on_one_postgres_study(tiny_prepared, tmp_path, ray_local, p
     base = copy_base(tiny_prepared, tmp_path / "base", "pair", "pair")  # the first two trials overlap
     space = tmp_path / "small.yaml"
     space.write_text(SMALL_SPACE)
-    command = [sys.executable, "-m", "spikeprune", "search", "--prepared", str(base), "--space", str(space),
-               "--study", name, "--n-trials", "5", "--workers", "1", "--storage", postgres_url,
-               "--max-examples", str(MAX_EXAMPLES), "--ray-address", ray_local, "--quiet",
-               "--no-early-stopping", "--kernel", KERNEL, "--run-dir", str(tmp_path)]
-    drivers = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for _ in range(2)]
-    try:
-        outputs = [d.communicate(timeout=DEADLINE_S) for d in drivers]
-    finally:
-        for d in drivers:
-            if d.poll() is None:
-                d.kill()
-                d.wait()
-    for d, (out, err) in zip(drivers, outputs):
-        assert d.returncode == 0 and "Traceback" not in err, err[-3000:]
+    args = ["--prepared", str(base), "--space", str(space), "--study", name, "--n-trials", "5", "--workers", "1",
+            "--storage", postgres_url, "--max-examples", str(MAX_EXAMPLES), "--ray-address", ray_local, "--quiet",
+            "--no-early-stopping", "--kernel", KERNEL, "--run-dir", str(tmp_path)]
+    drivers.finish(*(drivers.start(args) for _ in range(2)), timeout=DEADLINE_S)
     study = optuna.load_study(study_name=name, storage=postgres_url)
     trials = study.get_trials(deepcopy=False)
     count = states(study)
