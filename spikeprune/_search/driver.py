@@ -342,9 +342,8 @@ class Driver:
             self.follow(trial, leader, flight.followers)
             return
         stopped = bool(result.get("early_stopped"))
-        TrialRecord.set(trial, **{k: result[k] for k in ("metrics", "metric_ci", "report", "timing", "worker",
-                                                         "examples")},
-                        **{k: result[k] for k in ("node", "device") if result.get(k) is not None},
+        TrialRecord.set(trial, **{k: result[k] for k in ("metrics", "metric_ci", "report", "timing", "worker", "node",
+                                                         "device", "examples")},
                         fidelity=result["examples"] / self.dev_size, early_stopped=stopped, format=FORMAT)
         values = self.space.objective_values(result["objectives"])
         self.tell(trial, values, self.space.constraint_values(result["objectives"]))

@@ -17,8 +17,6 @@ stops trials early it is also given ``early_stop`` (``spikeprune.EarlyStop``; pa
 from __future__ import annotations
 
 import importlib
-import os
-import socket
 import time
 import traceback
 from typing import Any, Callable
@@ -26,14 +24,10 @@ from typing import Any, Callable
 import torch
 
 from spikeprune._model.config import CompressionConfig
-from spikeprune._trial.kernel import EarlyStop
+from spikeprune._trial.kernel import EarlyStop, worker_name
 from spikeprune.errors import SpikepruneError
 
 from .settings import DEFAULT_KERNEL
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def load_kernel(spec: str) -> Callable[..., Any]:
@@ -53,8 +47,8 @@ def load_kernel(spec: str) -> Callable[..., Any]:
     return function
 
 
-def task_device() -> str:
-    """CUDA when Ray gave this task a GPU (``--gpus-per-trial``), else the CPU.
+def task_device(node: str) -> str:
+    """CUDA when Ray gave this task (on ``node``) a GPU (``--gpus-per-trial``), else the CPU.
 
     A GPU that torch cannot use is an error rather than a silent CPU run holding a GPU slot."""
     import ray
@@ -63,7 +57,7 @@ def task_device() -> str:
     if not gpus:
         return "cpu"
     if not torch.cuda.is_available():
-        raise SpikepruneError(f"Ray gave this trial GPU {', '.join(map(str, gpus))} on node {placement()['node']} but "
+        raise SpikepruneError(f"Ray gave this trial GPU {', '.join(map(str, gpus))} on node {node} but "
                               f"torch {torch.__version__} there cannot use CUDA; install a CUDA build of torch on "
                               f"the GPU nodes, or search with --gpus-per-trial 0 to run on CPUs")
     return "cuda"
@@ -108,7 +102,7 @@ def evaluate(base: Any, compression: dict[str, Any], *, kernel: str = DEFAULT_KE
     where: dict[str, str] = {**placement(), "device": "cpu"}
     try:
         run = load_kernel(kernel)
-        where["device"] = device = task_device()
+        where["device"] = device = task_device(where["node"])
         extra = {} if early_stop is None else {"early_stop": early_stop}
         result = run(base, CompressionConfig.from_dict(compression), max_examples=max_examples,
                      seed=seed, energy=energy, device=device, **extra)

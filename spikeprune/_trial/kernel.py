@@ -31,6 +31,11 @@ from spikeprune.objectives import METRIC, dominates
 from .base import BaseBundle
 
 
+def worker_name() -> str:
+    """The process that evaluates, as ``host:pid`` (stored on each trial)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 @dataclass(frozen=True)
 class EarlyStop:
     """The early look of one trial: after the first ``examples`` dev examples its values (the
@@ -127,7 +132,7 @@ def measure(base: BaseBundle, model: SpikingBertForSequenceClassification, compr
         ci = bootstrap_ci(base.task, evaluation.predictions, evaluation.labels, seed=seed)
         return TrialResult(compression=compression, metrics=evaluation.metrics, metric_ci=ci, report=report,
                            timing=dict(timing), examples=evaluation.record.examples,
-                           worker=f"{socket.gethostname()}:{os.getpid()}", record=evaluation.record)
+                           worker=worker_name(), record=evaluation.record)
 
     def evaluate(start: int, stop: int) -> Evaluation:
         t0 = time.perf_counter()
