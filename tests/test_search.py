@@ -121,18 +121,20 @@ def test_resume_after_the_driver_is_killed(tiny_prepared, space_file, tmp_path, 
         states = {t.state for t in optuna.load_study(study_name="r", storage=storage).get_trials(deepcopy=False)}
         return TrialState.COMPLETE in states and TrialState.RUNNING in states
 
-    # Freeze the driver (SIGSTOP) before looking, so that the trial seen RUNNING cannot finish
-    # between the look and the kill; if the look fails, let it go on and look again.
+    # Look while the driver runs; when a look sees the moment, freeze the driver (SIGSTOP) and look
+    # again, so that the trial seen RUNNING cannot finish between the look and the kill. Looking
+    # only while frozen paused the driver for every look and could miss every moment of a fast run.
     deadline = time.monotonic() + 300
     try:
         while True:
             assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "the driver finished no trial in 300 s"
-            driver.send_signal(signal.SIGSTOP)
             if running_and_complete():
-                break
-            driver.send_signal(signal.SIGCONT)
-            time.sleep(0.2)
+                driver.send_signal(signal.SIGSTOP)
+                if running_and_complete():
+                    break
+                driver.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
