@@ -5,7 +5,12 @@ prepare.json), the majority class, and the student's metric with every layer at 
 trial kernel with only ``timesteps`` changed, the full dev set unless --max-examples), with the
 attention context's firing rate, so a dead attention path shows. One table row per base and T.
 
+``--quantization-loss`` asks where a converted base loses accuracy instead: its quantized network
+(what enough steps converge to, the surrogate mode) evaluated with groups of populations left in
+float, one row per group.
+
     python benchmarks/bench_fidelity.py --prepared runs/prepared/sst2-quick --prepared runs/prepared/mrpc-quick
+    python benchmarks/bench_fidelity.py --prepared runs/prepared/sst2-quick --quantization-loss
 """
 from __future__ import annotations
 
@@ -20,9 +25,15 @@ import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before tor
 import numpy as np  # noqa: E402
 
 from spikeprune import BaseBundle, CompressionConfig, PreparedRecord, run_trial  # noqa: E402
+from spikeprune._model.converted import POPULATIONS, RESIDUAL  # noqa: E402
+from spikeprune._model.evaluation import evaluate_model  # noqa: E402
 from spikeprune._model.metrics import main_metric  # noqa: E402
 
 STEPS = (1, 2, 4, 8, 16)
+#: Groups of populations left in float by --quantization-loss ("residual": the hidden-width ones).
+FLOAT_GROUPS: dict[str, tuple[str, ...]] = {
+    "none": (), "all": ("encoder", *POPULATIONS), "residual": ("encoder", *RESIDUAL),
+    **{name: (name,) for name in ("encoder", *POPULATIONS)}, "query+key+value": ("query", "key", "value")}
 
 
 def majority(base: BaseBundle, examples: int) -> dict[str, float]:
@@ -43,8 +54,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--glue-dir", default=None, help="GLUE folder (default: the one each base recorded)")
     p.add_argument("--steps", type=int, nargs="+", default=list(STEPS), help="uniform timesteps (default 1 2 4 8 16)")
     p.add_argument("--max-examples", type=int, default=None, help="first N dev examples only")
-    p.add_argument("--out", type=Path, default=Path("runs/benchmarks/bench_fidelity.json"))
+    p.add_argument("--quantization-loss", action="store_true",
+                   help="the quantized network with groups of populations in float, instead of the T table")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON figures (default runs/benchmarks/bench_fidelity.json, or "
+                        "bench_fidelity-quantization.json with --quantization-loss)")
     args = p.parse_args(argv)
+    if args.quantization_loss:
+        return quantization_loss(args)
     rows, figures = [], {"bases": []}
     for prepared in args.prepared:
         record = PreparedRecord.read(prepared)
@@ -67,8 +84,36 @@ def main(argv: list[str] | None = None) -> dict:
             print(rows[-1], flush=True)
         figures["bases"].append(entry)
     print(benchlib.table(["base", "T", "teacher", "majority", "student", "gap", "context rate", "SOPs", "eval s"], rows))
-    benchlib.write_json(args.out, figures)
-    print(f"wrote {args.out}")
+    out = args.out or Path("runs/benchmarks/bench_fidelity.json")
+    benchlib.write_json(out, figures)
+    print(f"wrote {out}")
+    return figures
+
+
+def quantization_loss(args: argparse.Namespace) -> dict:
+    """The quantized network's metric with each group of FLOAT_GROUPS left in float."""
+    rows, figures = [], {"bases": []}
+    for prepared in args.prepared:
+        record = PreparedRecord.read(prepared)
+        base = BaseBundle.load(prepared, args.glue_dir)
+        model, name = base.student, main_metric(base.task)
+        if model.config.family != "converted":
+            raise SystemExit(f"{prepared} is a {model.config.family} base; --quantization-loss needs a converted one")
+        entry = {"prepared": str(prepared), "task": base.task, "metric": name, "teacher": record.teacher_metrics,
+                 "residual_thresholds": model.config.residual_thresholds, "groups": {}}
+        for group, populations in FLOAT_GROUPS.items():
+            model.float_populations = frozenset(populations)
+            metrics = evaluate_model(model, base.dev_batches(args.max_examples), base.task, mode="surrogate").metrics
+            entry["groups"][group] = metrics
+            rows.append([base.task, model.config.residual_thresholds, group, f"{record.teacher_metrics[name]:.4f}",
+                         f"{metrics[name]:.4f}", f"{metrics[name] - record.teacher_metrics[name]:+.4f}"])
+            print(rows[-1], flush=True)
+        model.float_populations = frozenset()
+        figures["bases"].append(entry)
+    print(benchlib.table(["base", "residual θ", "in float", "teacher", "quantized network", "gap"], rows))
+    out = args.out or Path("runs/benchmarks/bench_fidelity-quantization.json")
+    benchlib.write_json(out, figures)
+    print(f"wrote {out}")
     return figures
 
 

@@ -28,13 +28,22 @@ def config(**changes) -> SpikingBertConfig:
 
 
 def model(**changes) -> SpikingBertForSequenceClassification:
+    """Random weights and thresholds; with residual_thresholds="unit", random unit scales too."""
     torch.manual_seed(0)
     m = SpikingBertForSequenceClassification(config(**changes)).eval()
     with torch.no_grad():
         m.encoder_threshold.fill_(0.5)
         for layer in m.layers:
             layer.thresholds.copy_(torch.rand(len(layer.thresholds)) * 0.4 + 0.2)
+            if layer.unit_scales is not None:
+                layer.unit_scales.copy_(torch.rand(layer.unit_scales.shape) * 1.5 + 0.25)
+        if m.encoder_scales is not None:
+            m.encoder_scales.copy_(torch.rand(m.encoder_scales.shape) * 1.5 + 0.25)
     return m
+
+
+#: Both ways of thresholding the residual stream, for the tests every model must pass.
+RESIDUAL_MODES = pytest.mark.parametrize("residual", ["population", "unit"])
 
 
 def trains(neuron: SignedIFNeuron, currents: list[float], theta: float = 1.0) -> str:
@@ -72,8 +81,9 @@ def test_retime_keeps_the_counts():
     assert retime(train, 6).tolist() == [[1.0], [-1.0], [1.0], [1.0], [0.0], [0.0]]
 
 
-def test_batched_equals_lockstep_bit_for_bit():
-    m = model()
+@RESIDUAL_MODES
+def test_batched_equals_lockstep_bit_for_bit(residual):
+    m = model(residual_thresholds=residual)
     with torch.no_grad():
         b = m(IDS, MASK, mode="batched", record=True)
         l = m(IDS, MASK, mode="lockstep", record=True)
@@ -104,8 +114,9 @@ def test_slicing_a_batch_changes_nothing(family, monkeypatch):
     assert sliced.record.examples == 3 and sliced.record.tokens == int(MASK.sum())
 
 
-def test_enough_steps_reproduce_the_quantized_network_exactly():
-    m = model()
+@RESIDUAL_MODES
+def test_enough_steps_reproduce_the_quantized_network_exactly(residual):
+    m = model(residual_thresholds=residual)
     with torch.no_grad():
         quantized = m(IDS, MASK, mode="surrogate")
         for steps in (16, 32):
@@ -154,8 +165,9 @@ def test_recorded_counts_are_spikes_of_either_sign():
                                          "output", "query_x_len", "key_x_len", "value_x_len"}
 
 
-def test_pruning_masking_quantization_and_saving(tmp_path):
-    m = model()
+@RESIDUAL_MODES
+def test_pruning_masking_quantization_and_saving(tmp_path, residual):
+    m = model(residual_thresholds=residual)
     scores = {f"grad.{unit}.{l}": torch.arange(size, dtype=torch.float32)
               for l in range(2) for unit, size in (("head", 2), ("neuron", 24))}
     pruned, masked = prune(m, 1, 12, scores), mask(m, 1, 12, scores)
@@ -167,17 +179,65 @@ def test_pruning_masking_quantization_and_saving(tmp_path):
         loaded = SpikingBertForSequenceClassification.from_pretrained(folder)
         assert torch.equal(loaded(IDS, MASK).logits, quantized(IDS, MASK).logits)
         assert torch.equal(loaded.layers[0].thresholds, quantized.layers[0].thresholds)
+        assert torch.equal(loaded.encoder_theta(), m.encoder_theta())
+        assert all(torch.equal(a.theta("output"), b.theta("output")) for a, b in zip(loaded.layers, m.layers))
 
 
-def test_surrogate_training_moves_weights_and_thresholds():
-    m = model().train()
+@RESIDUAL_MODES
+def test_surrogate_training_moves_weights_and_thresholds(residual):
+    m = model(residual_thresholds=residual).train()
     labels = torch.tensor([0, 1, 1])
     out = m(IDS, MASK, labels=labels, mode="surrogate")
     out.loss.backward()
     assert m.layers[0].query.weight.grad.abs().sum() > 0
     assert m.layers[1].thresholds.grad.abs().sum() > 0 and torch.isfinite(m.layers[1].thresholds.grad).all()
+    if residual == "unit":
+        for scales in (m.encoder_scales, m.layers[0].unit_scales, m.layers[1].unit_scales):
+            assert scales.grad.abs().sum() > 0 and torch.isfinite(scales.grad).all()
     with pytest.raises(SpikepruneError, match="surrogate mode runs no spikes"):
         m(IDS, MASK, mode="surrogate", record=True)
+
+
+def test_unit_thresholds_by_hand():
+    """Per-unit θ at the 100th percentile: each residual unit's step is its own max |activation| / L.
+
+    Hidden 2, L = 4. The embedding of the one real token (the other is padding, and ignored) is
+    LayerNorm([a, b]) = [-1, 1] for any a < b, so both units' max |x| is 1: θ = 1/4, scales 1.
+    The layer's attn_out with zero attention weights is LayerNorm(0 + x) = [-1, 1] again; with
+    the output LayerNorm's gain set to [4, 1] the output is [-4, 1]: θ_output = 4/4 = 1 (the
+    population's max) and the unit scales [1, 1/4] (units' max 4 and 1, over 4).
+    """
+    from spikeprune._training.convert import calibrate_thresholds
+
+    cfg = SpikingBertConfig(vocab_size=4, hidden_size=2, num_layers=1, head_dim=1, heads=2, intermediate_sizes=2,
+                            timesteps=4, max_position_embeddings=4, type_vocab_size=1, family="converted", levels=4,
+                            readout="cls", residual_thresholds="unit")
+    m = SpikingBertForSequenceClassification(cfg)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+        m.embeddings.word_embeddings.weight[1] = torch.tensor([0.0, 3.0])
+        m.embeddings.LayerNorm.weight.fill_(1.0)
+        layer = m.layers[0]
+        layer.attn_norm.weight.fill_(1.0)
+        layer.out_norm.weight.copy_(torch.tensor([4.0, 1.0]))
+    batch = {"input_ids": torch.tensor([[1, 0]]), "attention_mask": torch.tensor([[1, 0]]),
+             "token_type_ids": torch.zeros(1, 2, dtype=torch.long)}
+    found = calibrate_thresholds(m, [batch], percentile=100.0)
+    assert found["encoder"] == pytest.approx(0.25) and found["layers.0.attn_out"] == pytest.approx(0.25)
+    assert found["layers.0.output"] == pytest.approx(1.0)
+    assert torch.allclose(m.encoder_theta(), torch.tensor([0.25, 0.25]), atol=1e-5)
+    assert torch.allclose(layer.theta("attn_out"), torch.tensor([0.25, 0.25]), atol=1e-5)
+    assert torch.allclose(layer.theta("output"), torch.tensor([1.0, 0.25]), atol=1e-5)
+    assert torch.allclose(layer.unit_scales[1], torch.tensor([1.0, 0.25]), atol=1e-5)
+    assert layer.theta("query").shape == ()  # the other populations keep one θ
+
+
+def test_unit_thresholds_need_the_converted_family():
+    with pytest.raises(SpikepruneError, match="residual_thresholds='unit'"):
+        SpikingBertConfig(residual_thresholds="unit")
+    with pytest.raises(SpikepruneError, match="residual_thresholds 'channel' is unknown"):
+        config(residual_thresholds="channel")
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +246,8 @@ def converted_prepared(tmp_path_factory, glue_dir):
     from spikeprune._training.prepare import prepare
     from spikeprune._training.presets import PRESETS
 
-    preset = dataclasses.replace(PRESETS["tiny"], family="converted", levels=4, timesteps=8)
+    preset = dataclasses.replace(PRESETS["tiny"], family="converted", levels=4, timesteps=8,
+                                 residual_thresholds="unit")  # as the quick preset
     return prepare("sst2", glue_dir, tmp_path_factory.mktemp("converted"), preset=preset)
 
 

@@ -111,6 +111,23 @@ def test_minilm_base_loads_every_encoder_weight(tokenizer):
         assert torch.equal(f.get_tensor("pooler.dense.bias"), model.bert.pooler.dense.bias)
 
 
+def test_a_converted_student_with_every_population_in_float_is_its_teacher():
+    """The converted family is its teacher plus quantization: with nothing quantized (the probe
+    of benchmarks/bench_fidelity.py --quantization-loss) the surrogate gives the teacher's logits."""
+    from spikeprune._model.converted import POPULATIONS
+
+    teacher, batch = tiny_teacher(), tiny_batch()
+    student = build_student(teacher, timesteps=4, family="converted", residual_thresholds="unit").eval()
+    inputs = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    with torch.no_grad():
+        theirs = teacher(*inputs).logits
+        quantized = student(*inputs, mode="surrogate").logits
+        student.float_populations = frozenset({"encoder", *POPULATIONS})
+        ours = student(*inputs, mode="surrogate").logits
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert not torch.allclose(quantized, theirs, atol=1e-3)  # θ = 1 before calibration: coarse
+
+
 def test_teacher_scores_are_the_pre_softmax_scores_hf_uses():
     teacher = tiny_teacher()
     batch = tiny_batch()

@@ -27,6 +27,11 @@ FAMILIES: tuple[str, ...] = ("spikingbert", "converted")
 #: What the classifier reads: the spiking rate of the last layer averaged over the real tokens
 #: ("mean") or at [CLS] alone ("cls").
 READOUTS: tuple[str, ...] = ("mean", "cls")
+#: Thresholds of the converted family's residual-stream populations (the embedding encoder and
+#: every layer's attn_out and output, all hidden-width): one θ per population, or one per unit
+#: (the population's θ times a per-unit scale). BERT's LayerNorm outputs have a few outlier
+#: dimensions, so one θ per population leaves most units only a level or two (docs/DESIGN.md §3).
+RESIDUAL_THRESHOLDS: tuple[str, ...] = ("population", "unit")
 
 
 def check_bits(bits: Any, where: str | None = None) -> float:
@@ -90,6 +95,8 @@ class SpikingBertConfig:
     family: str = "spikingbert"
     #: Quantization levels on each side of zero of the converted family's neurons (counts in [-L, L]).
     levels: int = 8
+    #: One of RESIDUAL_THRESHOLDS (converted family only).
+    residual_thresholds: str = "population"
 
     def __post_init__(self) -> None:
         n = self.num_layers
@@ -109,6 +116,12 @@ class SpikingBertConfig:
             raise SpikepruneError(f"model family {self.family!r} is unknown; use one of {FAMILIES}")
         if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 1:
             raise SpikepruneError(f"levels must be an integer >= 1, got {self.levels!r}")
+        if self.residual_thresholds not in RESIDUAL_THRESHOLDS:
+            raise SpikepruneError(f"residual_thresholds {self.residual_thresholds!r} is unknown; use one of "
+                                  f"{RESIDUAL_THRESHOLDS}")
+        if self.residual_thresholds == "unit" and self.family != "converted":
+            raise SpikepruneError("residual_thresholds='unit' is a threshold of the converted family's neurons; "
+                                  "use family='converted' or residual_thresholds='population'")
         if self.readout not in READOUTS:
             raise SpikepruneError(f"readout {self.readout!r} is unknown; use one of {READOUTS}")
         if self.threshold <= 0:

@@ -14,7 +14,11 @@ This family follows the conversion literature (SpikeZIP-TF, QCFS) instead:
   times ±θ) and inject their bias once, at the first step.
 - **Per-population thresholds** θ = λ/L (query, key, value, context, attn_out, intermediate and
   output of every layer, and the embedding encoder), calibrated from the teacher's activations
-  and trained as the clip λ of a QCFS-style quantizer in ``mode="surrogate"``.
+  and trained as the clip λ of a QCFS-style quantizer in ``mode="surrogate"``. With
+  ``residual_thresholds="unit"`` the residual-stream populations (encoder, attn_out, output)
+  scale θ per unit: a LayerNorm output's few outlier dimensions then no longer set the step of
+  all the others. A per-unit θ folds into the next layer's weight columns, so a spike still
+  costs one accumulate.
 
 Once every neuron has caught up (enough steps), the accumulated output of each population equals
 the L-level quantized BERT's activation, so the classifier reads the accumulated value of the
@@ -42,6 +46,8 @@ from .neurons import SignedIFNeuron
 
 #: The spiking populations of one layer of this family, in the order they fire.
 POPULATIONS: tuple[str, ...] = ("query", "key", "value", "context", "attn_out", "intermediate", "output")
+#: The hidden-width populations of a layer (the residual stream), which may have per-unit θ.
+RESIDUAL: tuple[str, ...] = ("attn_out", "output")
 
 
 def retime(spikes: Tensor, steps: int) -> Tensor:
@@ -96,10 +102,17 @@ class ConvertedLayer(EncoderLayerWeights):
         self.levels = cfg.levels
         #: θ of each population, in POPULATIONS order.
         self.thresholds = nn.Parameter(torch.ones(len(POPULATIONS)))
+        #: Per-unit scales of the RESIDUAL populations' θ (residual_thresholds="unit"), [2, hidden].
+        self.unit_scales = (nn.Parameter(torch.ones(len(RESIDUAL), cfg.hidden_size))
+                            if cfg.residual_thresholds == "unit" else None)
         self.neurons = nn.ModuleDict({name: SignedIFNeuron(cfg.levels) for name in POPULATIONS})
 
     def theta(self, name: str) -> Tensor:
-        return self.thresholds[POPULATIONS.index(name)]
+        """θ of a population: a scalar, or [hidden] for a residual population with unit scales."""
+        theta = self.thresholds[POPULATIONS.index(name)]
+        if self.unit_scales is not None and name in RESIDUAL:
+            return theta * self.unit_scales[RESIDUAL.index(name)]
+        return theta
 
     def _linear(self, layer: nn.Linear, spikes: Tensor, theta: Tensor, first: bool) -> Tensor:
         """Currents of a Linear fed signed spikes [t, ...] of threshold θ: W·θ·s, plus the bias at
@@ -131,15 +144,17 @@ class ConvertedLayer(EncoderLayerWeights):
         y = fire("output", state.increments("output", self.out_norm(y_in)))
         return {"query": q, "key": k, "value": v, "context": c, "attn_out": a, "intermediate": m, "output": y}, scores
 
-    def quantized(self, x: Tensor, key_mask: Tensor,
-                  observe: Callable[[str, Tensor], None] | None = None) -> tuple[dict[str, Tensor], Tensor]:
+    def quantized(self, x: Tensor, key_mask: Tensor, observe: Callable[[str, Tensor], None] | None = None,
+                  keep_float: frozenset[str] = frozenset()) -> tuple[dict[str, Tensor], Tensor]:
         """The L-level quantized network the spikes converge to, on values (not spikes), with
         straight-through gradients: ``x`` [B, L, H] is the input population's value. With
         ``observe`` nothing is quantized: each population's float activation is passed to it
-        (threshold calibration)."""
+        (threshold calibration); the populations in ``keep_float`` stay float too."""
         def qz(name: str, value: Tensor) -> Tensor:
             if observe is not None:
                 observe(name, value)
+                return value
+            if name in keep_float:
                 return value
             return quantize_ste(value, self.theta(name), self.levels)
 

@@ -155,6 +155,9 @@ class SpikingBertForSequenceClassification(nn.Module):
         if config.family == "converted":
             self.encoder_neuron = SignedIFNeuron(config.levels)
             self.encoder_threshold = nn.Parameter(torch.ones(()))
+            #: per-unit scales of the encoder's θ (residual_thresholds="unit"; see converted.py)
+            self.encoder_scales = (nn.Parameter(torch.ones(config.hidden_size))
+                                   if config.residual_thresholds == "unit" else None)
             self.layers = nn.ModuleList(ConvertedLayer(config, i) for i in range(config.num_layers))
         else:
             self.encoder_neuron = IFNeuron(config.threshold, config.leak)
@@ -165,6 +168,10 @@ class SpikingBertForSequenceClassification(nn.Module):
         #: batched simulation ("input" included): how the base's spike statistics are gathered
         #: (``spikeprune._guide.stats``) without a second copy of the simulation.
         self.spike_observer: Callable[[int, str, Tensor], None] | None = None
+        #: Populations (converted.POPULATIONS names, and "encoder") the converted family's surrogate
+        #: leaves unquantized: no hardware runs this, it shows where a base loses accuracy to
+        #: quantization (``benchmarks/bench_fidelity.py --quantization-loss``).
+        self.float_populations: frozenset[str] = frozenset()
 
     # ----------------------------------------------------------------------------- forward
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
@@ -354,8 +361,8 @@ class SpikingBertForSequenceClassification(nn.Module):
         last_scores: list[Tensor] = [embedded.new_zeros(())] * len(self.layers)
         for start in (range(steps) if lockstep else (0,)):
             chunk = currents[start:start + 1] if lockstep else currents
-            x = self.encoder_neuron.advance(chunk, self.encoder_threshold) * token_mask
-            theta_in = self.encoder_threshold
+            theta_in = self.encoder_theta()
+            x = self.encoder_neuron.advance(chunk, theta_in) * token_mask
             for i, (layer, t) in enumerate(zip(self.layers, cfg.timesteps)):
                 if not lockstep:
                     x = retime(x, t)
@@ -378,14 +385,22 @@ class SpikingBertForSequenceClassification(nn.Module):
         rates = [total * layer.theta("output") for total, layer in zip(totals, self.layers)]
         return rates, last_scores, counts if record else []
 
+    def encoder_theta(self) -> Tensor:
+        """θ of the converted family's embedding encoder: a scalar, or [hidden] with unit scales."""
+        if self.encoder_scales is None:
+            return self.encoder_threshold
+        return self.encoder_threshold * self.encoder_scales
+
     def _quantized(self, embedded: Tensor, token_mask: Tensor,
                    key_mask: Tensor) -> tuple[list[Tensor], list[Tensor], list[dict[str, int]]]:
         """The converted family's surrogate: the L-level quantized network its spikes converge to,
         with straight-through gradients (QCFS-style training of weights and thresholds)."""
-        x = quantize_ste(embedded, self.encoder_threshold, self.config.levels) * token_mask
+        keep_float = self.float_populations
+        x = embedded if "encoder" in keep_float else quantize_ste(embedded, self.encoder_theta(), self.config.levels)
+        x = x * token_mask
         rates, scores = [], []
         for layer in self.layers:
-            outputs, s = layer.quantized(x, key_mask)
+            outputs, s = layer.quantized(x, key_mask, keep_float=keep_float)
             x = outputs["output"] * token_mask
             rates.append(x)
             scores.append(s)

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from spikeprune._model.config import FAMILIES
+from spikeprune._model.config import FAMILIES, RESIDUAL_THRESHOLDS
 from spikeprune.errors import SpikepruneError
 from spikeprune.records import PreparedRecord
 
@@ -39,6 +39,9 @@ def check_preset(p: Preset) -> None:
         raise SpikepruneError(f"preset leak={p.leak!r} must be at most 1 (1 = integrate-and-fire)")
     if p.family not in FAMILIES:
         raise SpikepruneError(f"preset family={p.family!r} is unknown; use one of {', '.join(FAMILIES)}")
+    if p.residual_thresholds not in RESIDUAL_THRESHOLDS:
+        raise SpikepruneError(f"preset residual_thresholds={p.residual_thresholds!r} is unknown; use one of "
+                              f"{', '.join(RESIDUAL_THRESHOLDS)}")
     if p.calibration_percentile > 100:
         raise SpikepruneError(f"preset calibration_percentile={p.calibration_percentile!r} must be at most 100")
 

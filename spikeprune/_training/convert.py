@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from spikeprune._model.config import SpikingBertConfig
-from spikeprune._model.converted import POPULATIONS, quantize_ste
+from spikeprune._model.converted import POPULATIONS, RESIDUAL, quantize_ste
 from spikeprune._model.spiking import SpikingBertForSequenceClassification
 from spikeprune.errors import SpikepruneError
 
@@ -36,8 +36,8 @@ _LAYER_NAMES = {
 
 def build_student(teacher: nn.Module, timesteps: int | list[int], num_layers: int | None = None,
                   layer_map: list[int] | None = None, threshold: float = 1.0, leak: float = 1.0,
-                  task: str | None = None, family: str = "spikingbert",
-                  levels: int = 8) -> SpikingBertForSequenceClassification:
+                  task: str | None = None, family: str = "spikingbert", levels: int = 8,
+                  residual_thresholds: str = "population") -> SpikingBertForSequenceClassification:
     """A spiking student with the teacher's shape and weights; layer l copies teacher layer
     ``layer_map[l]`` (default evenly spaced, see ``default_layer_map``). A ``converted`` student
     reads [CLS] through the teacher's pooler, like the teacher; its thresholds start at 1 and are
@@ -60,7 +60,8 @@ def build_student(teacher: nn.Module, timesteps: int | list[int], num_layers: in
         intermediate_sizes=tc.intermediate_size, timesteps=timesteps,
         max_position_embeddings=tc.max_position_embeddings, type_vocab_size=tc.type_vocab_size,
         layer_norm_eps=tc.layer_norm_eps, threshold=threshold, leak=leak, num_labels=tc.num_labels, task=task,
-        family=family, levels=levels, readout="cls" if family == "converted" else "mean")
+        family=family, levels=levels, residual_thresholds=residual_thresholds,
+        readout="cls" if family == "converted" else "mean")
     names = {f"embeddings.{e}.{w}": f"bert.embeddings.{e}.{w}"
              for e in ("word_embeddings", "position_embeddings", "token_type_embeddings") for w in ("weight",)}
     for w in ("weight", "bias"):
@@ -74,19 +75,24 @@ def build_student(teacher: nn.Module, timesteps: int | list[int], num_layers: in
     student = SpikingBertForSequenceClassification(config)
     state = {ours: source[theirs].detach().clone() for ours, theirs in names.items()}
     own = student.state_dict()
-    state.update({k: own[k] for k in own if "threshold" in k})  # the converted family's, calibrated later
+    # the converted family's thresholds and unit scales, calibrated later
+    state.update({k: own[k] for k in own if "threshold" in k or "scales" in k})
     student.load_state(state, source="teacher")
     return student
 
 
 #: Activations sampled per population for a threshold percentile (enough for the 99.9th).
 CALIBRATION_SAMPLE = 200_000
+#: Tokens sampled for a per-unit percentile (residual_thresholds="unit").
+CALIBRATION_TOKENS = 20_000
 
 
 @torch.no_grad()
 def calibrate_thresholds(student: SpikingBertForSequenceClassification, batches: Iterable[dict[str, Tensor]],
                          percentile: float) -> dict[str, float]:
-    """Set every population's θ of a ``converted`` student to percentile(|activation|) / L.
+    """Set every population's θ of a ``converted`` student to percentile(|activation|) / L, and
+    with ``residual_thresholds="unit"`` each residual unit's scale to its own percentile over the
+    population's.
 
     Layer by layer: a layer's activations are measured in float on the quantized output of the
     layers before it (already calibrated), over the real tokens of ``batches``. Returns θ by
@@ -105,11 +111,19 @@ def calibrate_thresholds(student: SpikingBertForSequenceClassification, batches:
             real = real[torch.randint(real.numel(), (CALIBRATION_SAMPLE,), generator=generator)]
         return max(float(torch.quantile(real, percentile / 100.0)), 1e-6) / levels
 
+    def unit_scales(values: list[Tensor], token_masks: list[Tensor], population: float) -> Tensor:
+        rows = torch.cat([v[m[..., 0] > 0] for v, m in zip(values, token_masks)]).abs()
+        if rows.shape[0] > CALIBRATION_TOKENS:
+            rows = rows[torch.randint(rows.shape[0], (CALIBRATION_TOKENS,), generator=generator)]
+        return torch.quantile(rows, percentile / 100.0, dim=0).clamp_min(1e-6) / levels / population
+
     found: dict[str, float] = {}
     embedded = [student.embeddings(ids, types) for ids, _, types in data]
     found["encoder"] = theta(embedded, masks)
     student.encoder_threshold.fill_(found["encoder"])
-    xs = [quantize_ste(e, student.encoder_threshold, levels) * m for e, m in zip(embedded, masks)]
+    if student.encoder_scales is not None:
+        student.encoder_scales.copy_(unit_scales(embedded, masks, found["encoder"]))
+    xs = [quantize_ste(e, student.encoder_theta(), levels) * m for e, m in zip(embedded, masks)]
     for l, layer in enumerate(student.layers):
         seen: dict[str, list[Tensor]] = {name: [] for name in POPULATIONS}
         for x, key_mask in zip(xs, key_masks):
@@ -117,6 +131,8 @@ def calibrate_thresholds(student: SpikingBertForSequenceClassification, batches:
         for i, name in enumerate(POPULATIONS):
             found[f"layers.{l}.{name}"] = theta(seen[name], masks)
             layer.thresholds[i] = found[f"layers.{l}.{name}"]
+            if layer.unit_scales is not None and name in RESIDUAL:
+                layer.unit_scales[RESIDUAL.index(name)] = unit_scales(seen[name], masks, found[f"layers.{l}.{name}"])
         xs = [layer.quantized(x, key_mask)[0]["output"] * m for x, key_mask, m in zip(xs, key_masks, masks)]
     return found
 

@@ -77,7 +77,8 @@ def prepare(task: str, glue_dir: str | Path | None, run_root: str | Path, preset
 
     if not stage_done(out / "student"):
         student = build_student(teacher, p.timesteps, p.student_layers, threshold=p.threshold,
-                                leak=p.leak, task=spec.name, family=p.family, levels=p.levels)
+                                leak=p.leak, task=spec.name, family=p.family, levels=p.levels,
+                                residual_thresholds=p.residual_thresholds if p.family == "converted" else "population")
         if p.family == "converted":
             calibrate_thresholds(student, calibration_batches(), p.calibration_percentile)
         else:

@@ -59,6 +59,9 @@ class Preset:
     family: str = "spikingbert"
     levels: int = 8
     calibration_percentile: float = 99.9
+    #: "unit": the converted family's residual-stream populations get per-unit θ (config.py);
+    #: a SpikingBERT-family student ignores it
+    residual_thresholds: str = "population"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -77,8 +80,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            eval_examples=32, eval_batch_size=16, checkpoint_every=2),
     # Minutes on a 2-core CPU. Teacher: 16,000 sentences at lr 1e-4 in length-bucketed batches
     # reached 87.2 % SST-2 dev (docs/RESULTS.md); 4,000 at 5e-5 gave 80 %.
-    # Student: the converted family (8 levels per sign, T = 16), calibrated, then trained as the
-    # quantized network (QAT) on 16,000 sentences. The SpikingBERT family's quick student was
+    # Student: the converted family (8 levels per sign, T = 16, per-unit θ on the residual stream),
+    # calibrated, then trained as the quantized network (QAT) on 16,000 sentences. The SpikingBERT family's quick student was
     # --set family=spikingbert timesteps=4 distill_examples=8000 distill_lr=5e-4 (docs/RESULTS.md).
     Preset("quick", teacher_examples=16000, teacher_epochs=1, teacher_lr=1e-4, teacher_arch=None,
            batch_size=32, max_length=64, warmup_ratio=0.1, weight_decay=0.01,
@@ -87,7 +90,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            hidden_weight=1.0, attention_weight=0.1, logit_weight=1.0, label_weight=0.0,
            temperature=1.0, labels_only=False,
            eval_examples=None, eval_batch_size=64, checkpoint_every=25, length_bucket=50,
-           family="converted", levels=8, calibration_percentile=99.9),
+           family="converted", levels=8, calibration_percentile=99.9, residual_thresholds="unit"),
     # For a GPU (--device cuda): the whole train set, several epochs, T=16.
     Preset("full", teacher_examples=None, teacher_epochs=3, teacher_lr=5e-5, teacher_arch=None,
            batch_size=32, max_length=128, warmup_ratio=0.1, weight_decay=0.01,
