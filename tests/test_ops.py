@@ -189,10 +189,12 @@ def test_quantized_size_by_hand() -> None:
     assert size_bits(tiny_config(weight_bits=1)) == 1600 + 192 + 24
 
 
-def test_parameter_count_matches_the_model() -> None:
+@pytest.mark.parametrize("family,residual", [("spikingbert", "population"), ("converted", "population"),
+                                             ("converted", "unit")])
+def test_parameter_count_matches_the_model(family: str, residual: str) -> None:
     cfg = SpikingBertConfig(vocab_size=30, hidden_size=8, num_layers=3, head_dim=2, heads=[4, 1, 3],
                             intermediate_sizes=[16, 5, 9], timesteps=[4, 2, 3], max_position_embeddings=12,
-                            num_labels=3)
+                            num_labels=3, family=family, residual_thresholds=residual)
     assert count_parameters(cfg) == SpikingBertForSequenceClassification(cfg).num_parameters()
 
 

@@ -31,7 +31,7 @@ from typing import Any, Mapping
 from spikeprune.errors import SpikepruneError
 
 from .config import FLOAT_BITS, SpikingBertConfig
-from .converted import POPULATIONS
+from .converted import POPULATIONS, RESIDUAL
 from .spiking import SUBLAYERS, SimRecord
 
 # ------------------------------------------------------------------------------ float-op costs
@@ -181,12 +181,18 @@ def _layer_linears(config: SpikingBertConfig, l: int) -> list[tuple[int, int]]:
 
 
 def _float_parameters(config: SpikingBertConfig) -> int:
-    """Parameters always stored as float: embeddings, LayerNorms, all biases, pooler, classifier."""
+    """Parameters always stored as float: embeddings, LayerNorms, all biases, pooler, classifier,
+    and the converted family's thresholds (one per population, and per residual unit with
+    ``residual_thresholds="unit"``)."""
     h = config.hidden_size
     embeddings = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size) * h + 2 * h
     layers = sum(sum(out for _, out in _layer_linears(config, l)) + 2 * 2 * h for l in range(config.num_layers))
     heads = h * h + h + h * config.num_labels + config.num_labels
-    return embeddings + layers + heads
+    thresholds = 0
+    if config.family == "converted":
+        per_layer = len(POPULATIONS) + (len(RESIDUAL) * h if config.residual_thresholds == "unit" else 0)
+        thresholds = 1 + (h if config.residual_thresholds == "unit" else 0) + config.num_layers * per_layer
+    return embeddings + layers + heads + thresholds
 
 
 def count_parameters(config: SpikingBertConfig) -> int:
