@@ -189,9 +189,9 @@ def _float_parameters(config: SpikingBertConfig) -> int:
     layers = sum(sum(out for _, out in _layer_linears(config, l)) + 2 * 2 * h for l in range(config.num_layers))
     heads = h * h + h + h * config.num_labels + config.num_labels
     thresholds = 0
-    if config.family == "converted":
-        per_layer = len(POPULATIONS) + (len(RESIDUAL) * h if config.residual_thresholds == "unit" else 0)
-        thresholds = 1 + (h if config.residual_thresholds == "unit" else 0) + config.num_layers * per_layer
+    if config.family == "converted":  # the encoder's θ and each layer's, with their unit scales
+        scales = h if config.residual_thresholds == "unit" else 0
+        thresholds = 1 + scales + config.num_layers * (len(POPULATIONS) + len(RESIDUAL) * scales)
     return embeddings + layers + heads + thresholds
 
 
