@@ -346,13 +346,15 @@ class Driver:
                                                          "device", "examples")},
                         fidelity=result["examples"] / self.dev_size, early_stopped=stopped, format=FORMAT)
         values = self.space.objective_values(result["objectives"])
-        self.tell(trial, values, self.space.constraint_values(result["objectives"]))
-        self.stats.early_stopped += stopped
-        self.stats.examples_without_stopping += self.full_examples
+        # The reference is written before the tell: a driver killed between the two then leaves a
+        # RUNNING baseline that is re-queued and re-measured, never a finished one without its reference.
         if TrialRecord.of(trial).baseline and not stopped:
             record = StudyRecord.read(self.study)
             record.reference = dict(zip(self.space.objective_names, values))
             record.write(self.study)
+        self.tell(trial, values, self.space.constraint_values(result["objectives"]))
+        self.stats.early_stopped += stopped
+        self.stats.examples_without_stopping += self.full_examples
         shown = ", ".join(f"{n} {v:.4g}" for n, v in zip(self.shown, values))
         note = " (stopped early)" if stopped else ""
         self.progress.update(running=len(self.flights),
