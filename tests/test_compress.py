@@ -276,3 +276,33 @@ def test_early_stop_look_then_rest_equals_one_evaluation(tiny_prepared, glue_dir
     assert stopped.early_stopped and stopped.examples == 10
     assert stopped.objectives == look.objectives and stopped.partial["objectives"] == look.objectives
     assert stopped.to_dict()["early_stopped"] is True
+
+
+def test_later_looks_check_the_floor_and_a_survivor_equals_one_evaluation(tiny_prepared, glue_dir):
+    """Looks at 8 and 16 of 24 examples: without a floor the trial goes on and equals the unsplit
+    evaluation; with a floor between the two looks' upper bounds it passes the first look and
+    stops at the second, told the values of the 16 examples it saw."""
+    from spikeprune._model.config import CompressionConfig
+    from spikeprune._trial.base import BaseBundle
+    from spikeprune._trial.kernel import EarlyStop, run_trial
+
+    base = BaseBundle.load(tiny_prepared, glue_dir, batch_size=5)
+    compression = CompressionConfig(heads=1, neurons=32, timesteps=[2, 1])
+    whole = run_trial(base, compression, max_examples=24)
+    first, second = (run_trial(base, compression, max_examples=n) for n in (8, 16))
+
+    def looks(floor):
+        return EarlyStop(examples=8, objectives=("metric", "sops"), directions=("maximize", "minimize"),
+                         metric=0, margin=0.0, floor=floor, later=(16,))
+
+    staged = run_trial(base, compression, max_examples=24, early_stop=looks(None))
+    assert not staged.early_stopped and staged.examples == 24
+    assert staged.metrics == whole.metrics and staged.record == whole.record
+    assert staged.partial["examples"] == 8
+
+    assert second.metric_ci[1] < first.metric_ci[1]  # the tiny base's bounds at 16 and 8 examples
+    floor = (first.metric_ci[1] + second.metric_ci[1]) / 2
+    stopped = run_trial(base, compression, max_examples=24, early_stop=looks(floor))
+    assert stopped.early_stopped and stopped.examples == 16
+    assert stopped.metrics == second.metrics and stopped.record == second.record
+    assert stopped.partial == {"examples": 8, "objectives": first.objectives, "metrics": first.metrics}

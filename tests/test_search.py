@@ -187,6 +187,20 @@ def test_resuming_with_another_space_is_refused(tiny_prepared, space_file, tmp_p
         run_search(settings(tiny_prepared, other, tmp_path, study_name="x", n_trials=2))
 
 
+def test_trials_that_cannot_reach_the_hypervolume_reference_stop_at_their_look(tiny_prepared, tmp_path, ray_local):
+    """The metric floor of early stopping includes the hypervolume reference: with the reference at
+    0.999, a trial whose look of 8 examples scores at most half right (the upper end of its 95 %
+    bootstrap interval is then at most 7/8) stops there; the seeds run in full."""
+    space = tmp_path / "ref.yaml"
+    space.write_text("name: ref" + TINY_KNOBS + "reference: {metric: 0.999}\nearly_stopping: {fraction: 0.5, margin: 0.0}\n")
+    study = run_search(settings(tiny_prepared, space, tmp_path, n_trials=8, workers=1, sampler="random"))
+    looked = [t for t in complete(study) if not t.user_attrs.get("seeded") and "duplicate_of" not in t.user_attrs]
+    low = [t for t in looked if t.user_attrs["partial"]["metrics"]["metric"] <= 0.5]
+    assert low, "no trial scored half or less at its look: the tiny base changed, pick another space"
+    assert all(t.user_attrs["early_stopped"] and t.user_attrs["examples"] == MAX_EXAMPLES // 2 for t in low)
+    assert not any(t.user_attrs["early_stopped"] for t in complete(study) if t.user_attrs.get("seeded"))
+
+
 def test_kernel_errors_come_back_as_data(tiny_prepared):
     from spikeprune._trial.base import BaseBundle
     from spikeprune._search.worker import evaluate
@@ -202,17 +216,19 @@ def test_clearly_beaten_hand_cases():
     directions = ("maximize", "minimize")
     front = ((0.80, 100.0), (0.70, 50.0))
 
-    def clearly_beaten(values, others, directions, metric, margin, floor=None):
+    def clearly_beaten(values, others, directions, metric, margin, floor=None, upper=None):
         look = EarlyStop(examples=8, objectives=("metric", "sops"), directions=directions, metric=metric,
                          margin=margin, floor=floor, others=others)
-        return look.stops(dict(zip(look.objectives, values)))
+        return look.stops(dict(zip(look.objectives, values)), values[metric] if upper is None else upper)
 
     assert clearly_beaten([0.75, 120.0], front, directions, 0, margin=0.02)          # 0.80 > 0.75 + 0.02, cheaper
     assert not clearly_beaten([0.79, 120.0], front, directions, 0, margin=0.02)      # within the margin
     assert not clearly_beaten([0.60, 40.0], front, directions, 0, margin=0.02)       # cheapest: nobody dominates
     assert not clearly_beaten([0.75, 60.0], front, directions, 0, margin=0.0)        # 0.70@50 is worse in metric
     assert clearly_beaten([0.75, 60.0], front, directions, 0, margin=0.0, floor=0.8)  # misses the floor
-    assert not clearly_beaten([0.79, 60.0], front, directions, 0, margin=0.02, floor=0.8)
+    # The floor is checked on the metric's upper confidence bound, not on the metric itself.
+    assert not clearly_beaten([0.75, 60.0], front, directions, 0, margin=0.0, floor=0.8, upper=0.81)
+    assert clearly_beaten([0.60, 40.0], front, directions, 0, margin=0.02, floor=0.8, upper=0.79)
 
 
 def test_samplers_are_chosen_explicitly():

@@ -149,7 +149,11 @@ BAD_SPACES = [
     ({"constraints": [0.8]}, "space.constraints: give a mapping"),
     ({"early_stopping": {"fraction": 1.5}}, "space.early_stopping.fraction: 1.5 must be between 0 and 1"),
     ({"early_stopping": {"margin": -0.1}}, "space.early_stopping.margin: -0.1 must be >= 0"),
-    ({"early_stopping": {"patience": 3}}, "space.early_stopping: unknown key 'patience'; known keys are fraction, margin"),
+    ({"early_stopping": {"patience": 3}}, "space.early_stopping: unknown key 'patience'; known keys are fraction, margin, later"),
+    ({"early_stopping": {"later": 0.5}}, "space.early_stopping.later: give a list of fractions, e.g. [0.5]"),
+    ({"early_stopping": {"fraction": 0.5, "later": [0.25]}}, "later: [0.25] must rise strictly, each between fraction (0.5)"),
+    ({"early_stopping": {"later": [0.5, 0.5]}}, "must rise strictly"),
+    ({"early_stopping": {"later": ["half"]}}, "space.early_stopping.later[0]: 'half' is not a number"),
     ({"energy": 45}, "space.energy: 45 must be the name of an energy preset"),
     ([1, 2], "space: the file must hold a mapping"),
 ]

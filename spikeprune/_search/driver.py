@@ -12,8 +12,11 @@ so re-running the same command after a crash finishes the job. Early-stopped tri
 
 Early stopping (Optuna's pruners do not support several objectives): each task first evaluates
 the space's ``early_stopping.fraction`` of the dev set (the look) and stops there when another
-trial's look on the same examples clearly beats it (``_trial.kernel.EarlyStop``); otherwise it
-goes on with the rest of the dev set. Seeds (the baseline and uniform configs) always run in full.
+trial's look on the same examples clearly beats it, or when the upper bound of its metric's
+bootstrap interval is below the metric floor (``metric_floor``: the constraint, or the
+hypervolume reference); later looks (``early_stopping.later``) check the floor again
+(``_trial.kernel.EarlyStop``); otherwise it goes on with the rest of the dev set. Seeds (the
+baseline and uniform configs) always run in full.
 
 Resume (resume.py): trials left RUNNING by a driver that is gone are failed and their parameters
 enqueued again; finished trials are never re-run. A config equal to one already finished, or being
@@ -39,6 +42,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from spikeprune._model.config import CompressionConfig, SpikingBertConfig
+from spikeprune._results.pareto import reference_of
 from spikeprune._spaces.schema import SearchSpace
 from spikeprune._trial.kernel import EarlyStop
 from spikeprune.errors import SpikepruneError
@@ -105,6 +109,7 @@ class Driver:
         self.partial_examples = max(1, round(es.fraction * self.full_examples)) if es else None
         if self.partial_examples is not None and self.partial_examples >= self.full_examples:
             self.partial_examples = None
+        self.later_examples = tuple(round(f * self.full_examples) for f in es.later) if es else ()
         self.metric_index = space.objective_names.index(METRIC) if METRIC in space.objective_names else None
         #: The objectives as the progress line names them (the task's metric by its own name).
         self.shown = [o.shown for o in StudyRecord.read(study).objective_list]
@@ -268,7 +273,19 @@ class Driver:
             and ((record := TrialRecord.of(t)).partial or {}).get("examples") == self.partial_examples)
         return EarlyStop(examples=self.partial_examples, objectives=tuple(self.space.objective_names),
                          directions=tuple(self.space.directions), metric=self.metric_index, margin=self.margin,
-                         floor=None if flight.seeded else self.space.constraints.get("metric_min"), others=others)
+                         floor=None if flight.seeded else self.metric_floor(), others=others,
+                         later=self.later_examples)
+
+    def metric_floor(self) -> float | None:
+        """The metric a trial must reach to matter: the higher of the space's ``metric_min`` and
+        the hypervolume reference's metric (a trial below the reference adds no volume, and the
+        user set or accepted that reference as the worst model worth counting)."""
+        floors = [self.space.constraints.get("metric_min")]
+        reference = reference_of(self.study, self.study.get_trials(deepcopy=False))
+        if reference is not None:
+            floors += [w for o, w in zip(reference.objectives, reference.worst) if o.name == METRIC]
+        floors = [f for f in floors if f is not None]
+        return max(floors) if floors else None
 
     def submit(self, flight: _Flight) -> None:
         ref = self.task.remote(self.base_ref, flight.config.to_dict(), kernel=self.s.kernel,

@@ -129,10 +129,13 @@ class Knob:
 
 @dataclass(frozen=True)
 class EarlyStopping:
-    """First look at ``fraction`` of the dev set; stop if beaten there by more than ``margin`` metric."""
+    """First look at ``fraction`` of the dev set: stop if another trial's look beats it there by
+    more than ``margin`` metric, or if it cannot reach the metric floor. Looks at the ``later``
+    fractions check the floor only (they have no other trials' looks on the same examples)."""
 
     fraction: float = 0.25
     margin: float = 0.02
+    later: tuple[float, ...] = ()
 
     @classmethod
     def parse(cls, raw: Any) -> "EarlyStopping | None":
@@ -142,12 +145,19 @@ class EarlyStopping:
         if raw is True:
             return cls()
         if not isinstance(raw, dict):
-            raise SpikepruneError(f"{where}: give {{fraction: 0.25, margin: 0.02}}, true or false")
-        check_keys(where, raw, ("fraction", "margin"))
+            raise SpikepruneError(f"{where}: give {{fraction: 0.25, margin: 0.02, later: [0.5]}}, true or false")
+        check_keys(where, raw, ("fraction", "margin", "later"))
         fraction = parse_number(f"{where}.fraction", raw.get("fraction", cls.fraction))
         margin = parse_number(f"{where}.margin", raw.get("margin", cls.margin))
+        later = raw.get("later", [])
+        if not isinstance(later, list):
+            raise SpikepruneError(f"{where}.later: give a list of fractions, e.g. [0.5]")
+        later = tuple(parse_number(f"{where}.later[{i}]", v) for i, v in enumerate(later))
         if not 0 < fraction < 1:
             raise SpikepruneError(f"{where}.fraction: {fraction} must be between 0 and 1 (exclusive)")
         if margin < 0:
             raise SpikepruneError(f"{where}.margin: {margin} must be >= 0")
-        return cls(fraction, margin)
+        if any(not fraction < f < 1 for f in later) or list(later) != sorted(set(later)):
+            raise SpikepruneError(f"{where}.later: {list(later)} must rise strictly, each between fraction "
+                                  f"({fraction}) and 1 (exclusive)")
+        return cls(fraction, margin, later)

@@ -14,7 +14,8 @@ is either
 direction}`` pairs from :data:`OBJECTIVES`; ``constraints`` holds a floor on the metric
 (``metric_min``) and caps on costs (``sops_max``, ``energy_uj_max``, ...); ``energy`` names an
 energy preset; ``early_stopping`` sets the Pareto-aware early stop of the search (fraction of the
-dev set for the first look, and the metric margin by which a trial must be beaten to stop);
+dev set for the first look, the metric margin by which a trial must be beaten to stop, and the
+fractions of later looks that stop a trial which cannot reach the metric floor);
 ``reference`` gives the worst value hypervolume counts per objective (``{metric: -0.5}``), which
 is otherwise derived from the dense baseline (``_results/pareto.py``).
 
@@ -23,7 +24,6 @@ steps are legal (a finer rate), just more expensive; the shipped presets stay at
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -120,7 +120,8 @@ class SearchSpace:
         out["objectives"] = [{"name": o.name, "direction": o.direction} for o in self.objectives]
         out["constraints"] = dict(self.constraints)
         out["energy"] = self.energy
-        out["early_stopping"] = dataclasses.asdict(self.early_stopping) if self.early_stopping else False
+        es = self.early_stopping
+        out["early_stopping"] = {"fraction": es.fraction, "margin": es.margin, "later": list(es.later)} if es else False
         if self.reference:
             out["reference"] = dict(self.reference)
         return out

@@ -5,7 +5,8 @@ Every search trial, every `spikeprune evaluate` and every export re-measurement 
 
 Early stopping happens inside the kernel (``EarlyStop``): the model is compressed once, evaluated
 on the first examples of the dev set, and either stops there (clearly beaten) or goes on with the
-rest of the dev set only, so a trial that survives the look costs exactly one full evaluation.
+next examples only, up to the next look or the end, so a trial that survives its looks costs
+exactly one full evaluation.
 """
 from __future__ import annotations
 
@@ -38,9 +39,10 @@ def worker_name() -> str:
 
 @dataclass(frozen=True)
 class EarlyStop:
-    """The early look of one trial: after the first ``examples`` dev examples its values (the
+    """The early looks of one trial. After the first ``examples`` dev examples its values (the
     ``objectives`` named, in order) are compared with ``others``, the looks of earlier trials on
-    the same examples; ``stops`` ends the trial there. Plain data, sent with the task."""
+    the same examples; after those and each of the ``later`` example counts it is checked against
+    the metric ``floor``. ``stops`` / ``misses_floor`` end the trial there. Plain data, sent with the task."""
 
     examples: int
     objectives: tuple[str, ...]
@@ -49,18 +51,22 @@ class EarlyStop:
     margin: float
     floor: float | None = None
     others: tuple[tuple[float, ...], ...] = ()
+    later: tuple[int, ...] = ()
 
     def values(self, measured: dict[str, float]) -> list[float]:
         return [float(measured[name]) for name in self.objectives]
 
-    def stops(self, measured: dict[str, float]) -> bool:
-        """Clearly beaten: some other look dominates it with a metric gain over ``margin``, or the
-        metric misses the ``floor`` constraint by more than ``margin``."""
+    def misses_floor(self, upper: float) -> bool:
+        """The metric's upper confidence bound ``upper`` (bootstrap, on the examples seen so far)
+        is below the floor: the whole dev set would very likely miss it too."""
+        return self.floor is not None and upper < self.floor
+
+    def stops(self, measured: dict[str, float], upper: float) -> bool:
+        """Clearly beaten at the first look: some other look dominates it with a metric gain over
+        ``margin``, or it misses the floor."""
         values = self.values(measured)
-        if self.floor is not None and values[self.metric] < self.floor - self.margin:
-            return True
-        return any(dominates(other, values, self.directions, metric=self.metric, margin=self.margin)
-                   for other in self.others)
+        return self.misses_floor(upper) or any(
+            dominates(other, values, self.directions, metric=self.metric, margin=self.margin) for other in self.others)
 
 
 @dataclass
@@ -120,8 +126,8 @@ def measure(base: BaseBundle, model: SpikingBertForSequenceClassification, compr
             energy: Any = "float45nm", early_stop: EarlyStop | None = None) -> TrialResult:
     """Evaluate a compressed model on (the first ``max_examples`` of) the dev set and count its
     operations; ``timing`` holds the compress/recover seconds already spent on it. With
-    ``early_stop`` the first ``early_stop.examples`` are evaluated first, and the rest only if the
-    look is not clearly beaten."""
+    ``early_stop`` the first ``early_stop.examples`` are evaluated first, and the rest (in steps,
+    at its ``later`` looks) only while the trial is not clearly beaten."""
     full = base.dev_size if max_examples is None else min(max_examples, base.dev_size)
     timing = {**timing, "eval_s": 0.0, "count_s": 0.0}
 
@@ -143,13 +149,21 @@ def measure(base: BaseBundle, model: SpikingBertForSequenceClassification, compr
     if early_stop is None or early_stop.examples >= full:
         final = result(evaluate(0, full))
     else:
-        look = evaluate(0, early_stop.examples)
-        first = result(look)
-        partial = {"examples": first.examples, "objectives": first.objectives, "metrics": first.metrics}
-        if early_stop.stops(first.objectives):
-            final = dataclasses.replace(first, early_stopped=True)
+        looks = [early_stop.examples, *(n for n in early_stop.later if early_stop.examples < n < full)]
+        seen = evaluate(0, looks[0])
+        current = result(seen)
+        partial = {"examples": current.examples, "objectives": current.objectives, "metrics": current.metrics}
+        stopped = early_stop.stops(current.objectives, current.metric_ci[1])
+        for start, stop in zip(looks, looks[1:]):
+            if stopped:
+                break
+            seen = merge_evaluations(seen, evaluate(start, stop), base.task)
+            current = result(seen)
+            stopped = early_stop.misses_floor(current.metric_ci[1])
+        if stopped:
+            final = dataclasses.replace(current, early_stopped=True)
         else:
-            final = result(merge_evaluations(look, evaluate(early_stop.examples, full), base.task))
+            final = result(merge_evaluations(seen, evaluate(looks[-1], full), base.task))
         final.partial = partial
     final.timing["total_s"] = sum(v for k, v in final.timing.items() if k != "total_s")
     return final
