@@ -159,7 +159,7 @@ def test_bench_search_compares_samplers_and_early_stopping(tmp_path, tiny_prepar
     assert data["arms"] == json.loads(json.dumps(result["arms"]))
     assert sorted(data["arms"]) == ["guided", "random", "tpe", "tpe+es"]
     shift = data["guided_profile"]["trial_equivalents"]   # the guided arm pays for its profile in trials
-    assert shift >= 1 and data["guided_profile"]["probes"] == 2 + 2 + 4   # heads, T, two bit widths per layer
+    assert shift >= 1 and data["guided_profile"]["probes"] == 2 + 4   # heads, two bit widths per layer (T: uniform runs)
     assert set(data["predictor"]) == {"sops", "energy_uj"} and data["predictor"]["sops"]["trials"] >= 5
     for arm, figures in data["arms"].items():
         (run,) = figures["runs"]

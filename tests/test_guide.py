@@ -13,7 +13,7 @@ import torch
 
 from spikeprune import GuidedSampler, SearchSettings, SearchSpace, run_search
 from spikeprune._guide.costs import CostPredictor
-from spikeprune._guide.sensitivity import compute_profile, plan, profile_path
+from spikeprune._guide.sensitivity import SensitivityProfile, compute_profile, plan, profile_path
 from spikeprune._guide.stats import SpikeStats
 from spikeprune._model.compress import importance_shapes, prune, set_timesteps
 from spikeprune._model.config import CompressionConfig, SpikingBertConfig
@@ -105,7 +105,8 @@ def random_converted(family: str) -> tuple[SpikingBertForSequenceClassification,
 @pytest.mark.parametrize("family", ["converted", "spikingbert"])
 def test_prediction_is_exact_at_the_base_and_close_after_pruning(family):
     model, scores, batch = random_converted(family)
-    stats, evaluation = SpikeStats.gather(model, batch, "sst2", steps=[2])
+    stats, evaluation, at_steps = SpikeStats.gather(model, batch, "sst2", steps=[2])
+    assert sorted(at_steps) == [2] and at_steps[2].record.layers == stats.by_steps[2]
     assert sorted(stats.by_steps) == [2, model.config.timesteps[0]]
     predictor = CostPredictor(model, scores, stats)
     for compression, tolerance in [(CompressionConfig(), 0.0), (CompressionConfig(weight_bits=4), 0.05),
@@ -124,7 +125,7 @@ def test_prediction_is_exact_at_the_base_and_close_after_pruning(family):
 
 def test_stats_round_trip(tmp_path):
     model, _, batch = random_converted("converted")
-    stats, _ = SpikeStats.gather(model, batch, "sst2")
+    stats, _, _ = SpikeStats.gather(model, batch, "sst2")
     loaded = SpikeStats.load(stats.save(tmp_path / "s.safetensors"))
     assert loaded.counts == stats.counts and loaded.timesteps == stats.timesteps
     assert all(torch.equal(a[k], b[k]) for a, b in zip(loaded.histograms, stats.histograms) for k in a)
@@ -150,21 +151,47 @@ def test_profile_is_cached_and_resumes(own_base):
     lines: list[str] = []
     stats, profile = compute_profile(base, space, examples=16, progress=lines.append)
     probes = plan(space, base.student.config)
-    # heads 1 of 2 and neurons 32 of 64 per layer, T = 1 and 4 bits for all layers at once
-    assert len(probes) == len(profile.results) == 2 + 2 + 1 + 2 and len(lines) == 1 + len(probes)
+    # heads 1 of 2 and neurons 32 of 64 per layer, 4 bits per layer; T = 1 from the statistics' uniform run
+    assert len(probes) == len(profile.results) == 2 + 2 + 2 and len(lines) == 1 + len(probes)
+    assert sorted(profile.steps) == [1] and "timesteps" not in {p.knob for p in probes}
     path = profile_path(own_base, probes, 16)
     data = json.loads(path.read_text())
     data["results"] = data["results"][:-1]                      # as if interrupted before the last probe
     path.write_text(json.dumps(data))
     lines.clear()
     _, resumed = compute_profile(base, space, examples=16, progress=lines.append)
-    assert "1 of 7 probes to run" in lines[0] and len(lines) == 2
+    assert "1 of 6 probes to run" in lines[0] and len(lines) == 2
     assert [r.probe for r in resumed.results] == [r.probe for r in profile.results]
     lines.clear()
     compute_profile(base, space, examples=16, progress=lines.append)
     assert lines == []                                          # complete: nothing measured again
     assert profile.score("heads", 0, 2) == (0.0, 0.0)           # the dense value costs nothing
     assert stats.metric == profile.base_metric
+
+
+def test_a_timesteps_only_profile_needs_no_probe_and_is_cached(own_base):
+    base = BaseBundle.load(own_base)
+    space = SearchSpace.from_dict({"name": "t", "timesteps": {"min": 1, "max": 2}})
+    lines: list[str] = []
+    _, profile = compute_profile(base, space, examples=16, progress=lines.append)
+    assert profile.results == [] and sorted(profile.steps) == [1] and "0 of 0 probes" in lines[0]
+    lines.clear()
+    _, cached = compute_profile(base, space, examples=16, progress=lines.append)
+    assert lines == [] and cached.steps == profile.steps
+
+
+def test_timestep_term_by_hand():
+    """Uniform runs at T = 4 (flips 0.6) and 8 (0.2) of a 3-layer base at T = 16: a layer's term is
+    the uniform curve at its effective T (the fewest steps so far), weighted 1/3."""
+    profile = SensitivityProfile(examples=8, base_metric=0.9, base_values={"timesteps": [16, 16, 16]},
+                                 steps={4: (0.3, 0.6), 8: (0.1, 0.2)})
+    assert profile.timestep_score([16, 16, 16]) == (0.0, 0.0)
+    assert profile.timestep_score([8, 8, 8]) == pytest.approx((0.1, 0.2))          # a measured uniform T: itself
+    assert profile.timestep_score([4, 16, 16]) == pytest.approx((0.3, 0.6))         # the first layer throttles all
+    assert profile.timestep_score([16, 16, 4]) == pytest.approx((0.1, 0.2))         # the last: a third
+    assert profile.timestep_score([16, 12, 8]) == pytest.approx(((0.05 + 0.1) / 3, (0.1 + 0.2) / 3))  # 12: halfway to 16
+    assert profile.timestep_score([2, 16, 16]) == pytest.approx((0.3, 0.6))         # below the fewest measured: its value
+    assert SensitivityProfile.from_dict(profile.to_dict()).steps == profile.steps
 
 
 def test_guided_sampler_in_plain_optuna(own_base):
@@ -210,11 +237,11 @@ def test_profile_command_prints_the_table(own_base, tmp_path, capsys):
     argv = ["profile", "--prepared", str(own_base), "--space", str(space), "--examples", "16"]
     assert cli_main(argv) == 0
     first = capsys.readouterr()
-    assert "7 of 7 probes to run" in first.err
+    assert "6 of 6 probes to run" in first.err and "timesteps from 16 simulated at T = 1" in first.err
     rows = [line.split() for line in first.out.splitlines() if line.startswith("  ") and "knob" not in line]
     assert [(r[0], r[1], r[2]) for r in rows] == [("heads", "0", "1"), ("heads", "1", "1"), ("neurons", "0", "32"),
-                                                  ("neurons", "1", "32"), ("timesteps", "all", "1"),
-                                                  ("weight_bits", "0", "4"), ("weight_bits", "1", "4")]
+                                                  ("neurons", "1", "32"), ("weight_bits", "0", "4"),
+                                                  ("weight_bits", "1", "4"), ("timesteps", "all", "1")]
     assert cli_main(argv) == 0                                   # shown again from the cache
     again = capsys.readouterr()
     assert "probes to run" not in again.err and again.out == first.out

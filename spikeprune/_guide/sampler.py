@@ -2,7 +2,8 @@
 
 Every objective but the metric is predicted from the base's spike statistics (costs.py); the
 metric drop is predicted by an additive model over the sensitivity profile (sensitivity.py):
-S(c) = Σ over layers and knobs of the profile's flips at c's value, drop(c) ≈ b + a·S(c). The
+S(c) = Σ over layers and knobs of the profile's flips at c's value (timesteps through the
+profile's timestep term), drop(c) ≈ b + a·S(c). The
 sampler learns from every finished trial: (a, b) are refitted by least squares with a prior on a
 (``_prior``: what a flipped prediction costs), and the residuals of evaluated trials correct nearby candidates
 (a kernel average over the index distance: the interactions the additive model misses).
@@ -118,8 +119,16 @@ class GuidedSampler(BaseSampler):
                      for _, knob, layer, values in self._params)
 
     def flips(self, index: Sequence[int]) -> float:
-        """S(c): the profile's flips summed over every searched parameter."""
-        return sum(self.profile.score(knob, layer, values[i])[1] for (_, knob, layer, values), i in zip(self._params, index))
+        """S(c): the profile's flips summed over every searched parameter but timesteps, plus the
+        profile's timestep term of the config's per-layer timesteps."""
+        probed = sum(self.profile.score(knob, layer, values[i])[1]
+                     for (_, knob, layer, values), i in zip(self._params, index) if knob != "timesteps")
+        steps = {layer: values[i] for (_, knob, layer, values), i in zip(self._params, index) if knob == "timesteps"}
+        if not steps:
+            return probed
+        dense = self.profile.base_values["timesteps"]
+        per_layer = [steps[None] if None in steps else steps.get(l, t) for l, t in enumerate(dense)]
+        return probed + self.profile.timestep_score(per_layer)[1]
 
     def _predict_point(self, index: tuple[int, ...], with_metric: bool = True,
                        fit: tuple[float, float] | None = None) -> dict[str, float]:
@@ -136,8 +145,9 @@ class GuidedSampler(BaseSampler):
         kind (a flip of a binary classifier that is right with probability m loses m and gains 1 - m),
         or the profile's own drop per flip when that is larger. The profile's drops alone are too
         noisy on a few dozen examples (docs/RESULTS.md: they gave 0.04)."""
-        drops = sum(max(r.drop, 0.0) for r in self.profile.results)
-        flips = sum(r.flips for r in self.profile.results)
+        measured = [(r.drop, r.flips) for r in self.profile.results] + list(self.profile.steps.values())
+        drops = sum(max(drop, 0.0) for drop, _ in measured)
+        flips = sum(f for _, f in measured)
         measured = drops / flips if flips > 0 else 0.0
         return max(measured, 2 * self.profile.base_metric - 1, PRIOR_FLOOR)
 

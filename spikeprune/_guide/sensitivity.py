@@ -11,9 +11,14 @@ few examples, and at small compressions they add up across layers: the sampler's
 What a probe costs is what makes the profile pay for itself. Heads, neurons and bit widths are
 probed on the model's training surrogate (``mode="surrogate"``: the converted family's quantized
 network, what its spikes converge to), which runs no timesteps and so costs about one T-th of a
-simulation: those probes see ``SURROGATE_FACTOR`` times more examples for the same time. Only
-timesteps need the spiking simulation; their probes run it on the first ``examples`` dev examples
-(the trials' fixed order), against the simulated dense model on the same examples.
+simulation: those probes see ``SURROGATE_FACTOR`` times more examples for the same time.
+Timesteps are not probed at all: the spike statistics (stats.py) already simulate the whole model
+at every uniform T of the space, and those runs' drops and flips (``steps``) give the timestep
+term (``timestep_score``). A layer after a short one carries no more than that short train (the
+cost predictor reads spikes by the same rule), so a layer's term is the uniform curve at its
+effective T, the fewest steps of it and the layers before it, and each layer carries 1/L of it:
+a uniform config scores exactly what was measured, and cutting the first layer scores like
+cutting them all.
 
 The profile is cached beside the base (``<prepared>/guide/``), written after every probe, so an
 interrupted profile resumes where it stopped; its file name is a digest of the plan and budget.
@@ -21,11 +26,12 @@ interrupted profile resumes where it stopped; its file name is a digest of the p
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,12 +46,10 @@ from spikeprune.errors import SpikepruneError
 
 from .stats import SpikeStats
 
-FORMAT = 2
-#: Knobs a profile probes, in this order.
-KNOBS: tuple[str, ...] = ("heads", "neurons", "timesteps", "weight_bits")
-#: Knobs whose probes need the spiking simulation; the others run the surrogate.
-SIMULATED: frozenset[str] = frozenset({"timesteps"})
-#: Surrogate probes see this many times the simulated probes' examples.
+FORMAT = 3
+#: Knobs a profile probes (on the surrogate), in this order; timesteps come from the uniform-T runs.
+KNOBS: tuple[str, ...] = ("heads", "neurons", "weight_bits")
+#: Surrogate probes see this many times the simulated examples.
 SURROGATE_FACTOR = 4
 
 
@@ -74,6 +78,7 @@ class SensitivityProfile:
     base_values: dict[str, list[float]]            # the dense model's value of every knob per layer
     results: list[ProbeResult] = field(default_factory=list)
     seconds: float = 0.0                           # evaluation time of the whole profile
+    steps: dict[int, tuple[float, float]] = field(default_factory=dict)   # uniform T -> (drop, flips), simulated
 
     def curve(self, knob: str, layer: int | None) -> list[tuple[float, float, float]]:
         """(value, drop, flips) of the probes of one knob and layer, the dense value at (.., 0, 0)."""
@@ -91,9 +96,23 @@ class SensitivityProfile:
             return 0.0, 0.0
         return (float(np.interp(value, xs, [c[1] for c in curve])), float(np.interp(value, xs, [c[2] for c in curve])))
 
+    def timestep_score(self, timesteps: Sequence[float]) -> tuple[float, float]:
+        """(drop, flips) of per-layer ``timesteps``: 1/L of the uniform-T curve at each layer's
+        effective T (the module doc); linear between the measured T, 0 at the base T and above,
+        the fewest measured steps' value below them."""
+        if not self.steps:
+            return 0.0, 0.0
+        top = max(self.base_values["timesteps"])
+        xs = [*sorted(self.steps), top]
+        drops = [*(self.steps[t][0] for t in sorted(self.steps)), 0.0]
+        flips = [*(self.steps[t][1] for t in sorted(self.steps)), 0.0]
+        effective = [min(t, top) for t in itertools.accumulate(timesteps, min)]
+        return (float(np.mean(np.interp(effective, xs, drops))), float(np.mean(np.interp(effective, xs, flips))))
+
     def to_dict(self) -> dict:
         return {"format": FORMAT, "examples": self.examples, "base_metric": self.base_metric,
                 "base_values": self.base_values, "seconds": self.seconds,
+                "steps": {str(t): list(v) for t, v in self.steps.items()},
                 "results": [{**asdict(r.probe), "metric": r.metric, "drop": r.drop, "flips": r.flips,
                              "seconds": r.seconds} for r in self.results]}
 
@@ -103,7 +122,8 @@ class SensitivityProfile:
             raise ValueError(f"format {data.get('format')}, expected {FORMAT}")
         results = [ProbeResult(Probe(r["knob"], r["layer"], r["value"]), r["metric"], r["drop"], r["flips"], r["seconds"])
                    for r in data["results"]]
-        return cls(data["examples"], data["base_metric"], data["base_values"], results, data.get("seconds", 0.0))
+        steps = {int(t): (float(v[0]), float(v[1])) for t, v in data["steps"].items()}
+        return cls(data["examples"], data["base_metric"], data["base_values"], results, data["seconds"], steps)
 
 
 def dense_values(model: SpikingBertConfig) -> dict[str, list[float]]:
@@ -153,7 +173,7 @@ def stats_file(prepared: Path, examples: int, steps: list[int]) -> Path:
 
 
 def profile_path(prepared: Path, probes: list[Probe], examples: int) -> Path:
-    digest = hashlib.sha256(json.dumps([[asdict(p) for p in probes], examples]).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(json.dumps([FORMAT, [asdict(p) for p in probes], examples]).encode()).hexdigest()[:12]
     return Path(prepared) / "guide" / f"sensitivity-{digest}.json"
 
 
@@ -184,33 +204,32 @@ def compute_profile(base: BaseBundle, space: SearchSpace, *, examples: int = 64,
             raise SpikepruneError(f"{path} is damaged ({e}); delete it and the profile is measured again") from None
     done = {r.probe for r in profile.results} if profile else set()
     todo = [p for p in probes if p not in done]
-    if not todo and stats_path.exists():
+    if profile is not None and not todo and stats_path.exists():
         return SpikeStats.load(stats_path), profile
     t0 = time.perf_counter()
-    stats, simulated = SpikeStats.gather(base.student, base.dev_batches(examples), base.task, steps)
+    stats, simulated, at_steps = SpikeStats.gather(base.student, base.dev_batches(examples), base.task, steps)
     stats.save(stats_path)
+    regression = get_task(base.task).is_regression
     wide = min(examples * SURROGATE_FACTOR, base.dev_size)
-    surrogate = None   # the dense surrogate's predictions, evaluated only if a surrogate probe runs
-    if any(p.knob not in SIMULATED for p in todo):
+    surrogate = None   # the dense surrogate's predictions, evaluated only if a probe runs
+    if todo:
         surrogate = evaluate_model(base.student, base.dev_batches(wide), base.task, mode="surrogate")
     if profile is None:
-        profile = SensitivityProfile(examples, stats.metric, dense_values(model))
+        dense = float(simulated.metrics["metric"])
+        profile = SensitivityProfile(examples, stats.metric, dense_values(model), steps={
+            t: (dense - float(ev.metrics["metric"]), _flips(regression, simulated.predictions, ev.predictions))
+            for t, ev in at_steps.items()})
     profile.seconds += time.perf_counter() - t0
-    if todo:
-        say(f"sensitivity profile: {len(todo)} of {len(probes)} probes to run ({examples} dev examples simulated, "
-            f"{wide} on the surrogate) -> {path}")
-    regression = get_task(base.task).is_regression
+    say(f"sensitivity profile: {len(todo)} of {len(probes)} probes to run ({wide} dev examples on the surrogate; "
+        f"timesteps from {examples} simulated at T = {', '.join(map(str, steps)) or 'none'}) -> {path}")
     for i, probe in enumerate(todo, 1):
         t0 = time.perf_counter()
         compressed, _, _ = build_compressed(base, _config(probe, model))
-        simulate = probe.knob in SIMULATED
-        dense = simulated if simulate else surrogate
-        ev = evaluate_model(compressed, base.dev_batches(examples if simulate else wide), base.task,
-                            mode="batched" if simulate else "surrogate")
+        ev = evaluate_model(compressed, base.dev_batches(wide), base.task, mode="surrogate")
         seconds = time.perf_counter() - t0
         metric = float(ev.metrics["metric"])
-        result = ProbeResult(probe, metric, float(dense.metrics["metric"]) - metric,
-                             _flips(regression, dense.predictions, ev.predictions), seconds)
+        result = ProbeResult(probe, metric, float(surrogate.metrics["metric"]) - metric,
+                             _flips(regression, surrogate.predictions, ev.predictions), seconds)
         profile.results.append(result)
         profile.seconds += seconds
         _write(path, profile)

@@ -43,9 +43,10 @@ class SpikeStats:
 
     @classmethod
     def gather(cls, model: SpikingBertForSequenceClassification, batches: Iterable[dict[str, Tensor]],
-               task: str, steps: Iterable[int] = ()) -> "tuple[SpikeStats, Evaluation]":
+               task: str, steps: Iterable[int] = ()) -> "tuple[SpikeStats, Evaluation, dict[int, Evaluation]]":
         """One evaluation of ``model`` on ``batches`` with every spike train histogrammed, then one
-        simulation (counts only) at each uniform T of ``steps``."""
+        simulation at each uniform T of ``steps``; the statistics, that evaluation and those
+        simulations (their predictions give the sensitivity profile's timestep term)."""
         from spikeprune._model.compress import set_timesteps
 
         batches = list(batches)
@@ -69,13 +70,13 @@ class SpikeStats:
         by_steps = {}
         if len(set(cfg.timesteps)) == 1:
             by_steps[cfg.timesteps[0]] = [dict(layer) for layer in record.layers]
-        for t in sorted(set(steps) - set(by_steps)):
-            other = evaluate_model(set_timesteps(model, t), batches, task).record
-            by_steps[int(t)] = [dict(layer) for layer in other.layers]
+        at_steps = {int(t): evaluate_model(set_timesteps(model, t), batches, task)
+                    for t in sorted(set(steps) - set(by_steps))}
+        by_steps.update({t: [dict(layer) for layer in ev.record.layers] for t, ev in at_steps.items()})
         stats = cls(family=cfg.family, timesteps=list(cfg.timesteps), examples=record.examples, tokens=record.tokens,
                     token_pairs=record.token_pairs, counts=[dict(layer) for layer in record.layers],
                     histograms=hists, metric=float(evaluation.metrics["metric"]), by_steps=by_steps)
-        return stats, evaluation
+        return stats, evaluation, at_steps
 
     def save(self, path: str | Path) -> Path:
         """safetensors with the scalars as JSON metadata; written to a temporary name, then renamed."""

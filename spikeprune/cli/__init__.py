@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prepared", required=True, type=Path, help="prepared base folder (from `spikeprune prepare`)")
     p.add_argument("--space", default="joint", help="space preset or YAML file (default joint)")
     p.add_argument("--examples", type=POSITIVE_INT, default=64,
-                   help="dev examples per simulated probe; surrogate probes see 4x as many (default 64)")
+                   help="dev examples simulated at each uniform T; surrogate probes see 4x as many (default 64)")
     add_glue_dir(p)
 
     p = add("search", c.cmd_search, "run or resume a multi-objective compression search",

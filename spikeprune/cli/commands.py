@@ -63,6 +63,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     for r in profile.results:
         layer = "all" if r.probe.layer is None else str(r.probe.layer)
         print(f"  {r.probe.knob:<12} {layer:>5} {r.probe.value:>7g} {r.drop:>+8.4f} {r.flips:>6.3f}")
+    for t, (drop, flips) in sorted(profile.steps.items()):   # the uniform-T runs of the spike statistics
+        print(f"  {'timesteps':<12} {'all':>5} {t:>7g} {drop:>+8.4f} {flips:>6.3f}")
     return 0
 
 
