@@ -221,3 +221,13 @@ def test_bench_startup_help_imports_nothing_heavy(tmp_path):
     rows = result["commands"]
     assert set(rows) == {"python -c pass", "spikeprune --help", "spikeprune --version", "spikeprune search --help"}
     assert all(row["heavy_imports"] == [] for row in rows.values())
+
+
+def test_bench_timesteps_compares_single_layer_cuts_with_the_rule(tmp_path, tiny_prepared, glue_dir):
+    out = tmp_path / "timesteps.json"
+    result = _script("bench_timesteps").main(["--prepared", str(tiny_prepared), "--glue-dir", str(glue_dir),
+                                              "--steps", "1", "--max-examples", "8", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    cuts = result["cuts"]["1"]
+    assert sorted(cuts) == ["0", "1", "all"] and all(0 <= flips <= 1 for _, flips in cuts.values())
+    assert set(result["mean_abs_error"]) == {"power", "additive"}

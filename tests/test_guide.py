@@ -181,16 +181,18 @@ def test_a_timesteps_only_profile_needs_no_probe_and_is_cached(own_base):
 
 
 def test_timestep_term_by_hand():
-    """Uniform runs at T = 4 (flips 0.6) and 8 (0.2) of a 3-layer base at T = 16: a layer's term is
-    the uniform curve at its effective T (the fewest steps so far), weighted 1/3."""
+    """Uniform runs at T = 4 (flips 0.6) and 8 (0.2) of a 3-layer base at T = 16: the term is the
+    power mean (p = 2.5) over layers of the uniform curve at each layer's T."""
     profile = SensitivityProfile(examples=8, base_metric=0.9, base_values={"timesteps": [16, 16, 16]},
                                  steps={4: (0.3, 0.6), 8: (0.1, 0.2)})
+    one_of_three = 3 ** (-1 / 2.5)                                                  # 0.644
     assert profile.timestep_score([16, 16, 16]) == (0.0, 0.0)
     assert profile.timestep_score([8, 8, 8]) == pytest.approx((0.1, 0.2))          # a measured uniform T: itself
-    assert profile.timestep_score([4, 16, 16]) == pytest.approx((0.3, 0.6))         # the first layer throttles all
-    assert profile.timestep_score([16, 16, 4]) == pytest.approx((0.1, 0.2))         # the last: a third
-    assert profile.timestep_score([16, 12, 8]) == pytest.approx(((0.05 + 0.1) / 3, (0.1 + 0.2) / 3))  # 12: halfway to 16
-    assert profile.timestep_score([2, 16, 16]) == pytest.approx((0.3, 0.6))         # below the fewest measured: its value
+    assert profile.timestep_score([4, 16, 16]) == pytest.approx((0.3 * one_of_three, 0.6 * one_of_three))
+    assert profile.timestep_score([16, 16, 4]) == profile.timestep_score([4, 16, 16])
+    mixed = ((0.1 ** 2.5 + 0.2 ** 2.5) / 3) ** 0.4                                  # T = 12 is halfway to 16: 0.1
+    assert profile.timestep_score([16, 12, 8])[1] == pytest.approx(mixed)
+    assert profile.timestep_score([2, 16, 16]) == profile.timestep_score([4, 16, 16])  # below the fewest measured
     assert SensitivityProfile.from_dict(profile.to_dict()).steps == profile.steps
 
 

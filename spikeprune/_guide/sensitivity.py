@@ -14,11 +14,12 @@ network, what its spikes converge to), which runs no timesteps and so costs abou
 simulation: those probes see ``SURROGATE_FACTOR`` times more examples for the same time.
 Timesteps are not probed at all: the spike statistics (stats.py) already simulate the whole model
 at every uniform T of the space, and those runs' drops and flips (``steps``) give the timestep
-term (``timestep_score``). A layer after a short one carries no more than that short train (the
-cost predictor reads spikes by the same rule), so a layer's term is the uniform curve at its
-effective T, the fewest steps of it and the layers before it, and each layer carries 1/L of it:
-a uniform config scores exactly what was measured, and cutting the first layer scores like
-cutting them all.
+term (``timestep_score``): the power mean, with exponent ``TIMESTEP_POWER``, over the layers of
+the uniform curve at each layer's T. A uniform config scores exactly what was measured; one layer
+cut alone scores L^(-1/p) of the uniform cut. Cuts of single layers are far from additive: on the
+SST-2 base each one alone flipped about half as many predictions as cutting every layer
+(docs/RESULTS.md, ``benchmarks/bench_timesteps.py``), which a mean with p = 2.5 reproduces
+(L = 6: 0.49) and the additive 1/L share does not (0.17).
 
 The profile is cached beside the base (``<prepared>/guide/``), written after every probe, so an
 interrupted profile resumes where it stopped; its file name is a digest of the plan and budget.
@@ -26,7 +27,6 @@ interrupted profile resumes where it stopped; its file name is a digest of the p
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import sys
@@ -51,6 +51,9 @@ FORMAT = 3
 KNOBS: tuple[str, ...] = ("heads", "neurons", "weight_bits")
 #: Surrogate probes see this many times the simulated examples.
 SURROGATE_FACTOR = 4
+#: Exponent of the power mean over layers of the timestep term (1: additive shares; large: the
+#: worst layer alone). Measured on the SST-2 base: one of 6 layers cut costs 0.52-0.67 of all 6.
+TIMESTEP_POWER = 2.5
 
 
 @dataclass(frozen=True)
@@ -97,17 +100,19 @@ class SensitivityProfile:
         return (float(np.interp(value, xs, [c[1] for c in curve])), float(np.interp(value, xs, [c[2] for c in curve])))
 
     def timestep_score(self, timesteps: Sequence[float]) -> tuple[float, float]:
-        """(drop, flips) of per-layer ``timesteps``: 1/L of the uniform-T curve at each layer's
-        effective T (the module doc); linear between the measured T, 0 at the base T and above,
-        the fewest measured steps' value below them."""
+        """(drop, flips) of per-layer ``timesteps``: the power mean over layers of the uniform-T
+        curve at each layer's T (the module doc); the curve is linear between the measured T, 0 at
+        the base T and above, the fewest measured steps' value below them."""
         if not self.steps:
             return 0.0, 0.0
         top = max(self.base_values["timesteps"])
         xs = [*sorted(self.steps), top]
-        drops = [*(self.steps[t][0] for t in sorted(self.steps)), 0.0]
-        flips = [*(self.steps[t][1] for t in sorted(self.steps)), 0.0]
-        effective = [min(t, top) for t in itertools.accumulate(timesteps, min)]
-        return (float(np.mean(np.interp(effective, xs, drops))), float(np.mean(np.interp(effective, xs, flips))))
+
+        def mean(values: list[float]) -> float:
+            curve = np.interp(timesteps, xs, [*values, 0.0]).clip(min=0.0)
+            return float(np.mean(curve ** TIMESTEP_POWER) ** (1 / TIMESTEP_POWER))
+
+        return (mean([self.steps[t][0] for t in sorted(self.steps)]), mean([self.steps[t][1] for t in sorted(self.steps)]))
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "examples": self.examples, "base_metric": self.base_metric,

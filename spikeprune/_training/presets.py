@@ -114,7 +114,7 @@ TASK_VALUES: dict[str, dict[str, dict[str, Any]]] = {
         "mrpc": {"max_length": 128, "teacher_epochs": 3, "teacher_lr": 5e-5, "batch_size": 16, "distill_epochs": 3},
         "rte": {"max_length": 128, "teacher_epochs": 6, "teacher_lr": 3e-5, "batch_size": 16, "distill_epochs": 3,
                 "distill_lr": 2e-5},
-        "stsb": {"max_length": 128, "teacher_epochs": 3, "distill_epochs": 3},
+        "stsb": {"max_length": 128, "teacher_epochs": 3, "teacher_lr": 5e-5, "batch_size": 16, "distill_epochs": 3},
         "wnli": {"max_length": 128, "teacher_epochs": 3, "distill_epochs": 3},
     },
 }
