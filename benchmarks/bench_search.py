@@ -34,7 +34,7 @@ import plotly.graph_objects as go  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from spikeprune._results import plots  # noqa: E402
-from spikeprune._results.pareto import analyse_study, front_hypervolume, is_duplicate  # noqa: E402
+from spikeprune._results.pareto import analyse_study, baseline_trial, front_hypervolume, is_duplicate  # noqa: E402
 from spikeprune.records import TrialRecord  # noqa: E402
 from spikeprune import SearchSettings, run_search  # noqa: E402
 
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             hv = curve(trials, reference)
             if arm == "guided":
                 hv = [0.0] * profile_trials + hv
-            baseline = next(t for t in trials if t.user_attrs.get("baseline")).values[0]
+            baseline = baseline_trial(trials).values[0]   # the finished one: a killed driver fails the first
             runs.append({"seed": seed, "study": study.study_name, "hypervolume": hv,
                          "fewest_sops": fewest_sops(trials, baseline, args.max_drop),
                          "examples": sum(r.examples or 0 for r in fresh),
