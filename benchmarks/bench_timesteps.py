@@ -21,7 +21,8 @@ import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before tor
 import numpy as np  # noqa: E402
 
 from spikeprune import BaseBundle, CompressionConfig  # noqa: E402
-from spikeprune._guide.sensitivity import TIMESTEP_POWER, SensitivityProfile, dense_values  # noqa: E402
+from spikeprune._guide.sensitivity import TIMESTEP_POWER, SensitivityProfile, dense_values, flip_rate  # noqa: E402
+from spikeprune._model.glue import get_task  # noqa: E402
 from spikeprune._model.evaluation import evaluate_model  # noqa: E402
 from spikeprune._trial.kernel import build_compressed  # noqa: E402
 
@@ -37,18 +38,23 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = base.student.config
     examples = min(args.max_examples, base.dev_size)
     dense = evaluate_model(base.student, base.dev_batches(examples), base.task)
+    regression = get_task(base.task).is_regression
+    top, layers = max(cfg.timesteps), cfg.num_layers
+
+    def alone(t: int, layer: int) -> list[int]:
+        """``layer`` at ``t`` steps, every other layer at the base's."""
+        return [t if k == layer else top for k in range(layers)]
 
     def flips(timesteps: list[int]) -> tuple[float, float]:
         model, _, _ = build_compressed(base, CompressionConfig(timesteps=timesteps))
         ev = evaluate_model(model, base.dev_batches(examples), base.task)
-        return float(ev.metrics["metric"]), float(np.mean(ev.predictions != dense.predictions))
+        return float(ev.metrics["metric"]), flip_rate(regression, dense.predictions, ev.predictions)
 
-    top, layers = max(cfg.timesteps), cfg.num_layers
     cuts: dict[int, dict[str, tuple[float, float]]] = {}
     for t in args.steps:
         cuts[t] = {"all": flips([t] * layers)}
         for l in range(layers):
-            cuts[t][str(l)] = flips([t if k == l else top for k in range(layers)])
+            cuts[t][str(l)] = flips(alone(t, l))
         print(f"T={t}: " + ", ".join(f"{k} {v[1]:.3f}" for k, v in cuts[t].items()), flush=True)
     profile = SensitivityProfile(examples, float(dense.metrics["metric"]), dense_values(cfg),
                                  steps={t: (0.0, c["all"][1]) for t, c in cuts.items()})
@@ -56,8 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     for t, c in cuts.items():
         uniform = c["all"][1]
         for l in range(layers):
-            alone = [t if k == l else top for k in range(layers)]
-            power, additive = profile.timestep_score(alone)[1], uniform / layers
+            power, additive = profile.timestep_score(alone(t, l))[1], uniform / layers
             errors["power"].append(abs(power - c[str(l)][1]))
             errors["additive"].append(abs(additive - c[str(l)][1]))
         singles = [c[str(l)][1] for l in range(layers)]

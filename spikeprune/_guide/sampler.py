@@ -145,9 +145,9 @@ class GuidedSampler(BaseSampler):
         kind (a flip of a binary classifier that is right with probability m loses m and gains 1 - m),
         or the profile's own drop per flip when that is larger. The profile's drops alone are too
         noisy on a few dozen examples (docs/RESULTS.md: they gave 0.04)."""
-        measured = [(r.drop, r.flips) for r in self.profile.results] + list(self.profile.steps.values())
-        drops = sum(max(drop, 0.0) for drop, _ in measured)
-        flips = sum(f for _, f in measured)
+        points = [(r.drop, r.flips) for r in self.profile.results] + list(self.profile.steps.values())
+        drops = sum(max(drop, 0.0) for drop, _ in points)
+        flips = sum(f for _, f in points)
         measured = drops / flips if flips > 0 else 0.0
         return max(measured, 2 * self.profile.base_metric - 1, PRIOR_FLOOR)
 

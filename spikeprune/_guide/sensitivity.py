@@ -182,7 +182,9 @@ def profile_path(prepared: Path, probes: list[Probe], examples: int) -> Path:
     return Path(prepared) / "guide" / f"sensitivity-{digest}.json"
 
 
-def _flips(task_regression: bool, dense: np.ndarray, other: np.ndarray) -> float:
+def flip_rate(task_regression: bool, dense: np.ndarray, other: np.ndarray) -> float:
+    """How far ``other``'s predictions moved from ``dense``'s: the share changed, or for regression
+    the mean absolute change over the dense predictions' standard deviation."""
     if task_regression:
         return float(np.mean(np.abs(other - dense)) / (np.std(dense) or 1.0))
     return float(np.mean(other != dense))
@@ -220,9 +222,8 @@ def compute_profile(base: BaseBundle, space: SearchSpace, *, examples: int = 64,
     if todo:
         surrogate = evaluate_model(base.student, base.dev_batches(wide), base.task, mode="surrogate")
     if profile is None:
-        dense = float(simulated.metrics["metric"])
         profile = SensitivityProfile(examples, stats.metric, dense_values(model), steps={
-            t: (dense - float(ev.metrics["metric"]), _flips(regression, simulated.predictions, ev.predictions))
+            t: (stats.metric - float(ev.metrics["metric"]), flip_rate(regression, simulated.predictions, ev.predictions))
             for t, ev in at_steps.items()})
     profile.seconds += time.perf_counter() - t0
     say(f"sensitivity profile: {len(todo)} of {len(probes)} probes to run ({wide} dev examples on the surrogate; "
@@ -234,7 +235,7 @@ def compute_profile(base: BaseBundle, space: SearchSpace, *, examples: int = 64,
         seconds = time.perf_counter() - t0
         metric = float(ev.metrics["metric"])
         result = ProbeResult(probe, metric, float(surrogate.metrics["metric"]) - metric,
-                             _flips(regression, surrogate.predictions, ev.predictions), seconds)
+                             flip_rate(regression, surrogate.predictions, ev.predictions), seconds)
         profile.results.append(result)
         profile.seconds += seconds
         _write(path, profile)
