@@ -312,6 +312,35 @@ def test_a_resumed_random_search_does_not_replay_its_first_draws(tiny_prepared, 
     assert resume_seed(0, 6) != 0 and resume_seed(0, 6) == resume_seed(0, 6) != resume_seed(0, 7)
 
 
+def test_drivers_joining_a_running_study_draw_their_own_configs(tiny_prepared, space_file, tmp_path):
+    """Two drivers starting together (the second joins while the first sets the study up or runs)
+    must not propose the same configs: the second would wait on the first's evaluation of each (and
+    a cluster test hung on exactly that). A lone resume stays reproducible."""
+    import socket
+
+    from spikeprune._model.config import SpikingBertConfig
+    from spikeprune._search.resume import HEARTBEAT_KEY
+    from spikeprune._search.study import open_study
+    from spikeprune._spaces.schema import SearchSpace
+
+    s = settings(tiny_prepared, space_file, tmp_path, sampler="random")
+    model = SpikingBertConfig.load(tiny_prepared / "student" / "config.json")
+    storage = optuna.storages.get_storage(open_storage(tmp_path / "join.log"))
+
+    def join() -> float:
+        study = open_study(s, SearchSpace.load(space_file), storage, "sst2", tiny_prepared, model, "45nm", 64)
+        return study.sampler.sample_independent(study, None, "x", optuna.distributions.FloatDistribution(0, 1))
+
+    creator = join()
+    lone = [join(), join()]
+    assert lone[0] == lone[1] != creator   # a lone resume: reproducible, not the creator's draws
+    study_id = storage.get_study_id_from_name("s")
+    storage.set_study_system_attr(study_id, HEARTBEAT_KEY + "running",
+                                  {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid()})
+    joined = [join(), join()]
+    assert len({creator, *lone, *joined}) == 4
+
+
 def test_only_trials_with_cpus_of_their_own_spin(monkeypatch):
     """Trials of 2+ CPUs get workers whose OpenMP threads spin (ACTIVE); one thread, or a policy the
     user set before importing spikeprune, keeps the process environment."""

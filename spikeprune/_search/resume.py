@@ -50,7 +50,7 @@ class Resume:
         # that started a moment after us be taken for dead and its first trial re-queued.
         running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         beats = self.beats()
-        others_alive = any(self.alive(d, beats) for d in beats if d != self.identity["id"])
+        others_alive = self.others_alive(beats)
         re_queued = []
         for t in running:
             owner = t.user_attrs.get("driver")
@@ -70,6 +70,11 @@ class Resume:
     def beats(self) -> dict[str, Any]:
         return {k[len(HEARTBEAT_KEY):]: v for k, v in self.storage.get_study_system_attrs(self.study_id).items()
                 if k.startswith(HEARTBEAT_KEY)}
+
+    def others_alive(self, beats: dict[str, Any] | None = None) -> bool:
+        """Whether another driver runs on the study now."""
+        beats = self.beats() if beats is None else beats
+        return any(self.alive(d, beats) for d in beats if d != self.identity["id"])
 
     def alive(self, driver_id: Any, beats: dict[str, Any]) -> bool:
         """Whether a driver still runs: its process when it is on this host, else a recent heartbeat."""

@@ -6,6 +6,7 @@ its options before loading anything heavy.
 from __future__ import annotations
 
 import re
+import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,10 +80,14 @@ class SearchSettings:
             raise SpikepruneError(f"storage_patience must be >= 0 seconds, got {self.storage_patience}")
 
 
-def resume_seed(seed: int, trials: int) -> int:
-    """The sampler seed of a run that resumes a study holding ``trials`` trials: reproducible, and
-    different from every earlier run's, so a seeded sampler does not replay its first draws."""
-    return (seed * 1_000_003 + trials) % 2**31
+def resume_seed(seed: int, trials: int, shared: bool = False) -> int:
+    """The sampler seed of a driver that joins a study holding ``trials`` trials: different from every
+    earlier run's, so a seeded sampler does not replay their first draws. A lone resume is
+    reproducible; a driver joining others that run now (``shared``) also mixes in fresh entropy, as
+    two drivers joining at once see the same count and would propose the same configs (one then
+    waits on the other's evaluation, and the search runs at half speed)."""
+    mixed = (seed * 1_000_003 + trials) % 2**31
+    return mixed ^ secrets.randbits(31) if shared else mixed
 
 
 def make_sampler(name: str, seed: int, population_size: int = 20) -> optuna.samplers.BaseSampler:

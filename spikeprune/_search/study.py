@@ -20,6 +20,7 @@ from spikeprune._spaces.schema import SearchSpace
 from spikeprune.errors import SpikepruneError
 from spikeprune.records import StudyRecord, TrialRecord
 
+from .resume import Resume
 from .settings import SearchSettings, make_sampler, resume_seed
 
 #: How long a driver waits for another driver's setup of a study it has just created.
@@ -32,28 +33,28 @@ def open_study(settings: SearchSettings, space: SearchSpace, storage: optuna.sto
                sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None) -> optuna.Study:
     """The study of ``settings.study_name``: created and seeded, or loaded and checked. The sampler
     is ``settings.sampler``'s, or what ``sampler_for(seed)`` makes (the guided sampler needs the
-    base). A resumed study gets a sampler seeded by ``resume_seed``: with the original seed a
-    history-blind sampler (random) would draw its first configs again, as duplicates."""
+    base). A driver that did not create the study gets a sampler seeded by ``resume_seed``: with the
+    original seed a history-blind sampler (random) would draw the first configs again, as duplicates."""
     make = sampler_for or (lambda seed: make_sampler(settings.sampler, seed, settings.population_size))
-    sampler = make(settings.seed)
     try:
         storage.create_new_study([StudyDirection[d.upper()] for d in space.directions], settings.study_name)
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         created = False
-    study = optuna.load_study(study_name=settings.study_name, storage=storage, sampler=sampler)
-    existing = len(study.get_trials(deepcopy=False))
-    if existing:
-        study.sampler = make(resume_seed(settings.seed, existing))
+    study = optuna.load_study(study_name=settings.study_name, storage=storage, sampler=make(settings.seed))
     wanted = StudyRecord(task=task, objectives=[{"name": o.name, "direction": o.direction} for o in space.objectives],
                          space=space.to_dict(), prepared=str(prepared), energy=energy, dev_examples=dev_size,
                          max_examples=settings.max_examples, seed=settings.seed,
                          reference_given=space.reference or None)
     record = StudyRecord.find(study)
     deadline = time.monotonic() + SETUP_WAIT_S
+    set_up_by_another = record is None and not created
     while record is None and not created and time.monotonic() < deadline:
         time.sleep(SETUP_POLL_S)  # another driver created the study a moment ago and is setting it up
         record = StudyRecord.find(study)
+    if not created:   # counted after the setup, so a driver joining its creator does not replay its draws
+        shared = set_up_by_another or Resume(study, storage, settings.stale_after_s).others_alive()
+        study.sampler = make(resume_seed(settings.seed, len(study.get_trials(deepcopy=False)), shared))
     if record is None:
         trials = study.get_trials(deepcopy=False)
         if trials and not any(TrialRecord.of(t).seeded for t in trials):
