@@ -7,6 +7,7 @@ import dataclasses
 import json
 import shutil
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -194,6 +195,23 @@ def test_timestep_term_by_hand():
     assert profile.timestep_score([16, 12, 8])[1] == pytest.approx(mixed)
     assert profile.timestep_score([2, 16, 16]) == profile.timestep_score([4, 16, 16])  # below the fewest measured
     assert SensitivityProfile.from_dict(profile.to_dict()).steps == profile.steps
+
+
+def test_drop_curve_by_hand():
+    """The metric holds, then falls off a cliff: points on b + d·σ((S - s0)/w) with s0 and w on the
+    fit's grid give that curve back exactly; a metric that rises with S is fitted flat, never as a gain."""
+    from spikeprune._guide.sampler import DropCurve, fit_curve
+
+    scores = np.array([0.0, 0.2, 0.4, 0.5, 0.55, 0.6, 0.7, 1.0])
+    top = 1.5                                     # the grid spans 0..1.5·max(S), 61 values of s0
+    truth = DropCurve(b=0.01, d=0.3, s0=0.55, w=0.05 * top)
+    curve = fit_curve(scores, truth(scores), np.ones(len(scores)))
+    assert (curve.s0, curve.w) == pytest.approx((truth.s0, truth.w))
+    assert (curve.b, curve.d) == pytest.approx((truth.b, truth.d), abs=1e-6)
+    # By hand: 0.01 + 0.3 / (1 + e^((0.55 - S) / 0.075)): 0.0203 at S = 0.3, 0.3072 at S = 0.9.
+    assert float(curve(0.3)) == pytest.approx(0.0203, abs=1e-4) and float(curve(0.9)) == pytest.approx(0.3072, abs=1e-4)
+    flat = fit_curve(scores, 0.1 - 0.05 * scores, np.ones(len(scores)))
+    assert flat.d == 0.0 and float(flat(0.0)) == float(flat(1.0)) == pytest.approx(np.mean(0.1 - 0.05 * scores))
 
 
 def test_guided_sampler_in_plain_optuna(own_base):

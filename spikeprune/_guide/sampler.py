@@ -1,12 +1,14 @@
 """``GuidedSampler``: an Optuna sampler that proposes configs on the *predicted* Pareto front.
 
 Every objective but the metric is predicted from the base's spike statistics (costs.py); the
-metric drop is predicted by an additive model over the sensitivity profile (sensitivity.py):
-S(c) = Σ over layers and knobs of the profile's flips at c's value (timesteps through the
-profile's timestep term), drop(c) ≈ b + a·S(c). The
-sampler learns from every finished trial: (a, b) are refitted by least squares with a prior on a
-(``_prior``: what a flipped prediction costs), and the residuals of evaluated trials correct nearby candidates
-(a kernel average over the index distance: the interactions the additive model misses).
+metric drop is predicted from a score over the sensitivity profile (sensitivity.py): S(c) = Σ over
+layers and knobs of the profile's flips at c's value (timesteps through the profile's timestep
+term). S ranks configs well but overcounts (the same borderline examples flip under every small
+cut), and the metric does not fall with it in a line: it holds, then drops off a cliff to about
+chance. So drop(c) = b + d·σ((S(c) - s0)/w), a ``DropCurve`` refitted after every finished trial
+(``fit_curve``; the profile's own uniform-T points are its prior), and the residuals of evaluated
+trials correct nearby candidates (a kernel average over the index distance: the interactions the
+score misses).
 
 Each ask builds candidates: a greedy path from the dense config that always takes the step with
 the best predicted cost saved per drop added (a knapsack over layers, for a random weighting of
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,12 +39,42 @@ from spikeprune.objectives import METRIC, Objective
 from .costs import CostPredictor
 from .sensitivity import SensitivityProfile, compute_profile
 
-#: Weight (in trials) of the profile's prior on the calibration of drop against flips.
-PRIOR_TRIALS = 3.0
-#: Least drop per flipped prediction the prior assumes (metrics near chance give 2m - 1 <= 0).
-PRIOR_FLOOR = 0.05
+#: Weight (in trials) of the profile's own points (the dense model, the uniform-T runs) in the fit.
+PRIOR_TRIALS = 2.0
+#: Steepness grid of the curve fit, as fractions of the largest score seen.
+WIDTHS = (0.02, 0.05, 0.1, 0.2, 0.5)
 #: Bandwidth of the residual correction, in mean normalised index distance.
 BANDWIDTH = 0.15
+
+
+@dataclass(frozen=True)
+class DropCurve:
+    """Metric drop against the profile score S: b + d·σ((S - s0)/w)."""
+
+    b: float
+    d: float
+    s0: float
+    w: float
+
+    def __call__(self, s: float | np.ndarray) -> float | np.ndarray:
+        return self.b + self.d / (1.0 + np.exp(-(np.asarray(s, dtype=float) - self.s0) / self.w))
+
+
+def fit_curve(scores: np.ndarray, drops: np.ndarray, weights: np.ndarray) -> DropCurve:
+    """The weighted least-squares ``DropCurve`` through (S, drop) points: (s0, w) on a grid over the scores seen, (b, d) in closed form for each (d >= 0: a bigger cut
+    never predicts a gain)."""
+    top = max(float(np.max(scores)) if len(scores) else 0.0, 1e-3) * 1.5
+    s0 = np.linspace(0.0, top, 61)[:, None, None]
+    w = (np.asarray(WIDTHS) * top)[None, :, None]
+    x = 1.0 / (1.0 + np.exp(-(scores[None, None, :] - s0) / w))            # (s0, w, points)
+    total, sx, sxx = np.sum(weights), np.sum(weights * x, -1), np.sum(weights * x * x, -1)
+    sy, sxy = np.sum(weights * drops), np.sum(weights * x * drops, -1)
+    det = total * sxx - sx * sx
+    d = np.where(det > 1e-12, (total * sxy - sx * sy) / np.where(det > 1e-12, det, 1.0), 0.0).clip(min=0.0)
+    b = (sy - d * sx) / total
+    err = np.sum(weights * (drops - b[..., None] - d[..., None] * x) ** 2, -1)
+    i, j = np.unravel_index(int(np.argmin(err)), err.shape)
+    return DropCurve(float(b[i, j]), float(d[i, j]), float(s0[i, 0, 0]), float(w[0, j, 0]))
 
 
 class GuidedSampler(BaseSampler):
@@ -70,7 +103,7 @@ class GuidedSampler(BaseSampler):
             for i, name in enumerate(names):
                 self._params.append((name, knob_name, i if knob.per_layer else None, knob.values()))
         self._cache: dict[tuple[int, ...], dict[str, float]] = {}
-        self._a0 = self._prior()
+        self._curve0 = self._fit([], np.zeros(0))[0]
         self._dense = self._dense_index()
         self._reference = study_reference(self.objectives, self._predict_point(self._dense, with_metric=False)
                                           | {METRIC: profile.base_metric})
@@ -131,25 +164,13 @@ class GuidedSampler(BaseSampler):
         return probed + self.profile.timestep_score(per_layer)[1]
 
     def _predict_point(self, index: tuple[int, ...], with_metric: bool = True,
-                       fit: tuple[float, float] | None = None) -> dict[str, float]:
+                       curve: DropCurve | None = None) -> dict[str, float]:
         if index not in self._cache:
             self._cache[index] = self.predictor.objectives(self.config(index), self.energy)
         point = dict(self._cache[index])
         if with_metric:
-            a, b = fit or (self._a0, 0.0)
-            point[METRIC] = self.profile.base_metric - (b + a * self.flips(index))
+            point[METRIC] = self.profile.base_metric - float((curve or self._curve0)(self.flips(index)))
         return point
-
-    def _prior(self) -> float:
-        """What one changed prediction costs in metric: at least 2m - 1 for a metric m of accuracy
-        kind (a flip of a binary classifier that is right with probability m loses m and gains 1 - m),
-        or the profile's own drop per flip when that is larger. The profile's drops alone are too
-        noisy on a few dozen examples (docs/RESULTS.md: they gave 0.04)."""
-        points = [(r.drop, r.flips) for r in self.profile.results] + list(self.profile.steps.values())
-        drops = sum(max(drop, 0.0) for drop, _ in points)
-        flips = sum(f for _, f in points)
-        measured = drops / flips if flips > 0 else 0.0
-        return max(measured, 2 * self.profile.base_metric - 1, PRIOR_FLOOR)
 
     def _observations(self, study: Study) -> tuple[list[tuple[int, ...]], np.ndarray, np.ndarray]:
         """Evaluated trials: their indices, metric drops and objective vectors."""
@@ -163,18 +184,17 @@ class GuidedSampler(BaseSampler):
             values.append(list(t.values))
         return indices, np.asarray(drops), np.asarray(values, dtype=float).reshape(-1, len(self.objectives))
 
-    def _fit(self, indices: list[tuple[int, ...]], drops: np.ndarray) -> tuple[float, float, np.ndarray]:
-        """(a, b) of drop ≈ b + a·S by least squares with the prior (a0, 0) worth PRIOR_TRIALS
-        trials, and the residuals of the observations."""
-        a0 = self._a0
+    def _fit(self, indices: list[tuple[int, ...]], drops: np.ndarray) -> tuple[DropCurve, np.ndarray]:
+        """The drop curve through the evaluated trials and the profile's own points (the dense model
+        at 0, each uniform T at its flips and drop; ``PRIOR_TRIALS`` trials' weight in all), and the
+        residuals of the trials."""
         s = np.asarray([self.flips(i) for i in indices], dtype=float)
-        w = PRIOR_TRIALS
-        # Normal equations of Σ (d - b - a s)^2 + w (a - a0)^2 + w b^2.
-        m = np.array([[np.sum(s * s) + w, np.sum(s)], [np.sum(s), len(s) + w]])
-        v = np.array([np.sum(s * drops) + w * a0, np.sum(drops)])
-        a, b = np.linalg.solve(m, v)
-        a = max(float(a), 0.0)
-        return a, float(b), drops - (b + a * s)
+        own = [(0.0, 0.0), *((flips, drop) for drop, flips in self.profile.steps.values())]
+        scores = np.concatenate([s, [p[0] for p in own]])
+        targets = np.concatenate([drops, [p[1] for p in own]])
+        weights = np.concatenate([np.ones(len(s)), np.full(len(own), PRIOR_TRIALS / len(own))])
+        curve = fit_curve(scores, targets, weights)
+        return curve, drops - curve(s)
 
     def _distance(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         span = np.asarray([max(len(values) - 1, 1) for *_, values in self._params], dtype=float)
@@ -182,11 +202,11 @@ class GuidedSampler(BaseSampler):
 
     def _propose(self, study: Study, trial: FrozenTrial) -> tuple[int, ...]:
         indices, drops, observed = self._observations(study)
-        a, b, residuals = self._fit(indices, drops) if indices else (self._a0, 0.0, np.zeros(0))
-        candidates = self._candidates(indices, (a, b))
+        curve, residuals = self._fit(indices, drops) if indices else (self._curve0, np.zeros(0))
+        candidates = self._candidates(indices)
         points = []
         for c in candidates:
-            p = self._predict_point(c, fit=(a, b))
+            p = self._predict_point(c, curve=curve)
             points.append([p[o.name] for o in self.objectives])
         points = np.asarray(points, dtype=float)
         if indices:   # the residual correction of nearby evaluated trials
@@ -197,7 +217,7 @@ class GuidedSampler(BaseSampler):
         front = [self._reference.normalise(v) for v in observed] if len(observed) else []
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.number != trial.number and all(p[0] in t.params for p in self._params):
-                p = self._predict_point(self._index_of(t.params), fit=(a, b))
+                p = self._predict_point(self._index_of(t.params), curve=curve)
                 front.append(self._reference.normalise([p[o.name] for o in self.objectives]))
         seen = set(indices)
         ones = np.ones(len(self.objectives))
@@ -217,9 +237,9 @@ class GuidedSampler(BaseSampler):
         return best
 
     # ------------------------------------------------------------------ candidates
-    def _candidates(self, indices: list[tuple[int, ...]], fit: tuple[float, float]) -> list[tuple[int, ...]]:
+    def _candidates(self, indices: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         sizes = [len(values) for *_, values in self._params]
-        path = self._greedy_path(fit)
+        path = self._greedy_path()
         out: set[tuple[int, ...]] = set(path)
         anchors = path + list(indices)
         n_random = self.n_candidates // 3
@@ -235,9 +255,9 @@ class GuidedSampler(BaseSampler):
             out.add(tuple(int(self._rng.integers(n)) for n in sizes))
         return sorted(out)
 
-    def _greedy_path(self, fit: tuple[float, float]) -> list[tuple[int, ...]]:
+    def _greedy_path(self) -> list[tuple[int, ...]]:
         """From the dense config, repeatedly take the one-step move down one parameter with the most
-        (weighted, normalised) predicted cost saved per predicted drop added."""
+        (weighted, normalised) predicted cost saved per profile score added."""
         costs = [o for o in self.objectives if o.name != METRIC]
         if not costs:
             return [self._dense]
@@ -249,7 +269,6 @@ class GuidedSampler(BaseSampler):
             p = self._predict_point(index, with_metric=False)
             return float(sum(w * p[o.name] / s for w, o, s in zip(weights, costs, scale)))
 
-        a = max(fit[0], 1e-9)
         current = self._dense
         path = [current]
         current_cost, current_flips = cost(current), self.flips(current)
@@ -260,7 +279,7 @@ class GuidedSampler(BaseSampler):
                     continue
                 step = current[:j] + (current[j] - 1,) + current[j + 1:]
                 saved = current_cost - cost(step)
-                added = a * max(self.flips(step) - current_flips, 0.0) + 1e-4
+                added = max(self.flips(step) - current_flips, 0.0) + 1e-4
                 if saved > 0 and saved / added > best_ratio:
                     best, best_ratio = step, saved / added
             if best is None:
