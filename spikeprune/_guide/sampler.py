@@ -103,9 +103,8 @@ class GuidedSampler(BaseSampler):
             for i, name in enumerate(names):
                 self._params.append((name, knob_name, i if knob.per_layer else None, knob.values()))
         self._cache: dict[tuple[int, ...], dict[str, float]] = {}
-        self._curve0 = self._fit([], np.zeros(0))[0]
         self._dense = self._dense_index()
-        self._reference = study_reference(self.objectives, self._predict_point(self._dense, with_metric=False)
+        self._reference = study_reference(self.objectives, self._predict_costs(self._dense)
                                           | {METRIC: profile.base_metric})
 
     @classmethod
@@ -163,21 +162,34 @@ class GuidedSampler(BaseSampler):
         per_layer = [steps[None] if None in steps else steps.get(l, t) for l, t in enumerate(dense)]
         return probed + self.profile.timestep_score(per_layer)[1]
 
-    def _predict_point(self, index: tuple[int, ...], with_metric: bool = True,
-                       curve: DropCurve | None = None) -> dict[str, float]:
+    def _predict_costs(self, index: tuple[int, ...]) -> dict[str, float]:
         if index not in self._cache:
             self._cache[index] = self.predictor.objectives(self.config(index), self.energy)
-        point = dict(self._cache[index])
-        if with_metric:
-            point[METRIC] = self.profile.base_metric - float((curve or self._curve0)(self.flips(index)))
-        return point
+        return dict(self._cache[index])
 
-    def _observations(self, study: Study) -> tuple[list[tuple[int, ...]], np.ndarray, np.ndarray]:
-        """Evaluated trials: their indices, metric drops and objective vectors."""
+    def predicted_metrics(self, trials: Sequence[FrozenTrial], params: Sequence[dict[str, Any]]) -> np.ndarray:
+        """The metric this sampler predicts for each of ``params`` from the finished ``trials``:
+        the drop curve fitted on them plus the residual correction of nearby ones. Public so that a
+        benchmark can score the model against what trials then measured."""
+        indices, drops, _ = self._observations(trials)
+        curve, residuals = self._fit(indices, drops)
+        return self._metrics([self._index_of(p) for p in params], curve, indices, residuals)
+
+    def _metrics(self, candidates: list[tuple[int, ...]], curve: DropCurve, indices: list[tuple[int, ...]],
+                 residuals: np.ndarray) -> np.ndarray:
+        metric = self.profile.base_metric - np.asarray([float(curve(self.flips(c))) for c in candidates])
+        if indices and candidates:   # the residual correction of nearby evaluated trials
+            weights = np.exp(-0.5 * (self._distance(np.asarray(candidates), np.asarray(indices)) / BANDWIDTH) ** 2)
+            metric -= (weights @ residuals) / (weights.sum(axis=1) + 1.0)
+        return metric
+
+    def _observations(self, trials: Sequence[FrozenTrial]) -> tuple[list[tuple[int, ...]], np.ndarray, np.ndarray]:
+        """Fully evaluated trials among ``trials``: their indices, metric drops and objective vectors."""
         indices, drops, values = [], [], []
         k = self._metric_index
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.values is None or t.user_attrs.get("early_stopped") or not all(p[0] in t.params for p in self._params):
+        for t in trials:
+            if (t.state != TrialState.COMPLETE or t.values is None or t.user_attrs.get("early_stopped")
+                    or not all(p[0] in t.params for p in self._params)):
                 continue
             indices.append(self._index_of(t.params))
             drops.append(self.profile.base_metric - t.values[k] if k is not None else 0.0)
@@ -201,24 +213,23 @@ class GuidedSampler(BaseSampler):
         return np.mean(np.abs(x[:, None, :] - y[None, :, :]) / span, axis=-1)
 
     def _propose(self, study: Study, trial: FrozenTrial) -> tuple[int, ...]:
-        indices, drops, observed = self._observations(study)
-        curve, residuals = self._fit(indices, drops) if indices else (self._curve0, np.zeros(0))
+        trials = study.get_trials(deepcopy=False)
+        indices, drops, observed = self._observations(trials)
+        curve, residuals = self._fit(indices, drops)
+        running = [self._index_of(t.params) for t in trials if t.state == TrialState.RUNNING
+                   and t.number != trial.number and all(p[0] in t.params for p in self._params)]
         candidates = self._candidates(indices)
-        points = []
-        for c in candidates:
-            p = self._predict_point(c, curve=curve)
-            points.append([p[o.name] for o in self.objectives])
-        points = np.asarray(points, dtype=float)
-        if indices:   # the residual correction of nearby evaluated trials
-            k = self._metric_index
-            if k is not None:
-                weights = np.exp(-0.5 * (self._distance(np.asarray(candidates), np.asarray(indices)) / BANDWIDTH) ** 2)
-                points[:, k] -= (weights @ residuals) / (weights.sum(axis=1) + 1.0)
-        front = [self._reference.normalise(v) for v in observed] if len(observed) else []
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.number != trial.number and all(p[0] in t.params for p in self._params):
-                p = self._predict_point(self._index_of(t.params), curve=curve)
-                front.append(self._reference.normalise([p[o.name] for o in self.objectives]))
+
+        def predicted(configs: list[tuple[int, ...]]) -> np.ndarray:
+            costs = [self._predict_costs(c) | {METRIC: 0.0} for c in configs]   # the metric is filled in below
+            points = np.asarray([[p[o.name] for o in self.objectives] for p in costs],
+                                dtype=float).reshape(-1, len(self.objectives))
+            if self._metric_index is not None:
+                points[:, self._metric_index] = self._metrics(configs, curve, indices, residuals)
+            return points
+
+        points = predicted(candidates)
+        front = [self._reference.normalise(v) for v in [*observed, *predicted(running)]]
         seen = set(indices)
         ones = np.ones(len(self.objectives))
         base_hv = hypervolume(front, ones) if front else 0.0
@@ -262,11 +273,11 @@ class GuidedSampler(BaseSampler):
         if not costs:
             return [self._dense]
         weights = self._rng.dirichlet(np.ones(len(costs)))
-        dense_point = self._predict_point(self._dense, with_metric=False)
+        dense_point = self._predict_costs(self._dense)
         scale = [max(abs(dense_point[o.name]), 1e-12) for o in costs]
 
         def cost(index: tuple[int, ...]) -> float:
-            p = self._predict_point(index, with_metric=False)
+            p = self._predict_costs(index)
             return float(sum(w * p[o.name] / s for w, o, s in zip(weights, costs, scale)))
 
         current = self._dense
