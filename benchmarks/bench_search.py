@@ -15,8 +15,9 @@ JSON and an offline HTML page with the curves.
 The ``guided`` arm pays for its sensitivity profile: its seconds (read from the base's cache) are
 converted to trial-equivalents at the median kernel seconds per trial of all arms, and its curve is
 shifted right by that many trials (its HV@k is what it had after k - cost trials of its own). The
-same studies also measure the cost predictor: the median relative error of predicted against
-measured SOPs and energy over every fully evaluated trial.
+same studies also measure the cost predictor (the median relative error of predicted against
+measured SOPs and energy over every fully evaluated trial) and the guided sampler's metric model
+(its absolute error on each of its own proposals, predicted from the trials finished before it).
 
     .venv/bin/python benchmarks/bench_search.py --prepared runs/study/prepared/sst2-quick \\
         --run-dir runs/bench-search --n-trials 30 --max-examples 64
@@ -78,6 +79,24 @@ def predictor_errors(predictor: Any, space: Any, studies: dict[str, list[Any]]) 
                     errors[name].append(abs(predicted[name] / record.report[name] - 1))
     return {name: {"median": float(np.median(v)), "p90": float(np.percentile(v, 90)), "trials": len(v)}
             for name, v in errors.items() if v}
+
+
+def metric_model_errors(sampler: Any, runs: list[Any]) -> dict[str, Any]:
+    """How far the guided sampler's metric model was from what its own proposals then measured:
+    each fully evaluated trial that was not a seed, predicted from the trials finished before it started."""
+    import numpy as np
+
+    errors = []
+    for study in runs:
+        trials = study.get_trials(deepcopy=False)
+        for t in trials:
+            record = TrialRecord.of(t)
+            if t.state != TrialState.COMPLETE or record.seeded or record.early_stopped or is_duplicate(t):
+                continue
+            known = [u for u in trials if u.datetime_complete is not None and u.datetime_complete <= t.datetime_start]
+            predicted = float(sampler.predicted_metrics(known, [t.params])[0])
+            errors.append(abs(predicted - record.metrics["metric"]))
+    return {"median": float(np.median(errors)), "mean": float(np.mean(errors)), "trials": len(errors)} if errors else {}
 
 
 def spread(values: list[float], digits: int = 3) -> str:
@@ -198,6 +217,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("cost predictor, relative error over the fully evaluated trials: " + "; ".join(
             f"{name} median {e['median']:.1%} (90th percentile {e['p90']:.1%}, {e['trials']} configs)"
             for name, e in figures["predictor"].items()))
+        from spikeprune._guide.sampler import GuidedSampler
+
+        energy = studies["guided"][0].user_attrs["spikeprune"]["energy"]
+        model = metric_model_errors(GuidedSampler(space, predictor, profile, energy=energy), studies["guided"])
+        figures["metric_model"] = model
+        if model:
+            print(f"guided metric model, absolute error on its own proposals (predicted from the trials finished "
+                  f"before each): median {model['median']:.3f}, mean {model['mean']:.3f} over {model['trials']} trials")
     html = args.out.with_suffix(".html")
     html.parent.mkdir(parents=True, exist_ok=True)
     html.write_text(plots.page("spikeprune: search efficiency", [

@@ -161,6 +161,9 @@ def test_bench_search_compares_samplers_and_early_stopping(tmp_path, tiny_prepar
     shift = data["guided_profile"]["trial_equivalents"]   # the guided arm pays for its profile in trials
     assert shift >= 1 and data["guided_profile"]["probes"] == 2 + 4   # heads, two bit widths per layer (T: uniform runs)
     assert set(data["predictor"]) == {"sops", "energy_uj"} and data["predictor"]["sops"]["trials"] >= 5
+    # The guided sampler's metric model, scored on its own proposals (at least 2 of the 5 are seeds).
+    model = data["metric_model"]
+    assert 1 <= model["trials"] <= 3 and 0 <= model["median"] <= 1 and 0 <= model["mean"] <= 1
     for arm, figures in data["arms"].items():
         (run,) = figures["runs"]
         curve = run["hypervolume"]
