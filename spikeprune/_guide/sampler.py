@@ -20,7 +20,7 @@ workers get different configs). A fraction ``explore`` of the trials is sampled 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,8 +61,8 @@ class DropCurve:
 
 
 def fit_curve(scores: np.ndarray, drops: np.ndarray, weights: np.ndarray) -> DropCurve:
-    """The weighted least-squares ``DropCurve`` through (S, drop) points: (s0, w) on a grid over the scores seen, (b, d) in closed form for each (d >= 0: a bigger cut
-    never predicts a gain)."""
+    """The weighted least-squares ``DropCurve`` through (S, drop) points: (s0, w) on a grid over
+    the scores seen, (b, d) in closed form for each (d >= 0: a bigger cut never predicts a gain)."""
     top = max(float(np.max(scores)) if len(scores) else 0.0, 1e-3) * 1.5
     s0 = np.linspace(0.0, top, 61)[:, None, None]
     w = (np.asarray(WIDTHS) * top)[None, :, None]
@@ -141,6 +141,10 @@ class GuidedSampler(BaseSampler):
     def config(self, index: Sequence[int]) -> CompressionConfig:
         return self.space.suggest(FixedTrial({name: values[i] for (name, _, _, values), i in zip(self._params, index)}))
 
+    def _has_params(self, trial: FrozenTrial) -> bool:
+        """Whether ``trial`` has drawn every parameter this sampler proposes."""
+        return all(name in trial.params for name, *_ in self._params)
+
     def _index_of(self, params: dict[str, Any]) -> tuple[int, ...]:
         """Value indices of a trial's params (a value outside the space counts as the cheapest)."""
         return tuple(values.index(params[name]) if params[name] in values else 0 for name, _, _, values in self._params)
@@ -162,10 +166,11 @@ class GuidedSampler(BaseSampler):
         per_layer = [steps[None] if None in steps else steps.get(l, t) for l, t in enumerate(dense)]
         return probed + self.profile.timestep_score(per_layer)[1]
 
-    def _predict_costs(self, index: tuple[int, ...]) -> dict[str, float]:
+    def _predict_costs(self, index: tuple[int, ...]) -> Mapping[str, float]:
+        """The predicted costs of a config, cached (read-only: the greedy path asks for thousands)."""
         if index not in self._cache:
             self._cache[index] = self.predictor.objectives(self.config(index), self.energy)
-        return dict(self._cache[index])
+        return self._cache[index]
 
     def predicted_metrics(self, trials: Sequence[FrozenTrial], params: Sequence[dict[str, Any]]) -> np.ndarray:
         """The metric this sampler predicts for each of ``params`` from the finished ``trials``:
@@ -189,7 +194,7 @@ class GuidedSampler(BaseSampler):
         k = self._metric_index
         for t in trials:
             if (t.state != TrialState.COMPLETE or t.values is None or t.user_attrs.get("early_stopped")
-                    or not all(p[0] in t.params for p in self._params)):
+                    or not self._has_params(t)):
                 continue
             indices.append(self._index_of(t.params))
             drops.append(self.profile.base_metric - t.values[k] if k is not None else 0.0)
@@ -217,7 +222,7 @@ class GuidedSampler(BaseSampler):
         indices, drops, observed = self._observations(trials)
         curve, residuals = self._fit(indices, drops)
         running = [self._index_of(t.params) for t in trials if t.state == TrialState.RUNNING
-                   and t.number != trial.number and all(p[0] in t.params for p in self._params)]
+                   and t.number != trial.number and self._has_params(t)]
         candidates = self._candidates(indices)
 
         def predicted(configs: list[tuple[int, ...]]) -> np.ndarray:
