@@ -41,7 +41,9 @@ def open_study(settings: SearchSettings, space: SearchSpace, storage: optuna.sto
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         created = False
-    study = optuna.load_study(study_name=settings.study_name, storage=storage, sampler=make(settings.seed))
+    # A joiner's sampler is made below, once its seed is known (Optuna's default stands in until then).
+    study = optuna.load_study(study_name=settings.study_name, storage=storage,
+                              sampler=make(settings.seed) if created else None)
     wanted = StudyRecord(task=task, objectives=[{"name": o.name, "direction": o.direction} for o in space.objectives],
                          space=space.to_dict(), prepared=str(prepared), energy=energy, dev_examples=dev_size,
                          max_examples=settings.max_examples, seed=settings.seed,
