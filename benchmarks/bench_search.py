@@ -231,12 +231,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "<h1>Search efficiency</h1>", f"<pre>{benchlib.table(header, rows)}</pre>", plots.figure_div(fig, "hv")]),
         encoding="utf-8")
     print(f"curves: {html}")
+    result = benchlib.finish(args.out, NAME, env, args, figures)   # before the images, which need a browser
     if args.images:
         from spikeprune._results.report import write_images
 
         for path in write_images({"hypervolume": fig}, html.parent, args.images, stem=html.stem):
             print(f"image: {path}")
-    return benchlib.finish(args.out, NAME, env, args, figures)
+    return result
 
 
 if __name__ == "__main__":

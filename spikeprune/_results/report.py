@@ -186,7 +186,9 @@ def write_images(figures: dict[str, go.Figure], out_dir: Path, formats: Sequence
             paths.append(out_dir / f"{stem}-{name}.{fmt}")
     try:
         pio.write_images(figs, paths, width=1100)
-    except ChromeNotFoundError:
+    except (ChromeNotFoundError, RuntimeError) as e:   # plotly re-raises kaleido's ChromeNotFoundError as RuntimeError
+        if not isinstance(e, ChromeNotFoundError) and not isinstance(e.__cause__ or e.__context__, ChromeNotFoundError):
+            raise
         raise SpikepruneError(
             "static images need Chromium: apt-get install chromium (or set BROWSER_PATH to a Chrome binary)") from None
     return paths
