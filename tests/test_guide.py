@@ -214,25 +214,6 @@ def test_drop_curve_by_hand():
     assert flat.d == 0.0 and float(flat(0.0)) == float(flat(1.0)) == pytest.approx(np.mean(0.1 - 0.05 * scores))
 
 
-def test_expected_gain_by_hand():
-    """The acquisition averages the hypervolume a candidate adds over its metric's spread: a
-    candidate whose worse nodes fall past the reference is worth less than its centre says."""
-    from spikeprune._guide.sampler import expected_gain
-
-    weights = np.array([0.25, 0.5, 0.25])
-    # Empty front: a node adds its box to (1, 1). Metric 0.2/0.4/0.6, cost 0.5: 0.4, 0.3, 0.2.
-    nodes = np.array([[0.2, 0.5], [0.4, 0.5], [0.6, 0.5]])
-    assert expected_gain(np.empty((0, 2)), nodes, weights) == pytest.approx(0.25 * 0.4 + 0.5 * 0.3 + 0.25 * 0.2)
-    # Near the cliff: the centre is better (0.1, box 0.45) but the worst node is past the reference.
-    risky = np.array([[0.05, 0.5], [0.1, 0.5], [1.2, 0.5]])
-    assert expected_gain(np.empty((0, 2)), risky, weights) == pytest.approx(0.25 * 0.475 + 0.5 * 0.45)
-    # Against a front point (0.5, 0.5): p = (0.25, 0.75) has box 0.1875, of which the front clipped
-    # to it, (0.5, 0.75), covers 0.125; a dominated node adds nothing, nor does any after it.
-    front = np.array([[0.5, 0.5], [2.0, 0.1]])     # the second point is outside the reference box
-    assert expected_gain(front, np.array([[0.25, 0.75]]), np.ones(1)) == pytest.approx(0.0625)
-    assert expected_gain(front, np.array([[0.6, 0.6], [0.1, 0.1]]), np.ones(2)) == 0.0
-
-
 def test_guided_sampler_in_plain_optuna(own_base):
     base, space = BaseBundle.load(own_base), SearchSpace.from_dict(GUIDED_SPACE)
     sampler = GuidedSampler.for_base(base, space, examples=16, seed=0, explore=0.0)

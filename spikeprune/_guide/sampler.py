@@ -14,12 +14,8 @@ Each ask builds candidates: a greedy path from the dense config that always take
 the best predicted cost saved per drop added (a knapsack over layers, for a random weighting of
 the cost objectives), random neighbours of the points on that path and of the evaluated front,
 and uniform random configs. It proposes the candidate whose predicted point adds the most
-*expected* hypervolume to the evaluated front plus the predicted points of running trials (so
-parallel workers get different configs). The expectation is over the score's own error: S is
-only a ranking, so a candidate is scored at S·exp(ε·z) for a few Gauss-Hermite nodes z, and one
-just short of the cliff, whose cut is cheapest on paper, is worth less than one with a margin
-(risk-neutral, a third of the proposals fell off it). A fraction ``explore`` of the trials is
-sampled at random instead.
+hypervolume to the evaluated front plus the predicted points of running trials (so parallel
+workers get different configs). A fraction ``explore`` of the trials is sampled at random instead.
 """
 from __future__ import annotations
 
@@ -49,11 +45,6 @@ PRIOR_TRIALS = 2.0
 WIDTHS = (0.02, 0.05, 0.1, 0.2, 0.5)
 #: Bandwidth of the residual correction, in mean normalised index distance.
 BANDWIDTH = 0.15
-#: Relative (log-normal) error ε of the profile score S, and the standard-normal nodes z and
-#: weights over which a candidate's hypervolume gain is averaged (5-point Gauss-Hermite).
-SCORE_SPREAD = 0.3
-_Z, _ZW = np.polynomial.hermite_e.hermegauss(5)
-_ZW = _ZW / _ZW.sum()
 
 
 @dataclass(frozen=True)
@@ -84,20 +75,6 @@ def fit_curve(scores: np.ndarray, drops: np.ndarray, weights: np.ndarray) -> Dro
     err = np.sum(weights * (drops - b[..., None] - d[..., None] * x) ** 2, -1)
     i, j = np.unravel_index(int(np.argmin(err)), err.shape)
     return DropCurve(float(b[i, j]), float(d[i, j]), float(s0[i, 0, 0]), float(w[0, j, 0]))
-
-
-def expected_gain(front: np.ndarray, nodes: np.ndarray, weights: np.ndarray) -> float:
-    """Σ weights[k]·(hypervolume nodes[k] adds to ``front``), all normalised (minimised, reference
-    at 1). A node adds its box less the front clipped to it. The nodes are ordered from best to
-    worst metric with equal costs, so once one adds nothing, so do the rest."""
-    front = front[np.all(front < 1, axis=1)]
-    total = 0.0
-    for w, p in zip(weights, nodes):
-        if not np.all(p < 1) or np.any(np.all(front <= p, axis=1)):
-            break
-        clipped = hypervolume(np.maximum(front, p), np.ones_like(p)) if len(front) else 0.0
-        total += w * (float(np.prod(1.0 - p)) - clipped)
-    return total
 
 
 class GuidedSampler(BaseSampler):
@@ -201,16 +178,14 @@ class GuidedSampler(BaseSampler):
         benchmark can score the model against what trials then measured."""
         indices, drops, _ = self._observations(trials)
         curve, residuals = self._fit(indices, drops)
-        return self._metrics([self._index_of(p) for p in params], curve, indices, residuals)[:, 0]
+        return self._metrics([self._index_of(p) for p in params], curve, indices, residuals)
 
     def _metrics(self, candidates: list[tuple[int, ...]], curve: DropCurve, indices: list[tuple[int, ...]],
-                 residuals: np.ndarray, z: Sequence[float] = (0.0,)) -> np.ndarray:
-        """The predicted metric of each candidate (rows) with its score at S·exp(ε·z) (columns)."""
-        scores = np.asarray([self.flips(c) for c in candidates], dtype=float)
-        metric = self.profile.base_metric - curve(scores[:, None] * np.exp(SCORE_SPREAD * np.asarray(z))[None, :])
+                 residuals: np.ndarray) -> np.ndarray:
+        metric = self.profile.base_metric - np.asarray([float(curve(self.flips(c))) for c in candidates])
         if indices and candidates:   # the residual correction of nearby evaluated trials
             weights = np.exp(-0.5 * (self._distance(np.asarray(candidates), np.asarray(indices)) / BANDWIDTH) ** 2)
-            metric -= ((weights @ residuals) / (weights.sum(axis=1) + 1.0))[:, None]
+            metric -= (weights @ residuals) / (weights.sum(axis=1) + 1.0)
         return metric
 
     def _observations(self, trials: Sequence[FrozenTrial]) -> tuple[list[tuple[int, ...]], np.ndarray, np.ndarray]:
@@ -250,25 +225,28 @@ class GuidedSampler(BaseSampler):
                    and t.number != trial.number and self._has_params(t)]
         candidates = self._candidates(indices)
 
-        def predicted(configs: list[tuple[int, ...]], z: Sequence[float] = (0.0,)) -> np.ndarray:
-            """Normalised predicted points, [config, node, objective]: the costs, and the metric
-            with the score at each node of ``z``."""
-            costs = [self._predict_costs(c) for c in configs]
-            points = np.asarray([[[p.get(o.name, 0.0) for o in self.objectives]] * len(z) for p in costs],
-                                dtype=float).reshape(len(configs), len(z), len(self.objectives))
-            if self._metric_index is not None and configs:
-                points[:, :, self._metric_index] = self._metrics(configs, curve, indices, residuals, z)
-            return self._reference.normalise(points)
+        def predicted(configs: list[tuple[int, ...]]) -> np.ndarray:
+            costs = [self._predict_costs(c) | {METRIC: 0.0} for c in configs]   # the metric is filled in below
+            points = np.asarray([[p[o.name] for o in self.objectives] for p in costs],
+                                dtype=float).reshape(-1, len(self.objectives))
+            if self._metric_index is not None:
+                points[:, self._metric_index] = self._metrics(configs, curve, indices, residuals)
+            return points
 
-        front = np.concatenate([self._reference.normalise(observed), predicted(running)[:, 0]])
+        points = predicted(candidates)
+        front = [self._reference.normalise(v) for v in [*observed, *predicted(running)]]
         seen = set(indices)
+        ones = np.ones(len(self.objectives))
+        base_hv = hypervolume(front, ones) if front else 0.0
+        normalised = np.asarray([self._reference.normalise(p) for p in points])
+        order = np.argsort(normalised.sum(axis=1))
         best, best_gain = None, 0.0
-        for candidate, nodes in zip(candidates, predicted(candidates, _Z)):
-            if candidate in seen:
+        for i in order:
+            if candidates[i] in seen or not np.all(normalised[i] < 1):
                 continue
-            gain = expected_gain(front, nodes, _ZW)
+            gain = hypervolume([*front, normalised[i]], ones) - base_hv
             if gain > best_gain:
-                best, best_gain = candidate, gain
+                best, best_gain = candidates[i], gain
         if best is None:
             unseen = [c for c in candidates if c not in seen]
             best = unseen[int(self._rng.integers(len(unseen)))] if unseen else candidates[0]
