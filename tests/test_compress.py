@@ -306,3 +306,22 @@ def test_later_looks_check_the_floor_and_a_survivor_equals_one_evaluation(tiny_p
     assert stopped.early_stopped and stopped.examples == 16
     assert stopped.metrics == second.metrics and stopped.record == second.record
     assert stopped.partial == {"examples": 8, "objectives": first.objectives, "metrics": first.metrics}
+
+
+def test_a_later_look_stops_when_the_front_outruns_its_upper_bound(tiny_prepared, glue_dir):
+    """Looks at 8 and 16 of 24 examples against one fully evaluated trial that costs nothing and
+    scores between the two looks' upper bounds: the trial passes the first look and stops at the
+    second, told the values of the 16 examples it saw."""
+    from spikeprune._model.config import CompressionConfig
+    from spikeprune._trial.base import BaseBundle
+    from spikeprune._trial.kernel import EarlyStop, run_trial
+
+    base = BaseBundle.load(tiny_prepared, glue_dir, batch_size=5)
+    compression = CompressionConfig(heads=1, neurons=32, timesteps=[2, 1])
+    first, second = (run_trial(base, compression, max_examples=n) for n in (8, 16))
+    assert second.metric_ci[1] < first.metric_ci[1]
+    done = ((first.metric_ci[1] + second.metric_ci[1]) / 2, 0.0)
+    race = EarlyStop(examples=8, objectives=("metric", "sops"), directions=("maximize", "minimize"),
+                     metric=0, margin=0.0, later=(16,), front=(done,))
+    stopped = run_trial(base, compression, max_examples=24, early_stop=race)
+    assert stopped.early_stopped and stopped.examples == 16 and stopped.metrics == second.metrics

@@ -231,6 +231,27 @@ def test_clearly_beaten_hand_cases():
     assert clearly_beaten([0.60, 40.0], front, directions, 0, margin=0.02, floor=0.8, upper=0.79)
 
 
+def test_race_against_the_fully_evaluated_front_hand_cases():
+    """A look stops when a fully evaluated trial costs no more and scores above the look's upper
+    bound, at the first look and at later ones; the other looks' margin rule holds at the first only."""
+    directions = ("maximize", "minimize")
+
+    def stops(values, upper, *, front=(), others=(), first=True):
+        look = EarlyStop(examples=8, objectives=("metric", "sops"), directions=directions, metric=0,
+                         margin=0.02, others=others, front=front)
+        return look.stops(dict(zip(look.objectives, values)), upper, first=first)
+
+    done = ((0.85, 100.0),)
+    assert stops([0.70, 120.0], 0.84, front=done)                   # 0.85 > 0.84 at no more cost
+    assert stops([0.70, 100.0], 0.84, front=done, first=False)      # equal cost still counts; later looks too
+    assert not stops([0.70, 120.0], 0.86, front=done)               # the interval reaches past 0.85
+    assert not stops([0.70, 120.0], 0.85, front=done)               # a tie is no gain
+    assert not stops([0.70, 99.0], 0.80, front=done)                # cheaper than the front: may add volume
+    beaten_look = ((0.80, 100.0),)
+    assert stops([0.70, 120.0], 0.95, others=beaten_look)           # first look: the others' looks count
+    assert not stops([0.70, 120.0], 0.95, others=beaten_look, first=False)
+
+
 def test_samplers_are_chosen_explicitly():
     tpe = make_sampler("tpe", seed=1)
     assert isinstance(tpe, optuna.samplers.TPESampler)

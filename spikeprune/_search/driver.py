@@ -12,11 +12,12 @@ so re-running the same command after a crash finishes the job. Early-stopped tri
 
 Early stopping (Optuna's pruners do not support several objectives): each task first evaluates
 the space's ``early_stopping.fraction`` of the dev set (the look) and stops there when another
-trial's look on the same examples clearly beats it, or when the upper bound of its metric's
+trial's look on the same examples clearly beats it, when the upper bound of its metric's
 bootstrap interval is below the metric floor (``metric_floor``: the constraint, or the
-hypervolume reference); later looks (``early_stopping.later``) check the floor again
-(``_trial.kernel.EarlyStop``); otherwise it goes on with the rest of the dev set. Seeds (the
-baseline and uniform configs) always run in full.
+hypervolume reference), or when a fully evaluated trial on the front costs no more and scores
+above that upper bound; later looks (``early_stopping.later``) check the floor and the front
+again (``_trial.kernel.EarlyStop``); otherwise it goes on with the rest of the dev set. Seeds
+(the baseline and uniform configs) always run in full.
 
 Resume (resume.py): trials left RUNNING by a driver that is gone are failed and their parameters
 enqueued again; finished trials are never re-run. A config equal to one already finished, or being
@@ -42,7 +43,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from spikeprune._model.config import CompressionConfig, SpikingBertConfig
-from spikeprune._results.pareto import reference_of
+from spikeprune._results.pareto import reference_of, split_trials, study_objectives
 from spikeprune._spaces.schema import SearchSpace
 from spikeprune._trial.kernel import EarlyStop
 from spikeprune.errors import SpikepruneError
@@ -274,7 +275,13 @@ class Driver:
         return EarlyStop(examples=self.partial_examples, objectives=tuple(self.space.objective_names),
                          directions=tuple(self.space.directions), metric=self.metric_index, margin=self.margin,
                          floor=None if flight.seeded else self.metric_floor(), others=others,
-                         later=self.later_examples)
+                         later=self.later_examples, front=() if flight.seeded else self.front())
+
+    def front(self) -> tuple[tuple[float, ...], ...]:
+        """The values of the fully evaluated, feasible trials that no other one dominates: what a
+        trial's looks race against."""
+        split = split_trials(self.study.get_trials(deepcopy=False), study_objectives(self.study), noise=None)
+        return tuple(tuple(t.values) for t in split.front)
 
     def metric_floor(self) -> float | None:
         """The metric a trial must reach to matter: the higher of the space's ``metric_min`` and

@@ -130,8 +130,10 @@ class Knob:
 @dataclass(frozen=True)
 class EarlyStopping:
     """First look at ``fraction`` of the dev set: stop if another trial's look beats it there by
-    more than ``margin`` metric, or if it cannot reach the metric floor. Looks at the ``later``
-    fractions check the floor only (they have no other trials' looks on the same examples)."""
+    more than ``margin`` metric, if it cannot reach the metric floor, or if a fully evaluated
+    trial costs no more and scores above its metric's upper bound. Looks at the ``later``
+    fractions check the floor and the fully evaluated trials (they have no other trials' looks on
+    the same examples)."""
 
     fraction: float = 0.25
     margin: float = 0.02

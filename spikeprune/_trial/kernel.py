@@ -6,7 +6,9 @@ Every search trial, every `spikeprune evaluate` and every export re-measurement 
 Early stopping happens inside the kernel (``EarlyStop``): the model is compressed once, evaluated
 on the first examples of the dev set, and either stops there (clearly beaten) or goes on with the
 next examples only, up to the next look or the end, so a trial that survives its looks costs
-exactly one full evaluation.
+exactly one full evaluation. At every look the trial races the front of the trials already fully
+evaluated: it stops when one of them costs no more and scores above even the upper end of the
+trial's bootstrap interval.
 """
 from __future__ import annotations
 
@@ -39,10 +41,11 @@ def worker_name() -> str:
 
 @dataclass(frozen=True)
 class EarlyStop:
-    """The early looks of one trial. After the first ``examples`` dev examples its values (the
-    ``objectives`` named, in order) are compared with ``others``, the looks of earlier trials on
-    the same examples; after those and each of the ``later`` example counts it is checked against
-    the metric ``floor``. ``stops`` / ``misses_floor`` end the trial there. Plain data, sent with the task."""
+    """The early looks of one trial. At the first ``examples`` dev examples and at each of the
+    ``later`` example counts, its values (the ``objectives`` named, in order) are checked against
+    the metric ``floor`` and raced against ``front``, the values of fully evaluated trials; at the
+    first look they are also compared with ``others``, the looks of earlier trials on the same
+    examples. ``stops`` ends the trial there. Plain data, sent with the task."""
 
     examples: int
     objectives: tuple[str, ...]
@@ -52,6 +55,7 @@ class EarlyStop:
     floor: float | None = None
     others: tuple[tuple[float, ...], ...] = ()
     later: tuple[int, ...] = ()
+    front: tuple[tuple[float, ...], ...] = ()
 
     def values(self, measured: dict[str, float]) -> list[float]:
         return [float(measured[name]) for name in self.objectives]
@@ -61,11 +65,17 @@ class EarlyStop:
         is below the floor: the whole dev set would very likely miss it too."""
         return self.floor is not None and upper < self.floor
 
-    def stops(self, measured: dict[str, float], upper: float) -> bool:
-        """Clearly beaten at the first look: some other look dominates it with a metric gain over
-        ``margin``, or it misses the floor."""
+    def outrun(self, values: list[float], upper: float) -> bool:
+        """A fully evaluated trial costs no more and scores above ``upper``, the top of this
+        trial's metric interval: the whole dev set would very likely leave this trial dominated."""
+        optimistic = [upper if i == self.metric else v for i, v in enumerate(values)]
+        return any(dominates(done, optimistic, self.directions, metric=self.metric) for done in self.front)
+
+    def stops(self, measured: dict[str, float], upper: float, *, first: bool = True) -> bool:
+        """Clearly beaten at a look: it misses the floor, or the front outruns it, or (at the
+        ``first`` look) another trial's look on the same examples beats it by more than ``margin``."""
         values = self.values(measured)
-        return self.misses_floor(upper) or any(
+        return self.misses_floor(upper) or self.outrun(values, upper) or first and any(
             dominates(other, values, self.directions, metric=self.metric, margin=self.margin) for other in self.others)
 
 
@@ -159,7 +169,7 @@ def measure(base: BaseBundle, model: SpikingBertForSequenceClassification, compr
                 break
             seen = merge_evaluations(seen, evaluate(start, stop), base.task)
             current = result(seen)
-            stopped = early_stop.misses_floor(current.metric_ci[1])
+            stopped = early_stop.stops(current.objectives, current.metric_ci[1], first=False)
         if stopped:
             final = dataclasses.replace(current, early_stopped=True)
         else:
