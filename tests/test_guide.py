@@ -231,6 +231,27 @@ def test_guided_sampler_in_plain_optuna(own_base):
                             "weight_bits_l0": 32, "weight_bits_l1": 32} for t in trials)
 
 
+def test_guided_sampler_learns_from_early_stopped_trials(own_base):
+    """A trial told its look's values (early-stopped) moves the metric model at its config, and the
+    sampler does not propose that config again."""
+    base, space = BaseBundle.load(own_base), SearchSpace.from_dict(GUIDED_SPACE)
+    sampler = GuidedSampler.for_base(base, space, examples=16, seed=0, explore=0.0)
+    study = optuna.create_study(directions=space.check(base.student.config).directions, sampler=sampler)
+    trial = study.ask()
+    config = space.suggest(trial)
+    proposal = dict(trial.params)
+    before = float(sampler.predicted_metrics([], [proposal])[0])
+    values = space.objective_values(run_trial(base, config, max_examples=8).objectives)
+    values[space.objective_names.index("metric")] = before - 0.5   # the look found a collapse
+    trial.set_user_attr("early_stopped", True)
+    study.tell(trial, values)
+    after = float(sampler.predicted_metrics(study.get_trials(), [proposal])[0])
+    assert after < before - 0.1
+    following = study.ask()
+    space.suggest(following)
+    assert following.params != proposal
+
+
 def test_guided_search_on_ray_resumes(own_base, tmp_path, ray_local, capsys):
     space = tmp_path / "guided.yaml"
     space.write_text(json.dumps(GUIDED_SPACE))

@@ -189,12 +189,13 @@ class GuidedSampler(BaseSampler):
         return metric
 
     def _observations(self, trials: Sequence[FrozenTrial]) -> tuple[list[tuple[int, ...]], np.ndarray, np.ndarray]:
-        """Fully evaluated trials among ``trials``: their indices, metric drops and objective vectors."""
+        """Finished trials among ``trials``: their indices, metric drops and objective vectors. An
+        early-stopped trial counts with the metric of its look: noisy, but it says where the cliff is,
+        and without it the sampler would keep proposing the configs that early stopping cuts short."""
         indices, drops, values = [], [], []
         k = self._metric_index
         for t in trials:
-            if (t.state != TrialState.COMPLETE or t.values is None or t.user_attrs.get("early_stopped")
-                    or not self._has_params(t)):
+            if t.state != TrialState.COMPLETE or t.values is None or not self._has_params(t):
                 continue
             indices.append(self._index_of(t.params))
             drops.append(self.profile.base_metric - t.values[k] if k is not None else 0.0)
