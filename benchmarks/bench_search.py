@@ -2,7 +2,8 @@
 
 Runs (or resumes) one real search per arm and seed on one prepared base and space (default the
 joint preset), the same trial budget and dev subset for all, early stopping off; the extra arm
-``tpe+es`` is TPE with the space's Pareto-aware early stopping on. Every study enqueues the same
+``<sampler>+es`` (``--early-stopping-arm``, default TPE) is that sampler with the space's
+Pareto-aware early stopping on, and is compared with the same sampler's plain arm. Every study enqueues the same
 seeds first (the dense baseline and uniform configs), so arms differ in what their sampler picks
 after them. Hypervolume is measured from one reference point (derived from the dense baseline,
 which every study measures identically) over fully evaluated trials, after each completed trial.
@@ -13,8 +14,9 @@ evaluated, the seconds trials spent in the kernel and how many stopped early; wr
 JSON and an offline HTML page with the curves.
 
 The ``guided`` arm pays for its sensitivity profile: its seconds (read from the base's cache) are
-converted to trial-equivalents at the median kernel seconds per trial of all arms, and its curve is
-shifted right by that many trials (its HV@k is what it had after k - cost trials of its own). The
+converted to trial-equivalents at the median kernel seconds of a fully evaluated trial (all arms),
+and its curve is shifted right by that many trials (its HV@k is what it had after k - cost trials
+of its own). The
 same studies also measure the cost predictor (the median relative error of predicted against
 measured SOPs and energy over every fully evaluated trial) and the guided sampler's metric model
 (its absolute error on each of its own proposals, predicted from the trials finished before it).
@@ -40,9 +42,8 @@ from spikeprune.records import TrialRecord  # noqa: E402
 from spikeprune import SearchSettings, run_search  # noqa: E402
 
 NAME = "bench_search"
-EARLY = "tpe+es"
-COLOURS = {"tpe": "#1f77b4", "nsga2": "#2ca02c", "gp": "#9467bd", "random": "#7f7f7f", EARLY: "#d62728",
-           "guided": "#ff7f0e"}
+COLOURS = {"tpe": "#1f77b4", "nsga2": "#2ca02c", "gp": "#9467bd", "random": "#7f7f7f", "guided": "#ff7f0e"}
+EARLY_COLOUR = "#d62728"
 
 
 def curve(trials: list[Any], reference: Any) -> list[float]:
@@ -119,22 +120,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--n-trials", type=int, default=30, help="COMPLETE trials per study (default 30)")
     p.add_argument("--max-examples", type=int, default=64, help="dev examples per full evaluation (default 64)")
     p.add_argument("--population-size", type=int, default=10, help="NSGA-II generation size (default 10)")
-    p.add_argument("--no-early-stopping-arm", action="store_true", help=f"leave out the {EARLY} arm")
+    p.add_argument("--early-stopping-arm", default="tpe", metavar="SAMPLER",
+                   help="the sampler run again with early stopping on, as the arm SAMPLER+es (default tpe)")
+    p.add_argument("--no-early-stopping-arm", action="store_true", help="leave out the SAMPLER+es arm")
     p.add_argument("--every", type=int, default=10, help="report the hypervolume every this many trials (default 10)")
     p.add_argument("--images", nargs="*", default=[], help="also write the curves in these formats, e.g. png")
     p.add_argument("--max-drop", type=float, default=0.01, help="metric drop allowed for the fewest-SOPs column (default 0.01)")
     p.add_argument("--profile-examples", type=int, default=64, help="dev examples per probe of the guided sampler (default 64)")
     args = p.parse_args(argv)
     env = benchlib.search_setup(args)
-    arms = [*args.samplers] + ([] if args.no_early_stopping_arm else [EARLY])
+    early = None if args.no_early_stopping_arm else f"{args.early_stopping_arm}+es"
+    arms = [*args.samplers] + ([early] if early else [])
     studies: dict[str, list[Any]] = {arm: [] for arm in arms}
     for arm in arms:
         for seed in args.seeds:
             studies[arm].append(run_search(SearchSettings(
                 prepared=args.prepared, space=args.space, study_name=f"{NAME}-{arm.replace('+', '-')}-s{seed}",
                 n_trials=args.n_trials, workers=args.workers, run_dir=args.run_dir,
-                sampler="tpe" if arm == EARLY else arm, seed=seed, glue_dir=args.glue_dir,
-                max_examples=args.max_examples, early_stopping=arm == EARLY,
+                sampler=arm.removesuffix("+es"), seed=seed, glue_dir=args.glue_dir,
+                max_examples=args.max_examples, early_stopping=arm == early,
                 population_size=args.population_size, profile_examples=args.profile_examples,
                 progress=not args.quiet)))
     reference = analyse_study(studies[arms[0]][0]).reference
@@ -146,9 +150,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     per_trial_s = benchlib.median([float((TrialRecord.of(t).timing or {}).get("total_s", 0.0))
                                    for runs in studies.values() for st in runs
                                    for t in st.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                                   if not is_duplicate(t)])
+                                   if not is_duplicate(t) and not TrialRecord.of(t).early_stopped])
     profile_trials = 0
-    if "guided" in arms:
+    guided = [arm for arm in arms if arm.removesuffix("+es") == "guided"]   # plain first, then +es
+    if guided:
         from spikeprune._guide.costs import CostPredictor
         from spikeprune._guide.sensitivity import compute_profile
         from spikeprune._spaces.schema import SearchSpace
@@ -172,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             trials = study.get_trials(deepcopy=False)
             fresh = [TrialRecord.of(t) for t in trials if t.state == TrialState.COMPLETE and not is_duplicate(t)]
             hv = curve(trials, reference)
-            if arm == "guided":
+            if arm in guided:
                 hv = [0.0] * profile_trials + hv
             baseline = baseline_trial(trials).values[0]   # the finished one: a killed driver fails the first
             runs.append({"seed": seed, "study": study.study_name, "hypervolume": hv,
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      spread([r["examples"] for r in runs], 0),
                      spread([r["kernel_s"] for r in runs], 0), spread([r["wall_s"] for r in runs], 0),
                      spread([r["stopped_early"] for r in runs], 0)])
-        colour = COLOURS.get(arm, "#333")
+        colour = EARLY_COLOUR if arm == early else COLOURS.get(arm, "#333")
         for r in runs:
             fig.add_trace(go.Scatter(x=list(range(1, len(r["hypervolume"]) + 1)), y=r["hypervolume"], mode="lines",
                                      line=dict(color=colour, width=1), opacity=0.3, showlegend=False,
@@ -203,24 +208,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"\n{args.space} space, {args.n_trials} trials per study, {args.max_examples} dev examples per "
           f"evaluation, seeds {' '.join(map(str, args.seeds))} (median [min-max] over seeds)")
     print(benchlib.table(header, rows))
-    if EARLY in arms and "tpe" in arms:
-        plain, early = figures["arms"]["tpe"]["runs"], figures["arms"][EARLY]["runs"]
-        ratio = {key: benchlib.median([e[key] / max(q[key], 1e-9) for e, q in zip(early, plain)])
+    if early and args.early_stopping_arm in arms:
+        plain, stopped = figures["arms"][args.early_stopping_arm]["runs"], figures["arms"][early]["runs"]
+        ratio = {key: benchlib.median([e[key] / max(q[key], 1e-9) for e, q in zip(stopped, plain)])
                  for key in ("examples", "kernel_s")}
-        hv = (benchlib.median([r["hypervolume"][-1] for r in early]), benchlib.median([r["hypervolume"][-1] for r in plain]))
-        figures["early_stopping"] = {"examples_ratio": ratio["examples"], "kernel_s_ratio": ratio["kernel_s"],
-                                     "final_hv_early": hv[0], "final_hv_plain": hv[1]}
+        hv = (benchlib.median([r["hypervolume"][-1] for r in stopped]),
+              benchlib.median([r["hypervolume"][-1] for r in plain]))
+        figures["early_stopping"] = {"sampler": args.early_stopping_arm, "examples_ratio": ratio["examples"],
+                                     "kernel_s_ratio": ratio["kernel_s"], "final_hv_early": hv[0], "final_hv_plain": hv[1]}
         print(f"early stopping: {ratio['examples']:.0%} of the dev examples and {ratio['kernel_s']:.0%} of the kernel "
-              f"seconds of plain TPE (median of per-seed ratios); final hypervolume {hv[0]:.3f} vs {hv[1]:.3f}")
-    if "guided" in arms:
+              f"seconds of plain {args.early_stopping_arm} (median of per-seed ratios); final hypervolume "
+              f"{hv[0]:.3f} vs {hv[1]:.3f}")
+    if guided:
         figures["predictor"] = predictor_errors(predictor, space, studies)
         print("cost predictor, relative error over the fully evaluated trials: " + "; ".join(
             f"{name} median {e['median']:.1%} (90th percentile {e['p90']:.1%}, {e['trials']} configs)"
             for name, e in figures["predictor"].items()))
         from spikeprune._guide.sampler import GuidedSampler
 
-        energy = studies["guided"][0].user_attrs["spikeprune"]["energy"]
-        model = metric_model_errors(GuidedSampler(space, predictor, profile, energy=energy), studies["guided"])
+        energy = studies[guided[0]][0].user_attrs["spikeprune"]["energy"]
+        model = metric_model_errors(GuidedSampler(space, predictor, profile, energy=energy), studies[guided[0]])
         figures["metric_model"] = model
         if model:
             print(f"guided metric model, absolute error on its own proposals (predicted from the trials finished "

@@ -174,7 +174,9 @@ def test_bench_search_compares_samplers_and_early_stopping(tmp_path, tiny_prepar
         full = 5 - run["duplicates"] - run["stopped_early"]
         assert run["examples"] == 16 * full + 8 * run["stopped_early"]  # a stopped trial cost its look only
     assert data["arms"]["tpe"]["runs"][0]["stopped_early"] == 0
-    assert set(data["early_stopping"]) == {"examples_ratio", "kernel_s_ratio", "final_hv_early", "final_hv_plain"}
+    assert set(data["early_stopping"]) == {"sampler", "examples_ratio", "kernel_s_ratio", "final_hv_early",
+                                           "final_hv_plain"}
+    assert data["early_stopping"]["sampler"] == "tpe"
 
 
 def test_bench_orchestration_runs_the_same_trials_in_every_layout(tmp_path, tiny_prepared, glue_dir):
