@@ -239,11 +239,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         encoding="utf-8")
     print(f"curves: {html}")
     result = benchlib.finish(args.out, NAME, env, args, figures)   # before the images, which need a browser
-    if args.images:
-        from spikeprune._results.report import write_images
-
-        for path in write_images({"hypervolume": fig}, html.parent, args.images, stem=html.stem):
-            print(f"image: {path}")
+    benchlib.write_figures({"hypervolume": fig}, html, args.images)
     return result
 
 

@@ -244,6 +244,16 @@ def finish(path: Path, name: str, env: dict[str, Any], args: argparse.Namespace,
     return result
 
 
+def write_figures(figures: dict[str, Any], html: Path, formats: list[str]) -> None:
+    """Static images of plotly ``figures`` beside ``html`` (named after it); call after ``finish``,
+    since they need a browser and a missing one must not lose the JSON."""
+    if formats:
+        from spikeprune._results.report import write_images
+
+        for path in write_images(figures, html.parent, formats, stem=html.stem):
+            print(f"image: {path}")
+
+
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")

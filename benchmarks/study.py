@@ -193,11 +193,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     html.write_text(plots.page("spikeprune study", html_sections), encoding="utf-8")
     print(f"fronts: {html}")
     result = benchlib.finish(args.out, NAME, env, args, {"tasks": tasks})   # before the images, which need a browser
-    if args.images:
-        from spikeprune._results.report import write_images
-
-        for path in write_images(figures, html.parent, args.images, stem=html.stem):
-            print(f"image: {path}")
+    benchlib.write_figures(figures, html, args.images)
     return result
 
 
