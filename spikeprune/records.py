@@ -193,7 +193,8 @@ class StudyRecord:
     def conflict(self, other: "StudyRecord") -> str | None:
         """The first field of SAME_ON_RESUME in which ``other`` differs (None: same study)."""
         def core(space: dict[str, Any]) -> dict[str, Any]:
-            return {k: v for k, v in space.items() if k not in ("name", "description", "early_stopping", "reference")}
+            ignored = ("name", "description", "early_stopping", "reference", "sampler")
+            return {k: v for k, v in space.items() if k not in ignored}
 
         for name in self.SAME_ON_RESUME:
             mine, theirs = getattr(self, name), getattr(other, name)

@@ -187,6 +187,20 @@ def test_resuming_with_another_space_is_refused(tiny_prepared, space_file, tmp_p
         run_search(settings(tiny_prepared, other, tmp_path, study_name="x", n_trials=2))
 
 
+def test_a_space_names_its_sampler_and_the_command_line_overrides_it(tiny_prepared, space_file, tmp_path, ray_local):
+    """A space's ``sampler`` is the search's unless the settings name one (a resume may change it);
+    a space without one gets TPE."""
+    own = tmp_path / "own.yaml"
+    own.write_text(TINY_SPACE + "sampler: random\n")
+    study = run_search(settings(tiny_prepared, own, tmp_path, study_name="own", n_trials=1, early_stopping=False))
+    assert isinstance(study.sampler, optuna.samplers.RandomSampler)
+    study = run_search(settings(tiny_prepared, own, tmp_path, study_name="own", n_trials=2, early_stopping=False,
+                                sampler="nsga2"))
+    assert isinstance(study.sampler, optuna.samplers.NSGAIISampler) and len(complete(study)) == 2
+    plain = run_search(settings(tiny_prepared, space_file, tmp_path, study_name="plain", n_trials=1, early_stopping=False))
+    assert isinstance(plain.sampler, optuna.samplers.TPESampler)
+
+
 def test_trials_that_cannot_reach_the_hypervolume_reference_stop_at_their_look(tiny_prepared, tmp_path, ray_local):
     """The metric floor of early stopping includes the hypervolume reference: with the reference at
     0.999, a trial whose look of 8 examples scores at most half right (the upper end of its 95 %

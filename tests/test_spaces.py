@@ -155,6 +155,7 @@ BAD_SPACES = [
     ({"early_stopping": {"later": [0.5, 0.5]}}, "must rise strictly"),
     ({"early_stopping": {"later": ["half"]}}, "space.early_stopping.later[0]: 'half' is not a number"),
     ({"energy": 45}, "space.energy: 45 must be the name of an energy preset"),
+    ({"sampler": "cmaes"}, "space.sampler: 'cmaes' is unknown; use one of tpe, nsga2, nsga3, gp, random, guided"),
     ([1, 2], "space: the file must hold a mapping"),
 ]
 

@@ -1,10 +1,12 @@
 """``run_search``: check the settings, load the base, open the study, start Ray, drive, summarise."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import optuna
 
+from spikeprune._spaces.knobs import DEFAULT_SAMPLER
 from spikeprune._spaces.schema import SearchSpace
 from spikeprune.errors import SpikepruneError
 from spikeprune.objectives import parse_reference
@@ -23,6 +25,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
     settings.check()
     space = settings.space if isinstance(settings.space, SearchSpace) else SearchSpace.load(settings.space)
     space.reference = {**space.reference, **parse_reference(settings.reference, space.objectives, "--reference")}
+    settings = dataclasses.replace(settings, sampler=settings.sampler or space.sampler or DEFAULT_SAMPLER)
     energy = settings.energy or space.energy
     if settings.energy:
         from spikeprune._model.ops import resolve_energy

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from spikeprune._spaces.knobs import SAMPLERS
 from spikeprune.errors import SpikepruneError
 
 if TYPE_CHECKING:
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
     from spikeprune._spaces.schema import SearchSpace
 
-SAMPLERS: tuple[str, ...] = ("tpe", "nsga2", "nsga3", "gp", "random", "guided")
 #: The trial function the workers run unless ``--kernel`` names another (worker.py).
 DEFAULT_KERNEL = "spikeprune:run_trial"
 STUDY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")  # \Z: "$" would let a trailing newline in
@@ -44,7 +44,7 @@ class SearchSettings:
     workers: int = 2                        # evaluations in flight
     storage: str | None = None              # URL or journal path; default <run_dir>/<study>/journal.log
     run_dir: str | Path = "runs"
-    sampler: str = "tpe"
+    sampler: str | None = None              # None: the space's sampler, else DEFAULT_SAMPLER (tpe)
     seed: int = 0
     ray_address: str | None = None          # an existing cluster; None starts a local one
     cpus_per_trial: float = 1.0
@@ -65,7 +65,7 @@ class SearchSettings:
 
     def check(self) -> None:
         check_study_name(self.study_name)
-        if self.sampler not in SAMPLERS:
+        if self.sampler is not None and self.sampler not in SAMPLERS:
             raise SpikepruneError(f"sampler {self.sampler!r} is unknown; use one of {', '.join(SAMPLERS)}")
         for name in ("n_trials", "workers", "max_failures", "population_size", "profile_examples"):
             if int(getattr(self, name)) < 1:

@@ -127,6 +127,19 @@ class Knob:
         return cls(name, per_layer=per_layer, low=low, high=high, step=step)
 
 
+#: The samplers a search can use, by name (``--sampler``, or a space file's ``sampler``).
+SAMPLERS: tuple[str, ...] = ("tpe", "nsga2", "nsga3", "gp", "random", "guided")
+#: The sampler of a search whose command line and space name none.
+DEFAULT_SAMPLER = "tpe"
+
+
+def parse_sampler(raw: Any) -> str | None:
+    """A space's ``sampler``: the one its searches use unless ``--sampler`` names another."""
+    if raw is None or raw in SAMPLERS:
+        return raw
+    raise SpikepruneError(f"space.sampler: {raw!r} is unknown; use one of {', '.join(SAMPLERS)}")
+
+
 @dataclass(frozen=True)
 class EarlyStopping:
     """First look at ``fraction`` of the dev set: stop if another trial's look beats it there by

@@ -17,7 +17,8 @@ energy preset; ``early_stopping`` sets the Pareto-aware early stop of the search
 dev set for the first look, the metric margin by which a trial must be beaten to stop, and the
 fractions of later looks that stop a trial which cannot reach the metric floor);
 ``reference`` gives the worst value hypervolume counts per objective (``{metric: -0.5}``), which
-is otherwise derived from the dense baseline (``_results/pareto.py``).
+is otherwise derived from the dense baseline (``_results/pareto.py``); ``sampler`` names the
+sampler its searches use unless ``--sampler`` names another (``knobs.SAMPLERS``).
 
 Timesteps may go above the base model's T: the model was trained on equilibrium rates, so more
 steps are legal (a finer rate), just more expensive; the shipped presets stay at or below T.
@@ -36,14 +37,14 @@ from spikeprune._model.config import CompressionConfig, SpikingBertConfig
 from spikeprune.errors import SpikepruneError
 from spikeprune.objectives import METRIC, OBJECTIVES, Objective, parse_reference
 
-from .knobs import EarlyStopping, Knob, check_keys, parse_number
+from .knobs import EarlyStopping, Knob, check_keys, parse_number, parse_sampler
 
 #: Constraint key -> the objective it limits: a floor for the metric, caps for costs.
 CONSTRAINTS: dict[str, str] = {"metric_min": METRIC, **{f"{k}_max": k for k in OBJECTIVES if k != METRIC}}
 #: Compression knobs in the order of CompressionConfig; the last is not per layer.
 KNOBS: tuple[str, ...] = ("heads", "neurons", "timesteps", "weight_bits", "recovery_steps")
 TOP_KEYS: tuple[str, ...] = ("name", "description", *KNOBS, "objectives", "constraints", "energy", "early_stopping",
-                             "reference")
+                             "reference", "sampler")
 DEFAULT_OBJECTIVES: tuple[str, ...] = (METRIC, "sops")
 DEFAULT_ENERGY = "float45nm"
 #: Levels of the uniform seed configs: how far from the most compressed value towards the base.
@@ -63,6 +64,8 @@ class SearchSpace:
     early_stopping: EarlyStopping | None = None
     #: Worst values hypervolume counts, by objective (default: derived from the baseline or trials).
     reference: dict[str, float] = field(default_factory=dict)
+    #: The sampler its searches use unless the command line names one (None: ``DEFAULT_SAMPLER``).
+    sampler: str | None = None
     #: Layer count of the model the space was last checked against; per-layer knobs need it.
     num_layers: int | None = field(default=None, compare=False)
     #: Where the space was read from ("preset joint", a path), to prefix model-check errors.
@@ -111,7 +114,8 @@ class SearchSpace:
         return cls(name=name, description=description.strip(), knobs=knobs, objectives=objectives,
                    constraints=_parse_constraints(data.get("constraints")), energy=energy,
                    early_stopping=EarlyStopping.parse(data.get("early_stopping")),
-                   reference=parse_reference(data.get("reference"), objectives, "space.reference"))
+                   reference=parse_reference(data.get("reference"), objectives, "space.reference"),
+                   sampler=parse_sampler(data.get("sampler")))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data that ``from_dict`` reads back (stored with the study)."""
@@ -124,6 +128,8 @@ class SearchSpace:
         out["early_stopping"] = {"fraction": es.fraction, "margin": es.margin, "later": list(es.later)} if es else False
         if self.reference:
             out["reference"] = dict(self.reference)
+        if self.sampler:
+            out["sampler"] = self.sampler
         return out
 
     # --------------------------------------------------------------------- model checking

@@ -60,8 +60,9 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
                    "journal file; default RUN_DIR/STUDY/journal.log")
     add_run_dir(p)
     p.add_argument("--sampler", choices=SAMPLERS, default=d.sampler,
-                   help="Optuna sampler (default tpe); guided proposes configs on the predicted front from the "
-                        "base's spike statistics and a sensitivity profile it measures once and caches beside the base")
+                   help="Optuna sampler (default: the space's, else tpe); guided proposes configs on the predicted "
+                        "front from the base's spike statistics and a sensitivity profile it measures once and "
+                        "caches beside the base")
     p.add_argument("--profile-examples", type=POSITIVE_INT, default=d.profile_examples,
                    help=f"dev examples per sensitivity probe of the guided sampler (default {d.profile_examples})")
     p.add_argument("--seed", type=NATURAL, default=d.seed, help="sampler and kernel seed (default 0)")
