@@ -15,7 +15,8 @@ direction}`` pairs from :data:`OBJECTIVES`; ``constraints`` holds a floor on the
 (``metric_min``) and caps on costs (``sops_max``, ``energy_uj_max``, ...); ``energy`` names an
 energy preset; ``early_stopping`` sets the Pareto-aware early stop of the search (fraction of the
 dev set for the first look, the metric margin by which a trial must be beaten to stop, and the
-fractions of later looks that stop a trial which cannot reach the metric floor);
+fractions of later looks, which stop a trial that cannot reach the metric floor or that a fully
+evaluated trial outruns);
 ``reference`` gives the worst value hypervolume counts per objective (``{metric: -0.5}``), which
 is otherwise derived from the dense baseline (``_results/pareto.py``); ``sampler`` names the
 sampler its searches use unless ``--sampler`` names another (``knobs.SAMPLERS``).
