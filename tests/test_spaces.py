@@ -27,6 +27,7 @@ def test_presets_ship_and_fit_the_quick_student():
         assert s.objectives[0].name == "metric" and s.directions[0] == "maximize"
         assert s.early_stopping is not None
         assert SearchSpace.from_dict(s.to_dict()).to_dict() == s.to_dict()
+        assert s.sampler == ("guided" if name == "joint" else None)   # joint's sampler won its benchmark
 
 
 def test_joint_preset_parameters_are_per_layer_and_coarse():
