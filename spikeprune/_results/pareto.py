@@ -2,7 +2,8 @@
 
 Everything here is a pure function of ``FrozenTrial`` lists and objectives, so it is tested on
 hand-made trials without storage; ``analyse_study`` is the one place that reads a ``Study``
-(its ``records.StudyRecord`` and the trials' ``records.TrialRecord``).
+(its ``records.StudyRecord`` and the trials' ``records.TrialRecord``), beside two helpers for
+any study (``load_study``, ``quiet_optuna``).
 
 Which trials compete for the front: COMPLETE, feasible (every Optuna constraint <= 0), not
 early-stopped (an early-stopped trial's values come from a partial evaluation, so they are not
@@ -16,7 +17,8 @@ The reference point comes from the user, else the dense baseline, else the trial
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +40,18 @@ def load_study(study_name: str, storage: str | optuna.storages.BaseStorage) -> o
         names = optuna.get_all_study_names(storage)
         raise SpikepruneError(
             f"no study named {study_name!r} in this storage; it holds {names or 'no studies'}") from None
+
+
+@contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's INFO lines (a study created, a trial finished) off for the block: the progress
+    line and the report say what happened."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def study_objectives(study: optuna.Study) -> list[Objective]:

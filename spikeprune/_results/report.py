@@ -22,7 +22,7 @@ from spikeprune.errors import SpikepruneError
 from spikeprune.records import TrialRecord
 
 from . import plots
-from .pareto import STATUSES, Analysis, NoiseRule, analyse_study, is_duplicate, is_early_stopped
+from .pareto import STATUSES, Analysis, NoiseRule, analyse_study, is_duplicate, is_early_stopped, quiet_optuna
 
 IMAGE_FORMATS = ("png", "svg", "pdf")
 #: Below this many fully evaluated trials, importances are mostly noise and are not shown.
@@ -43,7 +43,8 @@ def objective_importances(analysis: Analysis, min_trials: int = MIN_IMPORTANCE_T
     if not varying:
         return {}, "no parameter varies across the complete trials"
     # An in-memory copy holding only these trials: early-stopped values are partial, duplicates repeats.
-    copy = optuna.create_study(directions=[o.direction for o in analysis.objectives])
+    with quiet_optuna():
+        copy = optuna.create_study(directions=[o.direction for o in analysis.objectives])
     copy.add_trials(trials)
     out: dict[str, dict[str, float]] = {}
     for k, o in enumerate(analysis.objectives):

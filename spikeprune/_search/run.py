@@ -6,6 +6,7 @@ from pathlib import Path
 
 import optuna
 
+from spikeprune._results.pareto import quiet_optuna
 from spikeprune._spaces.knobs import DEFAULT_SAMPLER
 from spikeprune._spaces.schema import SearchSpace
 from spikeprune.errors import SpikepruneError
@@ -62,9 +63,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
     location = settings.storage or default_storage(settings.run_dir, settings.study_name)
     storage = RetryingStorage(optuna.storages.get_storage(open_storage(location)), describe(location),
                               settings.storage_patience)
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
+    with quiet_optuna():
         study = open_study(settings, space, storage, base.task, Path(settings.prepared).resolve(), model,
                            energy, base.dev_size, sampler_for)
         driver = Driver(settings, space, study, storage, model, base.dev_size, energy)
@@ -74,8 +73,6 @@ def run_search(settings: SearchSettings) -> optuna.Study:
             base_ref = ray.put(base)
             del base
             stats = driver.run(base_ref)
-    finally:
-        optuna.logging.set_verbosity(verbosity)
     print(summary(study, stats, describe(location)))
     if stats.failed >= settings.max_failures:
         print(f"stopped after {stats.failed} failed trials (--max-failures {settings.max_failures})")
