@@ -16,8 +16,9 @@ trial's look on the same examples clearly beats it, when the upper bound of its 
 bootstrap interval is below the metric floor (``metric_floor``: the constraint, or the
 hypervolume reference), or when a fully evaluated trial on the front costs no more and scores
 above that upper bound; later looks (``early_stopping.later``) check the floor and the front
-again (``_trial.kernel.EarlyStop``); otherwise it goes on with the rest of the dev set. Seeds
-(the baseline and uniform configs) always run in full.
+again (``_trial.kernel.EarlyStop``); otherwise it goes on with the rest of the dev set. The
+baseline always runs in full; the uniform seeds stop like any trial (the deepest of them usually
+collapses, and its first look says so).
 
 Resume (resume.py): trials left RUNNING by a driver that is gone are failed and their parameters
 enqueued again; finished trials are never re-run. A config equal to one already finished, or being
@@ -78,7 +79,7 @@ class _Flight:
 
     trial: optuna.Trial
     config: CompressionConfig
-    seeded: bool
+    baseline: bool
     started: float = field(default_factory=time.monotonic)  # submission, for trial_timeout
     #: Trials with the same parameters asked while this one ran: they are told its result.
     followers: list[optuna.Trial] = field(default_factory=list)
@@ -176,7 +177,7 @@ class Driver:
         TrialRecord.set(trial, driver=self.resume.identity)
         if self.surplus(trial):
             return
-        seeded = TrialRecord.of(trial).seeded
+        baseline = TrialRecord.of(trial).baseline
         try:
             config = self.space.suggest(trial).resolve(self.model)
         except SpikepruneError as e:
@@ -189,7 +190,7 @@ class Driver:
         if leader is not None:
             self.follow(trial, leader)
             return
-        self.submit(_Flight(trial, config, seeded))
+        self.submit(_Flight(trial, config, baseline))
 
     def surplus(self, trial: optuna.Trial) -> bool:
         """With several drivers, two may start the last trial at once: the one asked later (higher
@@ -264,18 +265,19 @@ class Driver:
         self.progress.update(running=len(self.flights), last=f"#{trial.number} = #{original}")
 
     def early_stop(self, flight: _Flight) -> EarlyStop | None:
-        """The look this trial's task takes, with the looks of the study's other trials so far
-        (a seed compares with nothing: it always runs in full)."""
+        """The look this trial's task takes, with the looks of the study's other trials so far (the
+        baseline compares with nothing: it always runs in full, as the reference the others are
+        judged against)."""
         if self.partial_examples is None:
             return None
-        others = () if flight.seeded else tuple(
+        others = () if flight.baseline else tuple(
             tuple(record.partial["values"]) for t in self.study.get_trials(deepcopy=False)
             if t.number != flight.trial.number
             and ((record := TrialRecord.of(t)).partial or {}).get("examples") == self.partial_examples)
         return EarlyStop(examples=self.partial_examples, objectives=tuple(self.space.objective_names),
                          directions=tuple(self.space.directions), metric=self.metric_index, margin=self.margin,
-                         floor=None if flight.seeded else self.metric_floor(), others=others,
-                         later=self.later_examples, front=() if flight.seeded else self.front())
+                         floor=None if flight.baseline else self.metric_floor(), others=others,
+                         later=self.later_examples, front=() if flight.baseline else self.front())
 
     def front(self) -> tuple[tuple[float, ...], ...]:
         """The values of the fully evaluated, feasible trials that no other one dominates: what a
