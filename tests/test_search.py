@@ -211,7 +211,7 @@ def test_trials_that_cannot_reach_the_hypervolume_reference_stop_at_their_look(t
     looked = [t for t in complete(study) if not t.user_attrs.get("baseline") and "duplicate_of" not in t.user_attrs]
     low = [t for t in looked if t.user_attrs["partial"]["metrics"]["metric"] <= 0.5]
     assert any(t.user_attrs.get("seeded") for t in low) and any(not t.user_attrs.get("seeded") for t in low), \
-        "no seed and no sampled trial scored half or less at its look: the tiny base changed, pick another space"
+        "not both a seed and a sampled trial scored half or less at their looks: the tiny base changed, pick another space"
     assert all(t.user_attrs["early_stopped"] and t.user_attrs["examples"] == MAX_EXAMPLES // 2 for t in low)
     baseline = next(t for t in complete(study) if t.user_attrs.get("baseline"))
     assert not baseline.user_attrs["early_stopped"] and baseline.user_attrs["examples"] == MAX_EXAMPLES
