@@ -252,6 +252,35 @@ def test_guided_sampler_learns_from_early_stopped_trials(own_base):
     assert following.params != proposal
 
 
+def test_guided_sampler_explores_next_to_the_point_that_holds_the_volume(own_base):
+    """With every trial an exploring one (explore=1, local=1), each proposal is a new config one
+    step away from the only evaluated point inside the reference in one to three parameters."""
+    base, space = BaseBundle.load(own_base), SearchSpace.from_dict(GUIDED_SPACE)
+    sampler = GuidedSampler.for_base(base, space, examples=16, seed=0, explore=1.0, local=1.0)
+    space = space.check(base.student.config)
+    study = optuna.create_study(directions=space.directions, sampler=sampler)
+    distributions = sampler.infer_relative_search_space(study, None)
+    dense = sampler.predictor.objectives(sampler.config(sampler._dense), sampler.energy)
+    def values(metric: float, scale: float) -> list[float]:
+        return [metric if name == "metric" else scale * dense[name] for name in space.objective_names]
+    good = {name: d.choices[1] if hasattr(d, "choices") else d.low + d.step for name, d in distributions.items()}
+    bad = {name: d.choices[0] if hasattr(d, "choices") else d.low for name, d in distributions.items()}
+    study.add_trial(optuna.trial.create_trial(params=good, distributions=distributions,
+                                              values=values(sampler.profile.base_metric, 0.5)))
+    study.add_trial(optuna.trial.create_trial(params=bad, distributions=distributions, values=values(0.0, 0.1)))
+    steps = {name: list(d.choices) if hasattr(d, "choices") else list(range(d.low, d.high + 1, d.step))
+             for name, d in distributions.items()}
+    seen = {tuple(sorted(good.items())), tuple(sorted(bad.items()))}
+    for _ in range(5):
+        trial = study.ask()
+        space.suggest(trial)
+        moved = {name: steps[name].index(v) - steps[name].index(good[name]) for name, v in trial.params.items()}
+        assert 1 <= sum(m != 0 for m in moved.values()) <= 3 and all(abs(m) <= 1 for m in moved.values()), moved
+        assert tuple(sorted(trial.params.items())) not in seen
+        seen.add(tuple(sorted(trial.params.items())))
+        study.tell(trial, values(0.0, 0.1))   # collapsed: the good point keeps all the volume
+
+
 def test_guided_search_on_ray_resumes(own_base, tmp_path, ray_local, capsys):
     space = tmp_path / "guided.yaml"
     space.write_text(json.dumps(GUIDED_SPACE))
