@@ -174,6 +174,8 @@ def test_bench_search_compares_samplers_and_early_stopping(tmp_path, tiny_prepar
         full = 5 - run["duplicates"] - run["stopped_early"]
         assert run["examples"] == 16 * full + 8 * run["stopped_early"]  # a stopped trial cost its look only
     assert data["arms"]["tpe"]["runs"][0]["stopped_early"] == 0
+    finals = [figures["runs"][0]["hypervolume"][-1] for figures in data["arms"].values()]
+    assert max(finals) <= data["pooled_hypervolume"] <= 1   # the pooled front holds every arm's
     assert set(data["early_stopping"]) == {"sampler", "examples_ratio", "kernel_s_ratio", "final_hv_early",
                                            "final_hv_plain"}
     assert data["early_stopping"]["sampler"] == "tpe"
