@@ -109,6 +109,7 @@ class GuidedSampler(BaseSampler):
             names = knob.param_names(self.space.num_layers or 1)
             for i, name in enumerate(names):
                 self._params.append((name, knob_name, i if knob.per_layer else None, knob.values()))
+        self._sizes = [len(values) for *_, values in self._params]   # values per parameter
         self._cache: dict[tuple[int, ...], dict[str, float]] = {}
         self._dense = self._dense_index()
         self._reference = study_reference(self.objectives, self._predict_costs(self._dense)
@@ -227,7 +228,7 @@ class GuidedSampler(BaseSampler):
         return curve, drops - curve(s)
 
     def _distance(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        span = np.asarray([max(len(values) - 1, 1) for *_, values in self._params], dtype=float)
+        span = np.maximum(np.asarray(self._sizes, dtype=float) - 1, 1)
         return np.mean(np.abs(x[:, None, :] - y[None, :, :]) / span, axis=-1)
 
     def _propose(self, study: Study, trial: FrozenTrial) -> tuple[int, ...]:
@@ -268,19 +269,17 @@ class GuidedSampler(BaseSampler):
     def _mutate_front(self, study: Study) -> tuple[int, ...] | None:
         """A new neighbour of an evaluated Pareto point drawn in proportion to its exclusive
         hypervolume; None when no evaluated point lies inside the reference."""
-        trials = [t for t in study.get_trials(deepcopy=False) if is_candidate(t) and self._has_params(t)]
+        every = [t for t in study.get_trials(deepcopy=False) if self._has_params(t)]
+        trials = [t for t in every if is_candidate(t)]
         points = [self._reference.normalise(t.values) for t in trials]
-        inside = [i for i, p in enumerate(points) if np.all(p < 1)]
-        if not inside:
-            return None
         ones = np.ones(len(self.objectives))
-        total = hypervolume([points[i] for i in inside], ones)
-        held = np.asarray([total - hypervolume([points[j] for j in inside if j != i], ones) for i in inside])
+        total = hypervolume(points, ones)   # points outside the reference add nothing and hold nothing
+        held = np.maximum([total - hypervolume(points[:i] + points[i + 1:], ones) for i in range(len(points))], 0.0)
         if held.sum() <= 0:
             return None
-        anchor = self._index_of(trials[inside[int(self._rng.choice(len(inside), p=held / held.sum()))]].params)
-        seen = {self._index_of(t.params) for t in study.get_trials(deepcopy=False) if self._has_params(t)}
-        sizes = [len(values) for *_, values in self._params]
+        anchor = self._index_of(trials[int(self._rng.choice(len(trials), p=held / held.sum()))].params)
+        seen = {self._index_of(t.params) for t in every}
+        sizes = self._sizes
         for _ in range(32):   # bounded: every neighbour may have been tried
             index = list(anchor)
             for j in self._rng.choice(len(sizes), size=min(int(self._rng.integers(1, 4)), len(sizes)), replace=False):
@@ -291,7 +290,7 @@ class GuidedSampler(BaseSampler):
 
     # ------------------------------------------------------------------ candidates
     def _candidates(self, indices: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
-        sizes = [len(values) for *_, values in self._params]
+        sizes = self._sizes
         path = self._greedy_path()
         out: set[tuple[int, ...]] = set(path)
         anchors = path + list(indices)
