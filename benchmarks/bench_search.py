@@ -38,7 +38,8 @@ import plotly.graph_objects as go  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from spikeprune._results import plots  # noqa: E402
-from spikeprune._results.pareto import analyse_study, baseline_trial, front_hypervolume, is_duplicate  # noqa: E402
+from spikeprune._results.pareto import (analyse_study, baseline_trial, front_hypervolume, is_candidate,  # noqa: E402
+                                        is_duplicate)
 from spikeprune.records import TrialRecord  # noqa: E402
 from spikeprune import SearchSettings, run_search  # noqa: E402
 
@@ -211,8 +212,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(benchlib.table(header, rows))
     pooled = [t for runs in studies.values() for st in runs for t in st.get_trials(deepcopy=False)]
     figures["pooled_hypervolume"] = front_hypervolume(pooled, reference)
-    print(f"pooled: the fully evaluated trials of every arm and seed together ({len(pooled)} trials) have a "
-          f"hypervolume of {figures['pooled_hypervolume']:.3f}, the best front this benchmark found")
+    print(f"pooled: the fully evaluated trials of every arm and seed together ({sum(map(is_candidate, pooled))} of "
+          f"{len(pooled)} trials) have a hypervolume of {figures['pooled_hypervolume']:.3f}, the best front this "
+          f"benchmark found")
     if early and args.early_stopping_arm in arms:
         plain, stopped = figures["arms"][args.early_stopping_arm]["runs"], figures["arms"][early]["runs"]
         ratio = {key: benchlib.median([e[key] / max(q[key], 1e-9) for e, q in zip(stopped, plain)])
