@@ -16,9 +16,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before torch loads)
 
-from spikeprune._model.config import BOUNDARY_RULES, CompressionConfig  # noqa: E402
-from spikeprune._trial.base import BaseBundle
-from spikeprune._trial.kernel import build_compressed, measure  # noqa: E402
+from spikeprune.models import BOUNDARY_RULES, CompressionConfig  # noqa: E402
+from spikeprune.trial import BaseBundle
+from spikeprune.trial import build_compressed, measure  # noqa: E402
 
 #: Per-layer timesteps for the 6-layer, T=4 quick student: shrinking, growing and alternating.
 SCHEDULES: list[list[int]] = [[4, 4, 3, 3, 2, 2], [2, 2, 3, 3, 4, 4], [4, 2, 4, 2, 4, 2]]

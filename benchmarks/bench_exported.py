@@ -21,8 +21,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before torch loads)
 
-from spikeprune._model.ops import count_ops  # noqa: E402
-from spikeprune._model.spiking import SpikingBertForSequenceClassification  # noqa: E402
+from spikeprune.costs import count_ops  # noqa: E402
+from spikeprune.models import SpikingBertForSequenceClassification  # noqa: E402
 
 NAME = "bench_exported"
 DENSE = "uncompressed"

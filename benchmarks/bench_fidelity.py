@@ -25,9 +25,9 @@ import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before tor
 import numpy as np  # noqa: E402
 
 from spikeprune import BaseBundle, CompressionConfig, PreparedRecord, run_trial  # noqa: E402
-from spikeprune._model.converted import POPULATIONS, RESIDUAL  # noqa: E402
-from spikeprune._model.evaluation import evaluate_model  # noqa: E402
-from spikeprune._model.metrics import main_metric  # noqa: E402
+from spikeprune.models import POPULATIONS, RESIDUAL  # noqa: E402
+from spikeprune.models import evaluate_model  # noqa: E402
+from spikeprune.data import main_metric  # noqa: E402
 
 STEPS = (1, 2, 4, 8, 16)
 #: Groups of populations left in float by --quantization-loss ("residual": the hidden-width ones).
@@ -38,7 +38,7 @@ FLOAT_GROUPS: dict[str, tuple[str, ...]] = {
 
 def majority(base: BaseBundle, examples: int) -> dict[str, float]:
     """Metrics of always answering the most frequent dev label (the mean score for regression)."""
-    from spikeprune._model.metrics import compute_metrics
+    from spikeprune.data import compute_metrics
 
     labels = np.array(base.dev["labels"][:examples])
     if base.student.config.is_regression:

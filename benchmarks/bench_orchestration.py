@@ -35,10 +35,10 @@ import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before tor
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from spikeprune._trial.base import BaseBundle  # noqa: E402
+from spikeprune.trial import BaseBundle  # noqa: E402
 from spikeprune import SearchSettings, open_storage, run_search  # noqa: E402
-from spikeprune._search.cluster import ray_session  # noqa: E402
-from spikeprune._spaces.schema import SearchSpace  # noqa: E402
+from spikeprune.search import ray_session  # noqa: E402
+from spikeprune.spaces import SearchSpace  # noqa: E402
 from spikeprune.records import TrialRecord  # noqa: E402
 
 NAME = "bench_orchestration"
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
             @ray.remote(num_cpus=1)
             def receive(bundle: BaseBundle) -> int:
-                import spikeprune._trial.kernel  # noqa: F401  (what a trial imports: torch, the model)
+                from spikeprune.trial import run_trial  # noqa: F401  (what a trial imports: torch, the model)
                 return bundle.dev_size
 
             ray.get(receive.remote(ref))  # a warm worker, as in a search after its first trial

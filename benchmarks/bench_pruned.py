@@ -24,10 +24,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before torch loads)
 
-from spikeprune._model.compress import prune, set_timesteps  # noqa: E402
-from spikeprune._model.config import CompressionConfig  # noqa: E402
-from spikeprune._model.ops import count_ops  # noqa: E402
-from spikeprune._model.spiking import SpikingBertForSequenceClassification  # noqa: E402
+from spikeprune.models import prune, set_timesteps  # noqa: E402
+from spikeprune.models import CompressionConfig  # noqa: E402
+from spikeprune.costs import count_ops  # noqa: E402
+from spikeprune.models import SpikingBertForSequenceClassification  # noqa: E402
 
 NAME = "bench_pruned"
 #: Config name -> which of heads, FFN neurons, timesteps are halved.

@@ -37,8 +37,8 @@ import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before tor
 import plotly.graph_objects as go  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from spikeprune._results import plots  # noqa: E402
-from spikeprune._results.pareto import (analyse_study, baseline_trial, front_hypervolume, is_candidate,  # noqa: E402
+from spikeprune.results import figure_div, page  # noqa: E402
+from spikeprune.results import (analyse_study, baseline_trial, front_hypervolume, is_candidate,  # noqa: E402
                                         is_duplicate)
 from spikeprune.records import TrialRecord  # noqa: E402
 from spikeprune import SearchSettings, run_search  # noqa: E402
@@ -156,10 +156,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     profile_trials = 0
     guided = [arm for arm in arms if arm.removesuffix("+es") == "guided"]   # plain first, then +es
     if guided:
-        from spikeprune._guide.costs import CostPredictor
-        from spikeprune._guide.sensitivity import compute_profile
-        from spikeprune._spaces.schema import SearchSpace
-        from spikeprune._trial.base import BaseBundle
+        from spikeprune.samplers import CostPredictor
+        from spikeprune.samplers import compute_profile
+        from spikeprune.spaces import SearchSpace
+        from spikeprune.trial import BaseBundle
 
         base = BaseBundle.load(args.prepared, args.glue_dir)
         space = SearchSpace.load(args.space).check(base.student.config)
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print("cost predictor, relative error over the fully evaluated trials: " + "; ".join(
             f"{name} median {e['median']:.1%} (90th percentile {e['p90']:.1%}, {e['trials']} configs)"
             for name, e in figures["predictor"].items()))
-        from spikeprune._guide.sampler import GuidedSampler
+        from spikeprune.samplers import GuidedSampler
 
         energy = studies[guided[0]][0].user_attrs["spikeprune"]["energy"]
         model = metric_model_errors(GuidedSampler(space, predictor, profile, energy=energy), studies[guided[0]])
@@ -241,8 +241,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"before each): median {model['median']:.3f}, mean {model['mean']:.3f} over {model['trials']} trials")
     html = args.out.with_suffix(".html")
     html.parent.mkdir(parents=True, exist_ok=True)
-    html.write_text(plots.page("spikeprune: search efficiency", [
-        "<h1>Search efficiency</h1>", f"<pre>{benchlib.table(header, rows)}</pre>", plots.figure_div(fig, "hv")]),
+    html.write_text(page("spikeprune: search efficiency", [
+        "<h1>Search efficiency</h1>", f"<pre>{benchlib.table(header, rows)}</pre>", figure_div(fig, "hv")]),
         encoding="utf-8")
     print(f"curves: {html}")
     result = benchlib.finish(args.out, NAME, env, args, figures)   # before the images, which need a browser

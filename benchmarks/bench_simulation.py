@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before torch loads)
 import torch  # noqa: E402
 
-from spikeprune._model.compress import set_timesteps  # noqa: E402
-from spikeprune._model.spiking import SpikingOutput  # noqa: E402
+from spikeprune.models import set_timesteps  # noqa: E402
+from spikeprune.models import SpikingOutput  # noqa: E402
 
 NAME = "bench_simulation"
 VARIANTS = {"batched": ("batched", False), "batched+rec": ("batched", True), "lockstep+rec": ("lockstep", True)}

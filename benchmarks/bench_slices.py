@@ -1,8 +1,8 @@
-"""Simulating a batch in slices (``SLICE_BYTES``) against in one piece, on a prepared base.
+"""Simulating a batch in slices (``SpikingBertForSequenceClassification.slice_bytes``) against in one piece, on a prepared base.
 
 A batch of 64 sentences at T = 16 builds spike trains of hundreds of megabytes; each is above
 glibc's mmap threshold, so every allocation maps fresh pages and faults them in. The model
-therefore simulates each batch in slices whose widest train stays under ``SLICE_BYTES``. This
+therefore simulates each batch in slices whose widest train stays under ``SpikingBertForSequenceClassification.slice_bytes``. This
 script times one evaluation pass (record=True, as a trial runs) both ways, interleaved, and checks
 that logits and spike counts are identical.
 
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before torch loads)
 import torch  # noqa: E402
 
-from spikeprune._model import spiking  # noqa: E402
+from spikeprune.models import SimRecord, SpikingBertForSequenceClassification  # noqa: E402
 
 NAME = "bench_slices"
 
@@ -25,21 +25,21 @@ NAME = "bench_slices"
 def main(argv: list[str] | None = None) -> dict:
     p = benchlib.parser(NAME, __doc__.splitlines()[0], repeats=3, budget=600)
     benchlib.add_pass_options(p)
-    p.add_argument("--slice-bytes", type=int, default=spiking.SLICE_BYTES,
-                   help=f"largest spike train per slice (default the model's, {spiking.SLICE_BYTES})")
+    p.add_argument("--slice-bytes", type=int, default=SpikingBertForSequenceClassification.slice_bytes,
+                   help=f"largest spike train per slice (default the model's, {SpikingBertForSequenceClassification.slice_bytes})")
     args = p.parse_args(argv)
     env, base, data, tokens = benchlib.pass_setup(args)
     print(f"{base.source}: {benchlib.describe(base.model)}; {args.examples} examples, {tokens} tokens, "
           f"batches of {args.batch_size}")
-    default_bytes, sliced_bytes = spiking.SLICE_BYTES, args.slice_bytes
+    sliced_bytes = args.slice_bytes
     results: dict[str, tuple] = {}
 
     def variant(limit: int):
         def call() -> None:
-            spiking.SLICE_BYTES = limit
+            base.model.slice_bytes = limit
             logits = []
             with torch.inference_mode():
-                record = spiking.SimRecord()
+                record = SimRecord()
                 for batch in data:
                     out = base.model(**benchlib.inputs(batch), mode="batched", record=True)
                     record.merge(out.record)
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     name_of = {2**62: "one piece", sliced_bytes: f"slices of {sliced_bytes / 2**20:g} MiB"}
     times = benchlib.interleaved({name: variant(limit) for limit, name in name_of.items()},
                                  args.repeats, args.budget, warmup=False)
-    spiking.SLICE_BYTES = default_bytes
+    del base.model.slice_bytes
     (a_logits, a_rec), (b_logits, b_rec) = results.values()
     same = bool(torch.equal(a_logits, b_logits)) and a_rec.layers == b_rec.layers
     medians = {name: benchlib.median(t) for name, t in times.items()}

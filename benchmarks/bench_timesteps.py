@@ -21,10 +21,10 @@ import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before tor
 import numpy as np  # noqa: E402
 
 from spikeprune import BaseBundle, CompressionConfig  # noqa: E402
-from spikeprune._guide.sensitivity import TIMESTEP_POWER, SensitivityProfile, dense_values, flip_rate  # noqa: E402
-from spikeprune._model.glue import get_task  # noqa: E402
-from spikeprune._model.evaluation import evaluate_model  # noqa: E402
-from spikeprune._trial.kernel import build_compressed  # noqa: E402
+from spikeprune.samplers import TIMESTEP_POWER, SensitivityProfile, dense_values, flip_rate  # noqa: E402
+from spikeprune.data import get_task  # noqa: E402
+from spikeprune.models import evaluate_model  # noqa: E402
+from spikeprune.trial import build_compressed  # noqa: E402
 
 NAME = "bench_timesteps"
 

@@ -21,8 +21,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before torch loads)
 
-from spikeprune._trial.base import BaseBundle
-from spikeprune._trial.kernel import TrialResult, run_trial  # noqa: E402
+from spikeprune.trial import BaseBundle
+from spikeprune.trial import TrialResult, run_trial  # noqa: E402
 
 NAME = "bench_trial"
 #: The kernels of a trial, in the order they run; "other" is wall time outside the trial's timing.

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from spikeprune._model.compress import importance_shapes
-from spikeprune._model.config import CompressionConfig, SpikingBertConfig
-from spikeprune._model.glue import batches
-from spikeprune._model.spiking import SimRecord, SpikingBertForSequenceClassification
+from spikeprune.models import importance_shapes
+from spikeprune.models import CompressionConfig, SpikingBertConfig
+from spikeprune.data import batches
+from spikeprune.models import SimRecord, SpikingBertForSequenceClassification
 from spikeprune.errors import SpikepruneError
 from spikeprune.records import PreparedRecord, TrialRecord
 
@@ -133,7 +133,7 @@ def load_base(args: argparse.Namespace, examples: int) -> Base:
     """``--prepared``: its student, importance scores and (shuffled) dev set. Otherwise a random
     MiniLM-shaped student (tiny with ``--quick``), random scores and random SST-2-sized examples."""
     if args.prepared is not None:
-        from spikeprune._trial.base import BaseBundle
+        from spikeprune.trial import BaseBundle
 
         bundle = BaseBundle.load(args.prepared, args.glue_dir)
         return Base(bundle.student.eval(), bundle.importance, bundle.dev, bundle.pad_id,
@@ -248,7 +248,7 @@ def write_figures(figures: dict[str, Any], html: Path, formats: list[str]) -> No
     """Static images of plotly ``figures`` beside ``html`` (named after it); call after ``finish``,
     since they need a browser and a missing one must not lose the JSON."""
     if formats:
-        from spikeprune._results.report import write_images
+        from spikeprune.results import write_images
 
         for path in write_images(figures, html.parent, formats, stem=html.stem):
             print(f"image: {path}")

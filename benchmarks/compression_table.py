@@ -14,10 +14,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before torch loads)
 
-from spikeprune._model.config import CompressionConfig, SpikingBertConfig  # noqa: E402
-from spikeprune._model.ops import count_ops  # noqa: E402
-from spikeprune._trial.base import BaseBundle
-from spikeprune._trial.kernel import build_compressed, measure  # noqa: E402
+from spikeprune.models import CompressionConfig, SpikingBertConfig  # noqa: E402
+from spikeprune.costs import count_ops  # noqa: E402
+from spikeprune.trial import BaseBundle
+from spikeprune.trial import build_compressed, measure  # noqa: E402
 
 def configs(model: SpikingBertConfig) -> dict[str, CompressionConfig]:
     """Halve one axis at a time (joint: three quarters of each, T-1, 8-bit), from the model's own sizes."""

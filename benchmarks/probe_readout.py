@@ -16,8 +16,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from spikeprune._model.glue import batches, encode, load_glue
-from spikeprune._training.convert import build_student
+from spikeprune.data import batches, encode, load_glue
+from spikeprune.training import build_student
 
 
 def features(student, tokenizer, split: str, n: int, seed: int, glue_dir: str) -> tuple[dict, np.ndarray]:

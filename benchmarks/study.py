@@ -29,8 +29,8 @@ import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before tor
 import plotly.graph_objects as go  # noqa: E402
 from plotly.subplots import make_subplots  # noqa: E402
 
-from spikeprune._results import plots  # noqa: E402
-from spikeprune._results.pareto import baseline_trial  # noqa: E402
+from spikeprune.results import figure_div, page  # noqa: E402
+from spikeprune.results import baseline_trial  # noqa: E402
 from spikeprune.objectives import dominates  # noqa: E402
 from spikeprune import SearchSettings, run_search  # noqa: E402
 
@@ -185,12 +185,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fig = figure(task, per_space, baseline, args.max_drop)
         figures[task] = fig
         html_sections += [f"<h2>{task}</h2>", f"<pre>{benchlib.table(header, lines)}\n\n{text}</pre>",
-                          plots.figure_div(fig, f"fronts-{task}")]
+                          figure_div(fig, f"fronts-{task}")]
         tasks[task] = {"prepared": str(prepared), "baseline": baseline, "least_energy": rows, "fewest_sops": by_sops,
                        "verdict": text, "trials": per_space, "search_s": timings}
     html = args.out.with_suffix(".html")
     html.parent.mkdir(parents=True, exist_ok=True)
-    html.write_text(plots.page("spikeprune study", html_sections), encoding="utf-8")
+    html.write_text(page("spikeprune study", html_sections), encoding="utf-8")
     print(f"fronts: {html}")
     result = benchlib.finish(args.out, NAME, env, args, {"tasks": tasks})   # before the images, which need a browser
     benchlib.write_figures(figures, html, args.images)

@@ -13,21 +13,22 @@ The workflow, each step one call (the ``spikeprune`` command calls exactly these
     sp.export_trial(study, analysis.split.front[0], "runs/s1/export", base, None)
 
 Every name below is loaded on first use, so ``import spikeprune`` (and ``spikeprune --help``)
-does not import torch, Ray or Optuna. The modules behind them (``spikeprune._model``,
-``_training``, ``_trial``, ``_spaces``, ``_search``, ``_results``) are private: their contents
-may change between releases; these names are the interface.
+does not import torch, Ray or Optuna. The parts behind them are public subpackages, each with a
+small surface of its own: ``spikeprune.models``, ``data``, ``costs``, ``training``, ``trial``,
+``spaces``, ``samplers``, ``search`` and ``results``; the modules inside them (``_name.py``) are
+private and may change between releases.
 """
 from __future__ import annotations
 
-import importlib
 import os
-from typing import Any
+
+from spikeprune._lazy import lazy_names
 
 # Idle OpenMP threads (torch's and numba's) spin by default; on a machine whose cores are busy
 # with other work (Ray workers, a second job) that made one distillation step of the quick
 # student take 48 s instead of 6 s here. PASSIVE must be set before torch loads its runtime;
 # a value already in the environment wins. (Search trials with several CPUs of their own spin:
-# ``_search.worker.task_env``.)
+# ``search._worker.task_env``.)
 _OMP_POLICY_FROM_USER = "OMP_WAIT_POLICY" in os.environ
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -41,44 +42,34 @@ _API: dict[str, str] = {
     "dominates": "spikeprune.objectives",
     "PreparedRecord": "spikeprune.records", "StudyRecord": "spikeprune.records", "TrialRecord": "spikeprune.records",
     # the model
-    "SpikingBertConfig": "spikeprune._model.config", "CompressionConfig": "spikeprune._model.config",
-    "SpikingBertForSequenceClassification": "spikeprune._model.spiking",
-    "OpReport": "spikeprune._model.ops", "count_ops": "spikeprune._model.ops", "format_report": "spikeprune._model.ops",
+    "SpikingBertConfig": "spikeprune.models", "CompressionConfig": "spikeprune.models",
+    "SpikingBertForSequenceClassification": "spikeprune.models",
+    "OpReport": "spikeprune.costs", "count_ops": "spikeprune.costs", "format_report": "spikeprune.costs",
     # prepare a base
-    "prepare": "spikeprune._training.prepare", "PRESETS": "spikeprune._training.presets",
-    "Preset": "spikeprune._training.presets", "override_preset": "spikeprune._training.presets",
+    "prepare": "spikeprune.training", "PRESETS": "spikeprune.training",
+    "Preset": "spikeprune.training", "override_preset": "spikeprune.training",
     # evaluate one config
-    "BaseBundle": "spikeprune._trial.base", "run_trial": "spikeprune._trial.kernel",
-    "TrialResult": "spikeprune._trial.kernel", "EarlyStop": "spikeprune._trial.kernel",
+    "BaseBundle": "spikeprune.trial", "run_trial": "spikeprune.trial",
+    "TrialResult": "spikeprune.trial", "EarlyStop": "spikeprune.trial",
     # search
-    "SearchSpace": "spikeprune._spaces.schema", "SearchSettings": "spikeprune._search.settings",
-    "SAMPLERS": "spikeprune._search.settings", "make_sampler": "spikeprune._search.settings",
-    "GuidedSampler": "spikeprune._guide.sampler", "CostPredictor": "spikeprune._guide.costs",
-    "SpikeStats": "spikeprune._guide.stats", "SensitivityProfile": "spikeprune._guide.sensitivity",
-    "compute_profile": "spikeprune._guide.sensitivity",
-    "run_search": "spikeprune._search.run", "open_storage": "spikeprune._search.storage",
-    "study_status": "spikeprune._search.progress",
+    "SearchSpace": "spikeprune.spaces", "SearchSettings": "spikeprune.search",
+    "SAMPLERS": "spikeprune.spaces", "make_sampler": "spikeprune.search",
+    "GuidedSampler": "spikeprune.samplers", "CostPredictor": "spikeprune.samplers",
+    "SpikeStats": "spikeprune.samplers", "SensitivityProfile": "spikeprune.samplers",
+    "compute_profile": "spikeprune.samplers",
+    "run_search": "spikeprune.search", "open_storage": "spikeprune.search",
+    "study_status": "spikeprune.search",
     # results
-    "load_study": "spikeprune._results.pareto", "analyse_study": "spikeprune._results.pareto",
-    "Analysis": "spikeprune._results.pareto", "find_baseline": "spikeprune._results.pareto",
-    "hypervolume": "spikeprune._results.pareto",
-    "write_report": "spikeprune._results.report",
-    "trials_frame": "spikeprune._results.tables", "write_trials": "spikeprune._results.tables",
-    "compare_fronts": "spikeprune._results.tables",
-    "select_trials": "spikeprune._results.export", "export_trial": "spikeprune._results.export",
-    "ExportResult": "spikeprune._results.export",
+    "load_study": "spikeprune.results", "analyse_study": "spikeprune.results",
+    "Analysis": "spikeprune.results", "find_baseline": "spikeprune.results",
+    "hypervolume": "spikeprune.results",
+    "write_report": "spikeprune.results",
+    "trials_frame": "spikeprune.results", "write_trials": "spikeprune.results",
+    "compare_fronts": "spikeprune.results",
+    "select_trials": "spikeprune.results", "export_trial": "spikeprune.results",
+    "ExportResult": "spikeprune.results",
 }
 __all__ = sorted(_API) + ["__version__"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module 'spikeprune' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_names(__name__, _API)

@@ -65,7 +65,7 @@ class PreparedRecord:
 
     FILE: ClassVar[str] = "prepare.json"
     #: Written when a prepare starts: the ``key`` of the base being made, so a resumed prepare
-    #: of another command cannot reuse the stages (``_training/cache.py``).
+    #: of another command cannot reuse the stages (``training/_cache.py``).
     KEY_FILE: ClassVar[str] = "prepare-key.json"
     task: str
     preset: str
@@ -160,7 +160,7 @@ class StudyRecord:
     @property
     def metric_name(self) -> str:
         """The task's main metric as people call it (accuracy, F1, Pearson, Matthews correlation)."""
-        from spikeprune._model.glue import get_task
+        from spikeprune.data._glue import get_task
 
         try:
             return METRIC_NAMES[get_task(self.task).main_metric]

@@ -96,6 +96,6 @@ def ray_local() -> Iterator[str]:
 def tiny_prepared(tmp_path_factory, glue_dir) -> Path:
     """A prepared base of the ``tiny`` preset on SST-2 (seconds), shared by every test that
     needs a real teacher, student and importance scores."""
-    from spikeprune._training.prepare import prepare
+    from spikeprune.training._prepare import prepare
 
     return prepare("sst2", glue_dir, tmp_path_factory.mktemp("prepared"), preset="tiny")

@@ -74,7 +74,7 @@ def _wait(done: Any) -> None:
 
 
 def faulty(base: Any, compression: Any, **kwargs: Any) -> Any:
-    from spikeprune._trial.kernel import run_trial
+    from spikeprune.trial._run import run_trial
 
     folder = Path(base.prepared) / FAULTS
     kind = _claim(folder)

@@ -60,7 +60,7 @@ class Env:
 
     def study(self) -> None:
         """A journal study under ``run`` with one complete trial, as ``spikeprune search`` writes it."""
-        from spikeprune._search.storage import default_storage, open_storage
+        from spikeprune.search._storage import default_storage, open_storage
 
         study = optuna.create_study(storage=open_storage(default_storage(self.run, "st")), study_name="st",
                                     directions=["maximize", "minimize"])

@@ -26,7 +26,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from spikeprune._search.storage import default_storage, open_storage
+from spikeprune.search._storage import default_storage, open_storage
 
 import drivers
 from faulty_kernels import FAULTS, KERNEL, claimed, copy_base

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spikeprune._model import compress
-from spikeprune._model.config import SpikingBertConfig
+from spikeprune.models import _compress as compress
+from spikeprune.models._config import SpikingBertConfig
 from spikeprune.errors import SpikepruneError
-from spikeprune._model.quantize import quantize_model
-from spikeprune._model.spiking import SpikingBertForSequenceClassification
+from spikeprune.models._quantize import quantize_model
+from spikeprune.models._spiking import SpikingBertForSequenceClassification
 
 HEAD_DIM = 4
 
@@ -254,9 +254,9 @@ def test_set_timesteps(model):
 def test_early_stop_look_then_rest_equals_one_evaluation(tiny_prepared, glue_dir):
     """The staged kernel: a look that survives goes on with the rest only, and the merged result is
     the unsplit evaluation's (metric, predictions' CI, every spike count); a beaten look stops."""
-    from spikeprune._model.config import CompressionConfig
-    from spikeprune._trial.base import BaseBundle
-    from spikeprune._trial.kernel import EarlyStop, run_trial
+    from spikeprune.models._config import CompressionConfig
+    from spikeprune.trial._base import BaseBundle
+    from spikeprune.trial._run import EarlyStop, run_trial
 
     base = BaseBundle.load(tiny_prepared, glue_dir, batch_size=5)
     compression = CompressionConfig(heads=1, neurons=32, timesteps=[2, 1])
@@ -282,9 +282,9 @@ def test_later_looks_check_the_floor_and_a_survivor_equals_one_evaluation(tiny_p
     """Looks at 8 and 16 of 24 examples: without a floor the trial goes on and equals the unsplit
     evaluation; with a floor between the two looks' upper bounds it passes the first look and
     stops at the second, told the values of the 16 examples it saw."""
-    from spikeprune._model.config import CompressionConfig
-    from spikeprune._trial.base import BaseBundle
-    from spikeprune._trial.kernel import EarlyStop, run_trial
+    from spikeprune.models._config import CompressionConfig
+    from spikeprune.trial._base import BaseBundle
+    from spikeprune.trial._run import EarlyStop, run_trial
 
     base = BaseBundle.load(tiny_prepared, glue_dir, batch_size=5)
     compression = CompressionConfig(heads=1, neurons=32, timesteps=[2, 1])
@@ -312,9 +312,9 @@ def test_a_later_look_stops_when_the_front_outruns_its_upper_bound(tiny_prepared
     """Looks at 8 and 16 of 24 examples against one fully evaluated trial that costs nothing and
     scores between the two looks' upper bounds: the trial passes the first look and stops at the
     second, told the values of the 16 examples it saw."""
-    from spikeprune._model.config import CompressionConfig
-    from spikeprune._trial.base import BaseBundle
-    from spikeprune._trial.kernel import EarlyStop, run_trial
+    from spikeprune.models._config import CompressionConfig
+    from spikeprune.trial._base import BaseBundle
+    from spikeprune.trial._run import EarlyStop, run_trial
 
     base = BaseBundle.load(tiny_prepared, glue_dir, batch_size=5)
     compression = CompressionConfig(heads=1, neurons=32, timesteps=[2, 1])

@@ -8,13 +8,13 @@ import dataclasses
 import pytest
 import torch
 
-from spikeprune._model.compress import mask, prune, set_timesteps
-from spikeprune._model.config import SpikingBertConfig
-from spikeprune._model.converted import quantize_ste, retime
-from spikeprune._model.neurons import SignedIFNeuron
-from spikeprune._model.ops import count_ops
-from spikeprune._model.quantize import quantize_model
-from spikeprune._model.spiking import SimRecord, SpikingBertForSequenceClassification
+from spikeprune.models._compress import mask, prune, set_timesteps
+from spikeprune.models._config import SpikingBertConfig
+from spikeprune.models._converted import quantize_ste, retime
+from spikeprune.models._neurons import SignedIFNeuron
+from spikeprune.costs._ops import count_ops
+from spikeprune.models._quantize import quantize_model
+from spikeprune.models._spiking import SimRecord, SpikingBertForSequenceClassification
 from spikeprune.errors import SpikepruneError
 
 IDS = torch.tensor([[5, 17, 3, 9, 44, 2, 8], [1, 30, 12, 0, 0, 0, 0], [7, 7, 21, 40, 11, 13, 0]])
@@ -97,8 +97,6 @@ def test_batched_equals_lockstep_bit_for_bit(residual):
 @pytest.mark.parametrize("family", ["converted", "spikingbert"])
 def test_slicing_a_batch_changes_nothing(family, monkeypatch):
     """A batch simulated in slices of one example gives the logits, scores and counts of one piece."""
-    from spikeprune._model import spiking
-
     if family == "converted":
         m = model()
     else:
@@ -106,7 +104,7 @@ def test_slicing_a_batch_changes_nothing(family, monkeypatch):
         m = SpikingBertForSequenceClassification(config(family=family, timesteps=4)).eval()
     with torch.no_grad():
         whole = m(IDS, MASK, mode="batched", record=True)
-        monkeypatch.setattr(spiking, "SLICE_BYTES", 1)
+        monkeypatch.setattr(m, "slice_bytes", 1)
         sliced = m(IDS, MASK, mode="batched", record=True)
     assert torch.allclose(whole.logits, sliced.logits, atol=1e-6)
     assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(whole.attention_scores, sliced.attention_scores))
@@ -207,7 +205,7 @@ def test_unit_thresholds_by_hand():
     the output LayerNorm's gain set to [4, 1] the output is [-4, 1]: θ_output = 4/4 = 1 (the
     population's max) and the unit scales [1, 1/4] (units' max 4 and 1, over 4).
     """
-    from spikeprune._training.convert import calibrate_thresholds
+    from spikeprune.training._convert import calibrate_thresholds
 
     cfg = SpikingBertConfig(vocab_size=4, hidden_size=2, num_layers=1, head_dim=1, heads=2, intermediate_sizes=2,
                             timesteps=4, max_position_embeddings=4, type_vocab_size=1, family="converted", levels=4,
@@ -243,8 +241,8 @@ def test_unit_thresholds_need_the_converted_family():
 @pytest.fixture(scope="module")
 def converted_prepared(tmp_path_factory, glue_dir):
     """A tiny prepared base of the converted family (calibrated thresholds, a short QAT distillation)."""
-    from spikeprune._training.prepare import prepare
-    from spikeprune._training.presets import PRESETS
+    from spikeprune.training._prepare import prepare
+    from spikeprune.training._presets import PRESETS
 
     preset = dataclasses.replace(PRESETS["tiny"], family="converted", levels=4, timesteps=8,
                                  residual_thresholds="unit")  # as the quick preset

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from spikeprune.errors import SpikepruneError
-from spikeprune._model.glue import TASKS, GlueSplit, batches, encode, get_task, load_glue
+from spikeprune.data._glue import TASKS, GlueSplit, batches, encode, get_task, load_glue
 
 
 @pytest.fixture(scope="session")

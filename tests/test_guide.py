@@ -13,17 +13,17 @@ import pytest
 import torch
 
 from spikeprune import GuidedSampler, SearchSettings, SearchSpace, run_search
-from spikeprune._guide.costs import CostPredictor
-from spikeprune._guide.sensitivity import SensitivityProfile, compute_profile, plan, profile_path
-from spikeprune._guide.stats import SpikeStats
-from spikeprune._model.compress import importance_shapes, prune, set_timesteps
-from spikeprune._model.config import CompressionConfig, SpikingBertConfig
-from spikeprune._model.ops import count_ops
-from spikeprune._model.quantize import quantize_model
-from spikeprune._model.spiking import SpikingBertForSequenceClassification
-from spikeprune._search.settings import make_sampler
-from spikeprune._trial.base import BaseBundle
-from spikeprune._trial.kernel import run_trial
+from spikeprune.samplers._cost_model import CostPredictor
+from spikeprune.samplers._sensitivity import SensitivityProfile, compute_profile, plan, profile_path
+from spikeprune.samplers._stats import SpikeStats
+from spikeprune.models._compress import importance_shapes, prune, set_timesteps
+from spikeprune.models._config import CompressionConfig, SpikingBertConfig
+from spikeprune.costs._ops import count_ops
+from spikeprune.models._quantize import quantize_model
+from spikeprune.models._spiking import SpikingBertForSequenceClassification
+from spikeprune.search._settings import make_sampler
+from spikeprune.trial._base import BaseBundle
+from spikeprune.trial._run import run_trial
 from spikeprune.errors import SpikepruneError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -200,7 +200,7 @@ def test_timestep_term_by_hand():
 def test_drop_curve_by_hand():
     """The metric holds, then falls off a cliff: points on b + d·σ((S - s0)/w) with s0 and w on the
     fit's grid give that curve back exactly; a metric that rises with S is fitted flat, never as a gain."""
-    from spikeprune._guide.sampler import DropCurve, fit_curve
+    from spikeprune.samplers._guided import DropCurve, fit_curve
 
     scores = np.array([0.0, 0.2, 0.4, 0.5, 0.55, 0.6, 0.7, 1.0])
     top = 1.5                                     # the grid spans 0..1.5·max(S), 61 values of s0

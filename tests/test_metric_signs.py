@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from spikeprune import SearchSettings, analyse_study, run_search, study_status
-from spikeprune._training.prepare import prepare
+from spikeprune.training._prepare import prepare
 from spikeprune.cli import main as cli_main
 from spikeprune.records import StudyRecord
 

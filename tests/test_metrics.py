@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spikeprune.errors import SpikepruneError
-from spikeprune._model.metrics import (
+from spikeprune.data._metrics import (
     accuracy,
     compute_metrics,
     f1,

@@ -47,12 +47,12 @@ import math
 import pytest
 import torch
 
-from spikeprune._model.config import SpikingBertConfig
+from spikeprune.models._config import SpikingBertConfig
 from spikeprune.errors import SpikepruneError
-from spikeprune._model.ops import (
+from spikeprune.costs._ops import (
     ENERGY_PRESETS, MAC_KINDS, SOP_BUCKETS, EnergyModel, OpReport, count_ops, count_parameters, format_report,
     resolve_energy, size_bits)
-from spikeprune._model.spiking import SUBLAYERS, SimRecord, SpikingBertForSequenceClassification
+from spikeprune.models._spiking import SUBLAYERS, SimRecord, SpikingBertForSequenceClassification
 
 IDS = torch.tensor([[1, 2], [3, 0]])
 MASK = torch.tensor([[1, 1], [1, 0]])

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from spikeprune._model import quantize as q
-from spikeprune._model.checkpoint import PACKED, WEIGHTS_NAME
-from spikeprune._model.config import SpikingBertConfig
+from spikeprune.models import _quantize as q
+from spikeprune.models._checkpoint import PACKED, WEIGHTS_NAME
+from spikeprune.models._config import SpikingBertConfig
 from spikeprune.errors import SpikepruneError
-from spikeprune._model.spiking import SpikingBertForSequenceClassification
+from spikeprune.models._spiking import SpikingBertForSequenceClassification
 
 WIDTHS = (1, 1.58, 2, 4, 8)
 #: Packed bits per weight (ternary lives in a 2-bit field).

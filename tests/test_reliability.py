@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 
 from spikeprune.errors import SpikepruneError
 from spikeprune import SearchSettings, run_search
-from spikeprune._search.storage import RetryingStorage
+from spikeprune.search._storage import RetryingStorage
 
 import drivers
 from faulty_kernels import KERNEL, claimed, copy_base
@@ -240,7 +240,7 @@ def test_storage_outage_is_waited_out(tiny_prepared, tmp_path, ray_local, postgr
     """PostgreSQL stops while a trial runs and that trial finishes during the outage: the driver
     waits, keeps the result, and tells it once the database is back."""
     base = copy_base(tiny_prepared, tmp_path / "base", "gate")
-    logger = logging.getLogger("spikeprune._search.storage")
+    logger = logging.getLogger("spikeprune.search._storage")
     seen = _Seen("is unreachable")
     logger.addHandler(seen)
     with private_postgres(postgres_url) as pg:

@@ -17,13 +17,13 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from spikeprune.errors import SpikepruneError
-from spikeprune._model.metrics import bootstrap_ci
-from spikeprune._results.export import compare_values, select_trials, trial_dir
-from spikeprune._results.pareto import (NoiseRule, analyse_study, hypervolume, hypervolume_history, load_study, front_hypervolume,
+from spikeprune.data._metrics import bootstrap_ci
+from spikeprune.results._export import compare_values, select_trials, trial_dir
+from spikeprune.results._pareto import (NoiseRule, analyse_study, hypervolume, hypervolume_history, load_study, front_hypervolume,
                                         study_reference, split_trials, study_objectives)
-from spikeprune._results.report import write_report
-from spikeprune._results.tables import compare_fronts, read_trials, trials_frame, write_trials
-from spikeprune._results.report import objective_importances
+from spikeprune.results._report import write_report
+from spikeprune.results._tables import compare_fronts, read_trials, trials_frame, write_trials
+from spikeprune.results._report import objective_importances
 from spikeprune.objectives import Objective, parse_reference
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -407,10 +407,10 @@ def test_export_rebuilds_saves_and_remeasures(tmp_path, glue_dir, tiny_prepared)
 
     import yaml
 
-    from spikeprune._model.config import CompressionConfig
-    from spikeprune._model.spiking import SpikingBertForSequenceClassification
-    from spikeprune._trial.base import BaseBundle
-    from spikeprune._trial.kernel import run_trial
+    from spikeprune.models._config import CompressionConfig
+    from spikeprune.models._spiking import SpikingBertForSequenceClassification
+    from spikeprune.trial._base import BaseBundle
+    from spikeprune.trial._run import run_trial
     from spikeprune import export_trial
 
     prepared = tiny_prepared

@@ -15,9 +15,9 @@ import pytest
 
 from spikeprune.cli import build_parser, main
 from spikeprune.errors import SpikepruneError
-from spikeprune._results.export import trial_dir
-from spikeprune._search.settings import check_study_name
-from spikeprune._search.storage import default_storage, open_storage
+from spikeprune.results._export import trial_dir
+from spikeprune.search._settings import check_study_name
+from spikeprune.search._storage import default_storage, open_storage
 
 REPO = Path(__file__).resolve().parents[1]
 SKIP = {".venv", "build", "dist", ".git", "__pycache__", "runs"}
@@ -82,7 +82,7 @@ def test_the_scanner_catches_what_it_should():
 
 def test_no_pickle_loading_anywhere_in_the_project():
     files = project_files()
-    assert len(files) > 20 and any(p.name == "driver.py" for p in files)
+    assert len(files) > 20 and any(p.name == "_driver.py" for p in files)
     found = {str(p.relative_to(REPO)): hits for p in files
              if p.name != "test_safety.py" and (hits := unsafe_loads(p.read_text(encoding="utf-8")))}
     assert not found, found
@@ -150,7 +150,7 @@ def free_port() -> int:
 def test_a_local_ray_cluster_listens_on_loopback_only():
     """Even when Ray was imported before the search, without any RAY_* variable set."""
     code = ("import ray, sys\n"
-            "from spikeprune._search.cluster import ray_session\nfrom spikeprune._search.settings import SearchSettings\n"
+            "from spikeprune.search._cluster import ray_session\nfrom spikeprune.search._settings import SearchSettings\n"
             "with ray_session(SearchSettings(prepared='', workers=1)):\n"
             "    print('up', flush=True)\n"
             "    sys.stdin.readline()\n")

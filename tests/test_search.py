@@ -16,9 +16,9 @@ import pytest
 from optuna.trial import TrialState
 
 from spikeprune import SearchSettings, open_storage, run_search, study_status
-from spikeprune._model.config import CompressionConfig
-from spikeprune._search.settings import check_study_name, make_sampler
-from spikeprune._trial.kernel import EarlyStop
+from spikeprune.models._config import CompressionConfig
+from spikeprune.search._settings import check_study_name, make_sampler
+from spikeprune.trial._run import EarlyStop
 from spikeprune.cli import main as cli_main
 from spikeprune.errors import SpikepruneError
 from spikeprune.records import StudyRecord, TrialRecord
@@ -218,8 +218,8 @@ def test_trials_that_cannot_reach_the_hypervolume_reference_stop_at_their_look(t
 
 
 def test_kernel_errors_come_back_as_data(tiny_prepared):
-    from spikeprune._trial.base import BaseBundle
-    from spikeprune._search.worker import evaluate
+    from spikeprune.trial._base import BaseBundle
+    from spikeprune.search._worker import evaluate
 
     base = BaseBundle.load(tiny_prepared)
     out = evaluate(base, CompressionConfig(heads=3).to_dict(), max_examples=4, seed=0, energy="float45nm", threads=1)
@@ -336,7 +336,7 @@ def test_export_remeasures_with_the_search_seed(tiny_prepared, tmp_path, glue_di
 def test_a_resumed_random_search_does_not_replay_its_first_draws(tiny_prepared, space_file, tmp_path, ray_local):
     """A seeded sampler re-created on resume would draw its first configs again; the resumed run is
     seeded by resume_seed instead (the 40-trial benchmark of 2026-12-02 found 16 replayed duplicates)."""
-    from spikeprune._search.settings import resume_seed
+    from spikeprune.search._settings import resume_seed
 
     first = run_search(settings(tiny_prepared, space_file, tmp_path, n_trials=6, workers=1, sampler="random",
                                 early_stopping=False))
@@ -355,10 +355,10 @@ def test_drivers_joining_a_running_study_draw_their_own_configs(tiny_prepared, s
     a cluster test hung on exactly that). A lone resume stays reproducible."""
     import socket
 
-    from spikeprune._model.config import SpikingBertConfig
-    from spikeprune._search.resume import HEARTBEAT_KEY
-    from spikeprune._search.study import open_study
-    from spikeprune._spaces.schema import SearchSpace
+    from spikeprune.models._config import SpikingBertConfig
+    from spikeprune.search._resume import HEARTBEAT_KEY
+    from spikeprune.search._study import open_study
+    from spikeprune.spaces._schema import SearchSpace
 
     s = settings(tiny_prepared, space_file, tmp_path, sampler="random")
     model = SpikingBertConfig.load(tiny_prepared / "student" / "config.json")
@@ -382,7 +382,7 @@ def test_only_trials_with_cpus_of_their_own_spin(monkeypatch):
     """Trials of 2+ CPUs get workers whose OpenMP threads spin (ACTIVE); one thread, or a policy the
     user set before importing spikeprune, keeps the process environment."""
     import spikeprune
-    from spikeprune._search.worker import task_env
+    from spikeprune.search._worker import task_env
 
     monkeypatch.setattr(spikeprune, "_OMP_POLICY_FROM_USER", False)
     assert task_env(1) == {} and task_env(1.5) == {}

@@ -5,9 +5,9 @@ import optuna
 import pytest
 import yaml
 
-from spikeprune._model.config import CompressionConfig, SpikingBertConfig
+from spikeprune.models._config import CompressionConfig, SpikingBertConfig
 from spikeprune.errors import SpikepruneError
-from spikeprune._spaces.schema import SearchSpace, preset_names
+from spikeprune.spaces._schema import SearchSpace, preset_names
 
 QUICK = SpikingBertConfig(timesteps=16, family="converted", levels=8)  # the quick student: 6 layers, 12 heads of 32, FFN 1536
 TINY = SpikingBertConfig(hidden_size=32, num_layers=2, head_dim=16, heads=2, intermediate_sizes=64, timesteps=2)

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from spikeprune._model.checkpoint import CONFIG_NAME, WEIGHTS_NAME
-from spikeprune._model.config import SpikingBertConfig
+from spikeprune.models._checkpoint import CONFIG_NAME, WEIGHTS_NAME
+from spikeprune.models._config import SpikingBertConfig
 from spikeprune.errors import SpikepruneError
-from spikeprune._model.neurons import IFNeuron
-from spikeprune._model.spiking import SpikingBertForSequenceClassification, align_train
+from spikeprune.models._neurons import IFNeuron
+from spikeprune.models._spiking import SpikingBertForSequenceClassification, align_train
 
 # Currents chosen as binary fractions so every membrane value is exact.
 CURRENTS = [1.0, 1.0, 0.5, 2.0, 0.0]

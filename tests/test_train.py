@@ -14,14 +14,15 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from spikeprune.errors import SpikepruneError
-from spikeprune._model.spiking import SpikingBertForSequenceClassification
-from spikeprune._model.evaluation import evaluate_model
-from spikeprune._model.glue import batches, encode
-from spikeprune._training import loop, prepare as prepare_module
-from spikeprune._training.convert import build_student, default_layer_map
-from spikeprune._training.distill import DistillLoss, distill_student, teacher_forward
-from spikeprune._training.presets import PRESETS
-from spikeprune._training.teacher import _load_base, default_base, train_teacher
+from spikeprune.models._spiking import SpikingBertForSequenceClassification
+from spikeprune.models._evaluation import evaluate_model
+from spikeprune.data._glue import batches, encode
+from spikeprune.training import _loop as loop
+from spikeprune.training import _prepare as prepare_module
+from spikeprune.training._convert import build_student, default_layer_map
+from spikeprune.training._distill import DistillLoss, distill_student, teacher_forward
+from spikeprune.training._presets import PRESETS
+from spikeprune.training._teacher import _load_base, default_base, train_teacher
 
 # 24 examples in batches of 4: six steps, checkpoints after steps 2 and 4.
 SMALL = dataclasses.replace(PRESETS["tiny"], teacher_examples=24, distill_examples=24, batch_size=4,
@@ -114,7 +115,7 @@ def test_minilm_base_loads_every_encoder_weight(tokenizer):
 def test_a_converted_student_with_every_population_in_float_is_its_teacher():
     """The converted family is its teacher plus quantization: with nothing quantized (the probe
     of benchmarks/bench_fidelity.py --quantization-loss) the surrogate gives the teacher's logits."""
-    from spikeprune._model.converted import POPULATIONS
+    from spikeprune.models._converted import POPULATIONS
 
     teacher, batch = tiny_teacher(), tiny_batch()
     student = build_student(teacher, timesteps=4, family="converted", residual_thresholds="unit").eval()
@@ -275,8 +276,8 @@ def test_threads_follow_the_environment(monkeypatch):
 
 def test_prepare_set_overrides_reach_the_preset_and_guard_the_cache(tiny_prepared, glue_dir):
     from spikeprune.errors import SpikepruneError
-    from spikeprune._training.prepare import prepare
-    from spikeprune._training.presets import override_preset
+    from spikeprune.training._prepare import prepare
+    from spikeprune.training._presets import override_preset
 
     p = override_preset("quick", ["distill_examples=3668", "distill_lr=1e-4", "eval_examples=null", "labels_only=true"])
     assert (p.name, p.distill_examples, p.distill_lr, p.eval_examples, p.labels_only) == ("quick", 3668, 1e-4, None, True)
@@ -288,7 +289,7 @@ def test_prepare_set_overrides_reach_the_preset_and_guard_the_cache(tiny_prepare
 
 
 def test_named_presets_take_their_task_values_before_any_set():
-    from spikeprune._training.presets import PRESETS, TASK_VALUES, get_preset, override_preset
+    from spikeprune.training._presets import PRESETS, TASK_VALUES, get_preset, override_preset
 
     assert get_preset("quick", "MRPC").max_length == TASK_VALUES["quick"]["mrpc"]["max_length"] == 128
     assert get_preset("quick", "sst2") == dataclasses.replace(PRESETS["quick"], label_weight=0.5) != PRESETS["quick"]
@@ -307,7 +308,7 @@ def test_a_recovery_source_reaches_a_fresh_ray_worker_whole(tiny_prepared, glue_
 
     import ray
 
-    from spikeprune._training.recovery import RecoverySource
+    from spikeprune.training._recovery import RecoverySource
 
     source = RecoverySource.load(tiny_prepared, glue_dir)
 

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import commands as c
-from .plumbing import (FINITE, NATURAL, NON_NEGATIVE, POSITIVE, POSITIVE_INT, ArgumentParser, add_glue_dir, add_run_dir,
+from spikeprune.cli import commands as c
+from spikeprune.cli.plumbing import (FINITE, NATURAL, NON_NEGATIVE, POSITIVE, POSITIVE_INT, ArgumentParser, add_glue_dir, add_run_dir,
                        add_study_args, port, run_handler)
 
 DESCRIPTION = """\
@@ -28,7 +28,7 @@ typical workflow:
 
 
 def _add_prepare_args(p: argparse.ArgumentParser) -> None:
-    from spikeprune._training.presets import PRESETS
+    from spikeprune.training import PRESETS
 
     p.add_argument("--task", default="sst2", help="GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli (default sst2)")
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS),
@@ -44,7 +44,8 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_search_args(p: argparse.ArgumentParser) -> None:
-    from spikeprune._search.settings import SAMPLERS, SearchSettings
+    from spikeprune.search import SearchSettings
+    from spikeprune.spaces import SAMPLERS
 
     d = SearchSettings(prepared="")
     p.add_argument("--prepared", required=True, type=Path, help="prepared base folder (from `spikeprune prepare`)")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from spikeprune.errors import SpikepruneError
 
-from .plumbing import open_study, output_file, output_folder, storage_for
+from spikeprune.cli.plumbing import open_study, output_file, output_folder, storage_for
 
 if TYPE_CHECKING:
     from spikeprune import SearchSettings
@@ -205,7 +205,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from spikeprune._search.check import check_storage
+    from spikeprune.search import check_storage
 
     result = check_storage(storage_for(args, args.study), args.study, repair=args.repair)
     print("\n".join(result.lines))

@@ -124,7 +124,7 @@ def add_study_args(p: argparse.ArgumentParser, many: bool = False, optional: boo
 
 def storage_for(args: argparse.Namespace, study: str | None) -> str:
     """The study's storage: --storage if given, else its embedded journal, which must exist."""
-    from spikeprune._search.storage import default_storage
+    from spikeprune.search import default_storage
 
     if args.storage:
         return args.storage

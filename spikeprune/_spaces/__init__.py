@@ -1,1 +1,0 @@
-"""spikeprune._spaces"""

@@ -1,0 +1,17 @@
+"""What a network costs, counted exactly from its spikes: synaptic operations, float operations by
+kind, energy under a named or user-supplied model, latency and size."""
+from spikeprune._lazy import lazy_names
+
+#: Public name -> the private module that defines it.
+_API: dict[str, str] = {
+    "OpReport": "spikeprune.costs._ops",
+    "count_ops": "spikeprune.costs._ops",
+    "format_report": "spikeprune.costs._ops",
+    "EnergyModel": "spikeprune.costs._ops",
+    "ENERGY_PRESETS": "spikeprune.costs._ops",
+    "resolve_energy": "spikeprune.costs._ops",
+    "size_bits": "spikeprune.costs._ops",
+    "count_parameters": "spikeprune.costs._ops",
+}
+__all__ = sorted(_API)
+__getattr__, __dir__ = lazy_names(__name__, _API)

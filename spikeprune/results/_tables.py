@@ -1,0 +1,171 @@
+"""Trials as a pandas table (CSV / Parquet / JSON) and an overlay of several studies' fronts.
+
+One row per trial. Nested user attributes are flattened to dotted columns (``compression.heads.0``,
+``report.sops``, ``metrics.accuracy``, ``timing.total_s``, ``param.heads_l0``, ``constraint.sops_max``)
+so every format holds plain scalars.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from spikeprune.errors import SpikepruneError
+from spikeprune.records import StudyRecord, TrialRecord
+
+from spikeprune.results import _plots as plots
+from spikeprune.results._pareto import Analysis, analyse_study, front_hypervolume, is_feasible
+
+FORMATS = ("csv", "parquet", "json")
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    """Dicts become ``prefix.key`` columns, lists ``prefix.i``; scalars are kept as they are."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}", v, out)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _flatten(f"{prefix}.{i}", v, out)
+    else:
+        out[prefix] = value
+
+
+def constraint_names(record: StudyRecord, count: int) -> list[str]:
+    """Names of the stored constraint values: the space's constraint keys when they line up."""
+    names = list(record.space.get("constraints") or {})
+    return names if len(names) == count else [str(i) for i in range(count)]
+
+
+def analysis_frame(analysis: Analysis) -> pd.DataFrame:
+    """The trials table of an already analysed study (see ``trials_frame``)."""
+    status = analysis.split.status()
+    front = {t.number for t in analysis.split.front}
+    rows = []
+    for t in analysis.trials:
+        row: dict[str, Any] = {
+            "number": t.number, "state": t.state.name, "status": status[t.number],
+            "feasible": is_feasible(t), "pareto": t.number in front,
+        }
+        for k, o in enumerate(analysis.objectives):
+            row[o.name] = t.values[k] if t.values is not None else np.nan
+        r = TrialRecord.of(t)
+        ci = r.metric_ci
+        row["metric_ci.lo"], row["metric_ci.hi"] = (ci[0], ci[1]) if ci else (np.nan, np.nan)
+        row["fidelity"] = np.nan if r.fidelity is None else r.fidelity
+        row["seeded"] = r.seeded
+        row["early_stopped"] = r.early_stopped
+        row["node"] = r.node
+        row["worker"] = r.worker
+        row["device"] = r.device
+        row["error"] = r.error
+        row["duplicate_of"] = r.duplicate_of
+        row["datetime_start"] = t.datetime_start
+        row["datetime_complete"] = t.datetime_complete
+        row["duration_s"] = t.duration.total_seconds() if t.duration is not None else np.nan
+        constraints = t.constraints
+        for name, v in zip(constraint_names(analysis.record, len(constraints)), constraints.values()):
+            row[f"constraint.{name}"] = v
+        for group in ("compression", "metrics", "report", "timing"):
+            if isinstance(getattr(r, group), dict):
+                _flatten(group, getattr(r, group), row)
+        for name, v in t.params.items():
+            row[f"param.{name}"] = v
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    for col in ("datetime_start", "datetime_complete"):
+        if col in frame:
+            frame[col] = pd.to_datetime(frame[col])
+    return frame
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: number, state, status (front / within_noise / dominated / infeasible /
+    early_stopped / incomplete), feasibility, Pareto flag, values by objective name, metric CI,
+    fidelity, node, worker and device, timing, constraints, the flattened per-layer config, metrics, op counts and
+    Optuna params."""
+    return analysis_frame(analyse_study(study))
+
+
+def _format(path: Path, fmt: str | None) -> str:
+    fmt = fmt or path.suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise SpikepruneError(f"cannot tell the table format of {path}; use a .csv, .parquet or .json file or pass fmt")
+    return fmt
+
+
+def write_trials(study: optuna.Study, path: str | Path, fmt: str | None = None) -> Path:
+    """Write ``trials_frame(study)`` as csv, parquet or json (records); the format defaults to the suffix."""
+    path = Path(path)
+    fmt = _format(path, fmt)
+    frame = trials_frame(study)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "csv":
+        frame.to_csv(path, index=False)
+    elif fmt == "parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_json(path, orient="records", date_format="iso", indent=1)
+    return path
+
+
+def read_trials(path: str | Path, fmt: str | None = None) -> pd.DataFrame:
+    """Read a table written by ``write_trials`` back (dates parsed)."""
+    path = Path(path)
+    fmt = _format(path, fmt)
+    if fmt == "csv":
+        frame = pd.read_csv(path)
+    elif fmt == "parquet":
+        frame = pd.read_parquet(path)
+    else:
+        frame = pd.read_json(path, orient="records", dtype=False)
+    for col in ("datetime_start", "datetime_complete"):
+        if col in frame:
+            frame[col] = pd.to_datetime(frame[col], format="ISO8601")
+    return frame
+
+
+def compare_fronts(studies: Sequence[optuna.Study], out_html: str | Path,
+                   labels: Sequence[str] | None = None) -> Path:
+    """One offline HTML page overlaying the Pareto fronts of several studies.
+
+    The studies must share their objectives. Hypervolumes are all measured from the first study's
+    reference point so the numbers are comparable.
+    """
+    if not studies:
+        raise SpikepruneError("compare_fronts needs at least one study")
+    labels = list(labels) if labels is not None else [s.study_name for s in studies]
+    if len(labels) != len(studies):
+        raise SpikepruneError(f"got {len(labels)} labels for {len(studies)} studies; give one label per study")
+    analyses = [analyse_study(s) for s in studies]
+    objectives = analyses[0].objectives
+    for a in analyses[1:]:
+        if a.objectives != objectives:
+            raise SpikepruneError(
+                f"study {a.study_name!r} has objectives {[o.name for o in a.objectives]} but "
+                f"{analyses[0].study_name!r} has {[o.name for o in objectives]}; "
+                f"compare studies with the same objectives")
+    reference = next((a.reference for a in analyses if a.reference is not None), None)
+    groups = []
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+    rows = []
+    for i, (label, a) in enumerate(zip(labels, analyses)):
+        front = a.split.front
+        hover = [f"<b>{label}</b><br>" + plots.trial_hover(t, objectives, "front") for t in front]
+        groups.append((label, front, dict(color=colours[i % len(colours)], size=9), hover))
+        hv = front_hypervolume(front, reference) if reference is not None else None
+        rows.append([label, a.study_name, len(a.trials), len(front), hv])
+    fig = plots.scatter_with_axis_menus(groups, objectives, "Pareto fronts")
+    table = plots.html_table(["label", "study", "trials", "front size", "hypervolume"], rows)
+    note = ("hypervolume from the reference point of the first study with a baseline"
+            if reference is not None else "no study has a baseline, so no hypervolume")
+    out = Path(out_html)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(plots.page("spikeprune: Pareto fronts compared", [
+        "<h1>Pareto fronts compared</h1>", plots.figure_div(fig, "fronts"),
+        f'<h2>Studies</h2><p class="note">{note}</p>', table]), encoding="utf-8")
+    return out
