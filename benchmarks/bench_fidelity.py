@@ -25,15 +25,16 @@ import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before tor
 import numpy as np  # noqa: E402
 
 from spikeprune import BaseBundle, CompressionConfig, PreparedRecord, run_trial  # noqa: E402
-from spikeprune.models import POPULATIONS, RESIDUAL  # noqa: E402
+from spikeprune.models import FAMILIES  # noqa: E402
 from spikeprune.models import evaluate_model  # noqa: E402
 from spikeprune.data import main_metric  # noqa: E402
 
+CONVERTED = FAMILIES["converted"]
 STEPS = (1, 2, 4, 8, 16)
 #: Groups of populations left in float by --quantization-loss ("residual": the hidden-width ones).
 FLOAT_GROUPS: dict[str, tuple[str, ...]] = {
-    "none": (), "all": ("encoder", *POPULATIONS), "residual": ("encoder", *RESIDUAL),
-    **{name: (name,) for name in ("encoder", *POPULATIONS)}, "query+key+value": ("query", "key", "value")}
+    "none": (), "all": ("encoder", *CONVERTED.populations), "residual": ("encoder", *CONVERTED.residual),
+    **{name: (name,) for name in ("encoder", *CONVERTED.populations)}, "query+key+value": ("query", "key", "value")}
 
 
 def majority(base: BaseBundle, examples: int) -> dict[str, float]:

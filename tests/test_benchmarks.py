@@ -199,7 +199,7 @@ def test_bench_orchestration_runs_the_same_trials_in_every_layout(tmp_path, tiny
 
 def test_bench_exported_times_exported_models(tmp_path, tiny_prepared, glue_dir):
     from spikeprune.models._compress import prune
-    from spikeprune.models._quantize import quantize_model
+    from spikeprune.models._compress import quantize_model
     from spikeprune.trial._base import BaseBundle
 
     base = BaseBundle.load(tiny_prepared, glue_dir)

@@ -7,8 +7,8 @@ import torch
 from spikeprune.models import _compress as compress
 from spikeprune.models._config import SpikingBertConfig
 from spikeprune.errors import SpikepruneError
-from spikeprune.models._quantize import quantize_model
-from spikeprune.models._spiking import SpikingBertForSequenceClassification
+from spikeprune.models._compress import quantize_model
+from spikeprune.models._model import SpikingBertForSequenceClassification
 
 HEAD_DIM = 4
 

@@ -10,11 +10,12 @@ import torch
 
 from spikeprune.models._compress import mask, prune, set_timesteps
 from spikeprune.models._config import SpikingBertConfig
-from spikeprune.models._converted import quantize_ste, retime
+from spikeprune.models._converted import encoder_theta, quantize_ste, retime
 from spikeprune.models._neurons import SignedIFNeuron
 from spikeprune.costs._ops import count_ops
-from spikeprune.models._quantize import quantize_model
-from spikeprune.models._spiking import SimRecord, SpikingBertForSequenceClassification
+from spikeprune.models._compress import quantize_model
+from spikeprune.models._record import SimRecord
+from spikeprune.models._model import SpikingBertForSequenceClassification
 from spikeprune.errors import SpikepruneError
 
 IDS = torch.tensor([[5, 17, 3, 9, 44, 2, 8], [1, 30, 12, 0, 0, 0, 0], [7, 7, 21, 40, 11, 13, 0]])
@@ -177,7 +178,7 @@ def test_pruning_masking_quantization_and_saving(tmp_path, residual):
         loaded = SpikingBertForSequenceClassification.from_pretrained(folder)
         assert torch.equal(loaded(IDS, MASK).logits, quantized(IDS, MASK).logits)
         assert torch.equal(loaded.layers[0].thresholds, quantized.layers[0].thresholds)
-        assert torch.equal(loaded.encoder_theta(), m.encoder_theta())
+        assert torch.equal(encoder_theta(loaded), encoder_theta(m))
         assert all(torch.equal(a.theta("output"), b.theta("output")) for a, b in zip(loaded.layers, m.layers))
 
 
@@ -224,7 +225,7 @@ def test_unit_thresholds_by_hand():
     found = calibrate_thresholds(m, [batch], percentile=100.0)
     assert found["encoder"] == pytest.approx(0.25) and found["layers.0.attn_out"] == pytest.approx(0.25)
     assert found["layers.0.output"] == pytest.approx(1.0)
-    assert torch.allclose(m.encoder_theta(), torch.tensor([0.25, 0.25]), atol=1e-5)
+    assert torch.allclose(encoder_theta(m), torch.tensor([0.25, 0.25]), atol=1e-5)
     assert torch.allclose(layer.theta("attn_out"), torch.tensor([0.25, 0.25]), atol=1e-5)
     assert torch.allclose(layer.theta("output"), torch.tensor([1.0, 0.25]), atol=1e-5)
     assert torch.allclose(layer.unit_scales[1], torch.tensor([1.0, 0.25]), atol=1e-5)

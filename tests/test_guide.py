@@ -19,8 +19,8 @@ from spikeprune.samplers._stats import SpikeStats
 from spikeprune.models._compress import importance_shapes, prune, set_timesteps
 from spikeprune.models._config import CompressionConfig, SpikingBertConfig
 from spikeprune.costs._ops import count_ops
-from spikeprune.models._quantize import quantize_model
-from spikeprune.models._spiking import SpikingBertForSequenceClassification
+from spikeprune.models._compress import quantize_model
+from spikeprune.models._model import SpikingBertForSequenceClassification
 from spikeprune.search._settings import make_sampler
 from spikeprune.trial._base import BaseBundle
 from spikeprune.trial._run import run_trial

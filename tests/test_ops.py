@@ -52,7 +52,9 @@ from spikeprune.errors import SpikepruneError
 from spikeprune.costs._ops import (
     ENERGY_PRESETS, MAC_KINDS, SOP_BUCKETS, EnergyModel, OpReport, count_ops, count_parameters, format_report,
     resolve_energy, size_bits)
-from spikeprune.models._spiking import SUBLAYERS, SimRecord, SpikingBertForSequenceClassification
+from spikeprune.models._record import SimRecord
+from spikeprune.models._model import SpikingBertForSequenceClassification
+from spikeprune.models._families import FAMILIES
 
 IDS = torch.tensor([[1, 2], [3, 0]])
 MASK = torch.tensor([[1, 1], [1, 0]])
@@ -115,12 +117,12 @@ def test_every_spike_matches_the_hand_simulation(monkeypatch: pytest.MonkeyPatch
     trains: dict[str, torch.Tensor] = {}
     neurons = {"input": model.encoder_neuron, **model.layers[0].neurons}
     for name, neuron in neurons.items():
-        def capture(currents, token_mask=None, name=name, run=neuron.run):
-            trains[name] = run(currents, token_mask)
+        def capture(currents, theta=None, *, token_mask=None, name=name, run=neuron.run):
+            trains[name] = run(currents, theta, token_mask=token_mask)
             return trains[name]
         monkeypatch.setattr(neuron, "run", capture)
     out = model(IDS, MASK, record=True)
-    for name in ("input", *SUBLAYERS):
+    for name in ("input", *FAMILIES["spikingbert"].populations):
         assert torch.equal(trains[name], expected_train(name)), name
     assert out.record == hand_record()
     # The classifier reads the output rate: A [1, 0], B [1/3, 2/3], C [1/3, 1/3].

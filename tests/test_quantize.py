@@ -10,10 +10,11 @@ import torch
 from safetensors import safe_open
 
 from spikeprune.models import _quantize as q
+from spikeprune.models._compress import quantize_model
 from spikeprune.models._checkpoint import PACKED, WEIGHTS_NAME
 from spikeprune.models._config import SpikingBertConfig
 from spikeprune.errors import SpikepruneError
-from spikeprune.models._spiking import SpikingBertForSequenceClassification
+from spikeprune.models._model import SpikingBertForSequenceClassification
 
 WIDTHS = (1, 1.58, 2, 4, 8)
 #: Packed bits per weight (ternary lives in a 2-bit field).
@@ -142,21 +143,21 @@ def test_pack_rejects_bad_input():
 # -------------------------------------------------------------------------------- models
 def test_quantize_model_touches_only_encoder_linear_weights():
     model = tiny_model()
-    quantized = q.quantize_model(model, [1.58, 32])
+    quantized = quantize_model(model, [1.58, 32])
     assert quantized.config.weight_bits == [1.58, 32.0] and model.config.weight_bits == [32.0, 32.0]
     before, after = model.state_dict(), quantized.state_dict()
     changed = {key for key in before if not torch.equal(before[key], after[key])}
     assert changed == {f"layers.0.{name}.weight" for name in q.QUANTIZED_LINEARS}
     assert after["layers.0.key.weight"].unique().numel() == 3
     with pytest.raises(SpikepruneError, match="already quantized"):
-        q.quantize_model(quantized, [4, 32])
-    assert torch.equal(q.quantize_model(quantized, [1.58, 8]).state_dict()["layers.0.key.weight"],
+        quantize_model(quantized, [4, 32])
+    assert torch.equal(quantize_model(quantized, [1.58, 8]).state_dict()["layers.0.key.weight"],
                        after["layers.0.key.weight"])
 
 
 @pytest.mark.parametrize("weight_bits", [[1, 1.58], [2, 4], [8, 32]])
 def test_save_quantized_loads_back_identically(tmp_path, weight_bits):
-    quantized = q.quantize_model(tiny_model(), weight_bits)
+    quantized = quantize_model(tiny_model(), weight_bits)
     folder = quantized.save_pretrained(tmp_path / "export", packed=True)
     with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as f:
         keys = set(f.keys())
@@ -179,7 +180,7 @@ def test_save_quantized_loads_back_identically(tmp_path, weight_bits):
 def test_packed_file_size(tmp_path, bits):
     model = tiny_model(hidden=64, heads=4, ffn=256)
     float_size = (model.save_pretrained(tmp_path / "float") / WEIGHTS_NAME).stat().st_size
-    folder = q.quantize_model(model, bits).save_pretrained(tmp_path / "packed", packed=True)
+    folder = quantize_model(model, bits).save_pretrained(tmp_path / "packed", packed=True)
     packed_size = (folder / WEIGHTS_NAME).stat().st_size
     linear_bytes = 4 * sum(getattr(layer, name).weight.numel()
                            for layer in model.layers for name in q.QUANTIZED_LINEARS)
@@ -192,7 +193,7 @@ def test_packed_checkpoint_must_match_its_config(tmp_path):
     model = tiny_model()
     with pytest.raises(SpikepruneError, match="quantize_model"):
         _claiming(model, [4, 32]).save_pretrained(tmp_path / "liar", packed=True)
-    folder = q.quantize_model(model, [4, 32]).save_pretrained(tmp_path / "ok", packed=True)
+    folder = quantize_model(model, [4, 32]).save_pretrained(tmp_path / "ok", packed=True)
     config = SpikingBertConfig.load(folder / "config.json")
     config.weight_bits = [32.0, 32.0]
     config.save(folder / "config.json")

@@ -408,7 +408,7 @@ def test_export_rebuilds_saves_and_remeasures(tmp_path, glue_dir, tiny_prepared)
     import yaml
 
     from spikeprune.models._config import CompressionConfig
-    from spikeprune.models._spiking import SpikingBertForSequenceClassification
+    from spikeprune.models._model import SpikingBertForSequenceClassification
     from spikeprune.trial._base import BaseBundle
     from spikeprune.trial._run import run_trial
     from spikeprune import export_trial

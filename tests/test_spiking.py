@@ -11,7 +11,8 @@ from spikeprune.models._checkpoint import CONFIG_NAME, WEIGHTS_NAME
 from spikeprune.models._config import SpikingBertConfig
 from spikeprune.errors import SpikepruneError
 from spikeprune.models._neurons import IFNeuron
-from spikeprune.models._spiking import SpikingBertForSequenceClassification, align_train
+from spikeprune.models._model import SpikingBertForSequenceClassification
+from spikeprune.models._spikingbert import align_train
 
 # Currents chosen as binary fractions so every membrane value is exact.
 CURRENTS = [1.0, 1.0, 0.5, 2.0, 0.0]
@@ -36,8 +37,8 @@ def test_if_neuron_hand_trains(leak: float, train: list[int], final_u: float) ->
     mask = torch.tensor([[[1.0], [0.0]]])
     expected = torch.zeros_like(currents)
     expected[:, 0, 0, 0] = torch.tensor(train, dtype=torch.float32)
-    fast = neuron.run(currents, mask)                                    # compiled kernel
-    slow = neuron.run(currents.clone().requires_grad_(), mask)           # step() loop, as in training
+    fast = neuron.run(currents, token_mask=mask)                                    # compiled kernel
+    slow = neuron.run(currents.clone().requires_grad_(), token_mask=mask)           # step() loop, as in training
     assert torch.equal(fast, expected) and torch.equal(slow.detach(), expected)
     assert neuron.run(currents)[:, 0, 1].sum() == 5 * 2                    # unmasked: fires every step
 

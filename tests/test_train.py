@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from spikeprune.errors import SpikepruneError
-from spikeprune.models._spiking import SpikingBertForSequenceClassification
+from spikeprune.models._model import SpikingBertForSequenceClassification
 from spikeprune.models._evaluation import evaluate_model
 from spikeprune.data._glue import batches, encode
 from spikeprune.training import _loop as loop
@@ -115,7 +115,7 @@ def test_minilm_base_loads_every_encoder_weight(tokenizer):
 def test_a_converted_student_with_every_population_in_float_is_its_teacher():
     """The converted family is its teacher plus quantization: with nothing quantized (the probe
     of benchmarks/bench_fidelity.py --quantization-loss) the surrogate gives the teacher's logits."""
-    from spikeprune.models._converted import POPULATIONS
+    from spikeprune.models import FAMILIES
 
     teacher, batch = tiny_teacher(), tiny_batch()
     student = build_student(teacher, timesteps=4, family="converted", residual_thresholds="unit").eval()
@@ -123,7 +123,7 @@ def test_a_converted_student_with_every_population_in_float_is_its_teacher():
     with torch.no_grad():
         theirs = teacher(*inputs).logits
         quantized = student(*inputs, mode="surrogate").logits
-        student.float_populations = frozenset({"encoder", *POPULATIONS})
+        student.float_populations = frozenset({"encoder", *FAMILIES["converted"].populations})
         ours = student(*inputs, mode="surrogate").logits
     assert torch.allclose(ours, theirs, atol=1e-5)
     assert not torch.allclose(quantized, theirs, atol=1e-3)  # θ = 1 before calibration: coarse

@@ -31,8 +31,8 @@ from typing import Any, Mapping
 from spikeprune.errors import SpikepruneError
 
 from spikeprune.models._config import FLOAT_BITS, SpikingBertConfig
-from spikeprune.models._converted import POPULATIONS, RESIDUAL
-from spikeprune.models._spiking import SUBLAYERS, SimRecord
+from spikeprune.models._families import Family, family_of
+from spikeprune.models._record import SimRecord
 
 # ------------------------------------------------------------------------------ float-op costs
 #: Embedding: word + position + token type is two vector adds of hidden_size per token (run once,
@@ -56,7 +56,7 @@ READOUT_OPS_PER_ELEMENT = 1
 #: subtractions f(X_t) - f(X_{t-1}) of its accumulated operators) and "attention" (the change of
 #: the attention probabilities times the accumulated V, float by float).
 MAC_KINDS: tuple[str, ...] = ("embedding", "layernorm", "softmax", "gelu", "bias", "classifier")
-CONVERTED_MAC_KINDS: tuple[str, ...] = (*MAC_KINDS, "increment", "attention")
+INCREMENTAL_MAC_KINDS: tuple[str, ...] = ("increment", "attention")
 #: Names of the SOP buckets of one layer, in the order the work happens.
 SOP_BUCKETS: tuple[str, ...] = ("query", "key", "value", "attention", "attn_out", "intermediate",
                                 "output", "residual")
@@ -188,11 +188,7 @@ def _float_parameters(config: SpikingBertConfig) -> int:
     embeddings = (config.vocab_size + config.max_position_embeddings + config.type_vocab_size) * h + 2 * h
     layers = sum(sum(out for _, out in _layer_linears(config, l)) + 2 * 2 * h for l in range(config.num_layers))
     heads = h * h + h + h * config.num_labels + config.num_labels
-    thresholds = 0
-    if config.family == "converted":  # the encoder's θ and each layer's, with their unit scales
-        scales = h if config.residual_thresholds == "unit" else 0
-        thresholds = 1 + scales + config.num_layers * (len(POPULATIONS) + len(RESIDUAL) * scales)
-    return embeddings + layers + heads + thresholds
+    return embeddings + layers + heads + family_of(config.family).threshold_parameters(config)
 
 
 def count_parameters(config: SpikingBertConfig) -> int:
@@ -259,26 +255,22 @@ class OpReport:
         return cls(**data)
 
 
-def populations(config: SpikingBertConfig) -> tuple[str, ...]:
-    """The spiking populations of one layer of the config's family (the layer input aside)."""
-    return POPULATIONS if config.family == "converted" else SUBLAYERS
-
-
-def _products(config: SpikingBertConfig) -> tuple[str, ...]:
-    """Populations whose spikes each meet every position of their example in attention."""
-    return ("query", "key", "value") if config.family == "converted" else ("key", "value")
-
-
 def _check(config: SpikingBertConfig, record: SimRecord) -> None:
     if record.examples <= 0 or record.tokens <= 0:
         raise SpikepruneError("the spike record is empty; run the model with record=True on at least one batch")
     if len(record.layers) != config.num_layers:
         raise SpikepruneError(f"the spike record has {len(record.layers)} layers but the config {config.num_layers}; "
                               f"count with the config of the model that made the record")
-    needed = {"input", *populations(config), *(f"{name}_x_len" for name in _products(config))}
+    family = family_of(config.family)
+    needed = {"input", *family.populations, *(f"{name}_x_len" for name in family.products)}
     for l, counts in enumerate(record.layers):
         if not needed <= set(counts):
-            raise SpikepruneError(f"spike record layer {l} lacks {sorted(needed - set(counts))}; record with models.spiking")
+            raise SpikepruneError(f"spike record layer {l} lacks {sorted(needed - set(counts))}; record with record=True")
+
+
+def mac_kinds(family: Family) -> tuple[str, ...]:
+    """The MAC kinds a model of ``family`` reports, in report order."""
+    return (*MAC_KINDS, *INCREMENTAL_MAC_KINDS) if family.incremental else MAC_KINDS
 
 
 def layer_sops(config: SpikingBertConfig, l: int, counts: Mapping[str, int]) -> dict[str, int]:
@@ -289,10 +281,10 @@ def layer_sops(config: SpikingBertConfig, l: int, counts: Mapping[str, int]) -> 
     accumulated K value per key position (Q·Kᵀ grows by Q_t·ΔKᵀ + ΔQ·K_{t-1}ᵀ), and each Q, K or V
     spike adds θ into its population's running sum.
     """
+    family = family_of(config.family)
     h, inner, m = config.hidden_size, config.heads[l] * config.head_dim, config.intermediate_sizes[l]
-    attention = sum(counts[f"{name}_x_len"] for name in _products(config))
-    if config.family == "converted":
-        attention += counts["query"] + counts["key"] + counts["value"]
+    attention = sum(counts[f"{name}_x_len"] for name in family.products)
+    attention += sum(counts[name] for name in family.running_sums)
     return {
         "query": counts["input"] * inner,
         "key": counts["input"] * inner,
@@ -315,8 +307,8 @@ def float_macs(config: SpikingBertConfig, record: SimRecord) -> dict[str, int]:
     accumulated V ("attention").
     """
     h, tokens = config.hidden_size, record.tokens
-    converted = config.family == "converted"
-    macs = dict.fromkeys(CONVERTED_MAC_KINDS if converted else MAC_KINDS, 0)
+    family = family_of(config.family)
+    macs = dict.fromkeys(mac_kinds(family), 0)
     macs["embedding"] = tokens * h * (EMBEDDING_ADDS_PER_ELEMENT + LAYERNORM_OPS_PER_ELEMENT)
     for l, steps in enumerate(config.timesteps):
         inner, m = config.heads[l] * config.head_dim, config.intermediate_sizes[l]
@@ -324,8 +316,8 @@ def float_macs(config: SpikingBertConfig, record: SimRecord) -> dict[str, int]:
         macs["layernorm"] += 2 * token_steps * h * LAYERNORM_OPS_PER_ELEMENT
         macs["softmax"] += config.heads[l] * record.token_pairs * steps * SOFTMAX_OPS_PER_ENTRY
         macs["gelu"] += token_steps * m * GELU_OPS_PER_ELEMENT
-        macs["bias"] += (tokens if converted else token_steps) * sum(out for _, out in _layer_linears(config, l))
-        if converted:
+        macs["bias"] += (token_steps if family.bias_every_step else tokens) * sum(out for _, out in _layer_linears(config, l))
+        if family.incremental:
             macs["increment"] += token_steps * (inner + 2 * h + m) + config.heads[l] * record.token_pairs * steps
             macs["attention"] += record.token_pairs * inner * steps
     per_example = (h * READOUT_OPS_PER_ELEMENT + h * h + h + h * TANH_OPS_PER_ELEMENT
@@ -350,14 +342,15 @@ def count_ops(config: SpikingBertConfig, record: SimRecord,
     mac_pj = total_macs * model.mac_pj
     energy_uj = (ac_pj + mac_pj) / PJ_PER_UJ
 
+    family = family_of(config.family)
     rates, neurons, updates = [], h, h * config.timesteps[0]   # the embedding's IF encoder runs T_0 steps
     for l, (counts, steps) in enumerate(zip(record.layers, config.timesteps)):
         inner, m = config.heads[l] * config.head_dim, config.intermediate_sizes[l]
         sizes = {"input": h, "query": inner, "key": inner, "value": inner, "context": inner, "attn_out": h,
                  "intermediate": m, "output": h}
         rates.append({name: counts[name] / (sizes[name] * steps * record.tokens)
-                      for name in ("input", *populations(config))})
-        layer_neurons = sum(sizes[name] for name in populations(config))
+                      for name in ("input", *family.populations)})
+        layer_neurons = sum(sizes[name] for name in family.populations)
         neurons += layer_neurons
         updates += layer_neurons * steps
     size = size_bits(config)

@@ -1,5 +1,5 @@
-"""Spatial and temporal compression of a spiking BERT: importance scores, head/neuron pruning,
-per-layer timesteps (quantization is in quantize.py).
+"""Compression operators on a spiking BERT: importance scores, head/neuron pruning, per-layer
+timesteps, and per-layer weight quantization (the codes and their packing are ``_quantize.py``'s).
 
 Which heads and FFN neurons go is decided once per base model by an importance score; the search
 only decides how many each layer keeps (docs/DESIGN.md §5). Two scores, both cached in
@@ -25,8 +25,9 @@ from torch import Tensor, nn
 
 from spikeprune.errors import SpikepruneError
 
-from spikeprune.models._config import CompressionConfig, SpikingBertConfig
-from spikeprune.models._spiking import SpikingBertForSequenceClassification
+from spikeprune.models._config import FLOAT_BITS, CompressionConfig, SpikingBertConfig
+from spikeprune.models._model import SpikingBertForSequenceClassification
+from spikeprune.models._quantize import quantize, quantized_weights
 
 METHODS: tuple[str, ...] = ("grad", "activity")
 IMPORTANCE_NAME = "importance.safetensors"
@@ -251,3 +252,24 @@ def set_timesteps(model: SpikingBertForSequenceClassification, timesteps: int | 
     shortened = copy.deepcopy(model)
     shortened.config = config
     return shortened
+
+
+def quantize_model(model: SpikingBertForSequenceClassification,
+                   weight_bits: float | list[float]) -> SpikingBertForSequenceClassification:
+    """A copy of ``model`` with layer l's Linear weights quantized to ``weight_bits[l]``.
+
+    Layers already quantized may only keep their width: their float weights are gone, so a
+    different width would silently compound two roundings.
+    """
+    config = dataclasses.replace(model.config, weight_bits=weight_bits)
+    for l, (old, new) in enumerate(zip(model.config.weight_bits, config.weight_bits)):
+        if old != FLOAT_BITS and old != new:
+            raise SpikepruneError(f"layer {l} is already quantized to {old:g} bits and cannot become {new:g}; "
+                                  f"quantize the float model instead")
+    quantized = copy.deepcopy(model)
+    quantized.config = config
+    with torch.no_grad():
+        for name, bits in quantized_weights(config):
+            weight = quantized.get_submodule(name).weight
+            weight.copy_(quantize(weight, bits))
+    return quantized

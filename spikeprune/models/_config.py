@@ -13,17 +13,14 @@ from typing import Any
 import yaml
 
 from spikeprune.errors import SpikepruneError
+from spikeprune.models._families import family_of
 
 #: Weight bit widths the quantizer supports; 1.58 is ternary {-1, 0, 1}, 32 means float.
 SUPPORTED_BITS: tuple[float, ...] = (1, 1.58, 2, 4, 8, 32)
 #: Bits of a float (unquantized) weight or parameter.
 FLOAT_BITS = 32.0
-#: How a layer with T_l steps reads an input spike train of a different length (see spiking.py).
+#: How a layer with T_l steps reads an input spike train of a different length (``_spikingbert.py``).
 BOUNDARY_RULES: tuple[str, ...] = ("repeat", "rate")
-#: Model families: "spikingbert" (binary IF, softmax and LayerNorm on each step's spikes, as the
-#: SpikingBERT reference does; spiking.py) and "converted" (signed IF, operators on accumulated
-#: input, equivalent to an L-level quantized BERT; converted.py).
-FAMILIES: tuple[str, ...] = ("spikingbert", "converted")
 #: What the classifier reads: the spiking rate of the last layer averaged over the real tokens
 #: ("mean") or at [CLS] alone ("cls").
 READOUTS: tuple[str, ...] = ("mean", "cls")
@@ -112,14 +109,13 @@ class SpikingBertConfig:
             raise SpikepruneError(f"timesteps must be >= 1 in every layer, got {self.timesteps}")
         if self.boundary not in BOUNDARY_RULES:
             raise SpikepruneError(f"boundary rule {self.boundary!r} is unknown; use one of {BOUNDARY_RULES}")
-        if self.family not in FAMILIES:
-            raise SpikepruneError(f"model family {self.family!r} is unknown; use one of {FAMILIES}")
+        family = family_of(self.family)
         if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 1:
             raise SpikepruneError(f"levels must be an integer >= 1, got {self.levels!r}")
         if self.residual_thresholds not in RESIDUAL_THRESHOLDS:
             raise SpikepruneError(f"residual_thresholds {self.residual_thresholds!r} is unknown; use one of "
                                   f"{RESIDUAL_THRESHOLDS}")
-        if self.residual_thresholds == "unit" and self.family != "converted":
+        if self.residual_thresholds == "unit" and not family.residual:
             raise SpikepruneError("residual_thresholds='unit' is a threshold of the converted family's neurons; "
                                   "use family='converted' or residual_thresholds='population'")
         if self.readout not in READOUTS:

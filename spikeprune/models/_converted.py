@@ -1,6 +1,6 @@
 """The conversion-faithful family: a spiking BERT equivalent to a quantized BERT.
 
-SpikingBERT's family (spiking.py) applies softmax and LayerNorm to each timestep's binary spikes,
+SpikingBERT's family (``_spikingbert.py``) applies softmax and LayerNorm to each timestep's binary spikes,
 so the negative half of every LayerNorm output is clipped and the attention path carries little.
 This family follows the conversion literature (SpikeZIP-TF, QCFS) instead:
 
@@ -33,21 +33,23 @@ function that advances a chunk of steps with explicit accumulator state, so they
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spikeprune.errors import SpikepruneError
 from spikeprune.models._config import SpikingBertConfig
-from spikeprune.models._layer import EncoderLayerWeights
+from spikeprune.models._families import FAMILIES
+from spikeprune.models._layer import EncoderLayerWeights, LayerRun, count_layer
 from spikeprune.models._neurons import SignedIFNeuron
 
+FAMILY = FAMILIES["converted"]
 #: The spiking populations of one layer of this family, in the order they fire.
-POPULATIONS: tuple[str, ...] = ("query", "key", "value", "context", "attn_out", "intermediate", "output")
+POPULATIONS: tuple[str, ...] = FAMILY.populations
 #: The hidden-width populations of a layer (the residual stream), which may have per-unit θ.
-RESIDUAL: tuple[str, ...] = ("attn_out", "output")
+RESIDUAL: tuple[str, ...] = FAMILY.residual
 
 
 def retime(spikes: Tensor, steps: int) -> Tensor:
@@ -95,7 +97,7 @@ class Accumulator:
 
 
 class ConvertedLayer(EncoderLayerWeights):
-    """One encoder layer of the conversion-faithful family (same weights as SpikingLayer)."""
+    """One encoder layer of the conversion-faithful family (the same weights as the other family's)."""
 
     def __init__(self, cfg: SpikingBertConfig, index: int) -> None:
         super().__init__(cfg, index)
@@ -131,9 +133,7 @@ class ConvertedLayer(EncoderLayerWeights):
         q_acc = state.cumulative("query", q * self.theta("query"))
         k_acc = state.cumulative("key", k * self.theta("key"))
         v_acc = state.cumulative("value", v * self.theta("value"))
-        scores = self._heads(q_acc) @ self._heads(k_acc).transpose(-1, -2) / math.sqrt(self.head_dim)
-        probs = torch.softmax(scores + key_mask, dim=-1)
-        context = (probs @ self._heads(v_acc)).transpose(-2, -3).flatten(-2)
+        context, scores = self.attention(q_acc, k_acc, v_acc, key_mask)
         c = fire("context", state.increments("context", context))
         a_in = state.cumulative("attn_in", self._linear(self.attn_out, c, self.theta("context"), first) + x * theta_in)
         a = fire("attn_out", state.increments("attn_out", self.attn_norm(a_in)))
@@ -161,10 +161,103 @@ class ConvertedLayer(EncoderLayerWeights):
         q = qz("query", self.query(x))
         k = qz("key", self.key(x))
         v = qz("value", self.value(x))
-        scores = self._heads(q) @ self._heads(k).transpose(-1, -2) / math.sqrt(self.head_dim)
-        probs = torch.softmax(scores + key_mask, dim=-1)
-        c = qz("context", (probs @ self._heads(v)).transpose(-2, -3).flatten(-2))
+        context, scores = self.attention(q, k, v, key_mask)
+        c = qz("context", context)
         a = qz("attn_out", self.attn_norm(self.attn_out(c) + x))
         m = qz("intermediate", F.gelu(self.intermediate(a)))
         y = qz("output", self.out_norm(self.output(m) + a))
         return {"query": q, "key": k, "value": v, "context": c, "attn_out": a, "intermediate": m, "output": y}, scores
+
+
+def encoder_theta(model: nn.Module) -> Tensor:
+    """θ of the embedding encoder: a scalar, or [hidden] with unit scales."""
+    if model.encoder_scales is None:
+        return model.encoder_threshold
+    return model.encoder_threshold * model.encoder_scales
+
+
+class ConvertedSimulation:
+    """Builds the family's populations on a model and runs them (``model.run_encoder`` calls it).
+
+    ``batched`` and ``lockstep`` simulate the spikes; ``surrogate`` evaluates the quantized network
+    they converge to, with straight-through gradients (QCFS-style training of weights and θ)."""
+
+    family = FAMILY
+
+    def build(self, model: nn.Module) -> None:
+        cfg = model.config
+        model.encoder_neuron = SignedIFNeuron(cfg.levels)
+        model.encoder_threshold = nn.Parameter(torch.ones(()))
+        #: per-unit scales of the encoder's θ (residual_thresholds="unit")
+        model.encoder_scales = (nn.Parameter(torch.ones(cfg.hidden_size))
+                                if cfg.residual_thresholds == "unit" else None)
+        model.layers = nn.ModuleList(ConvertedLayer(cfg, i) for i in range(cfg.num_layers))
+
+    def run(self, model: nn.Module, mode: str, embedded: Tensor, token_mask: Tensor, key_mask: Tensor,
+            record: bool) -> LayerRun:
+        if mode != "surrogate":
+            return self.simulate(model, embedded, token_mask, key_mask, record, lockstep=mode == "lockstep")
+        if record:
+            raise SpikepruneError("the converted family's surrogate mode runs no spikes to record; "
+                                  "use mode='batched' to count operations")
+        return self.quantized(model, embedded, token_mask, key_mask)
+
+    def simulate(self, model: nn.Module, embedded: Tensor, token_mask: Tensor, key_mask: Tensor, record: bool,
+                 lockstep: bool) -> LayerRun:
+        """Signed spikes through operators on accumulated input. Batched runs each layer over its
+        whole train; lockstep advances every layer one step at a time through the same code, so
+        both give the same spikes. Returns each layer's accumulated output value, its accumulated
+        attention scores at the last step, and spike counts when ``record``."""
+        cfg = model.config
+        steps = cfg.timesteps[0]
+        if lockstep and any(t != steps for t in cfg.timesteps):
+            raise SpikepruneError("lockstep simulation needs the same timesteps in every layer; use mode='batched'")
+        neurons = [model.encoder_neuron, *(n for layer in model.layers for n in layer.neurons.values())]
+        for n in neurons:
+            n.reset()
+        # The embedding is the encoder's accumulated input from the first step on.
+        currents = torch.cat([embedded[None], embedded.new_zeros((steps - 1, *embedded.shape))])
+        states = [Accumulator() for _ in model.layers]
+        # Only what is returned is kept across layers and chunks (whole trains of every layer
+        # would cost gigabytes at T = 16): output spikes summed over time, counts, last scores.
+        totals: list[Tensor | float] = [0.0] * len(model.layers)
+        counts: list[dict[str, int]] = [{} for _ in model.layers]
+        last_scores: list[Tensor] = [embedded.new_zeros(())] * len(model.layers)
+        for start in (range(steps) if lockstep else (0,)):
+            chunk = currents[start:start + 1] if lockstep else currents
+            theta_in = encoder_theta(model)
+            x = model.encoder_neuron.advance(chunk, theta_in) * token_mask
+            for i, (layer, t) in enumerate(zip(model.layers, cfg.timesteps)):
+                if not lockstep:
+                    x = retime(x, t)
+
+                def fire(name: str, current: Tensor, layer: ConvertedLayer = layer) -> Tensor:
+                    return layer.neurons[name].advance(current, layer.theta(name)) * token_mask
+
+                outputs, s = layer(x, theta_in, key_mask, states[i], start == 0, fire)
+                if not lockstep:
+                    model.observe(i, x, outputs)
+                if record:  # counts add up over chunks: every count is a sum over time
+                    chunk_counts = count_layer(x, outputs, token_mask, FAMILY)
+                    counts[i] = {k: counts[i].get(k, 0) + v for k, v in chunk_counts.items()}
+                totals[i] = totals[i] + outputs["output"].sum(dim=0)
+                last_scores[i] = s[-1].clone()
+                x, theta_in = outputs["output"], layer.theta("output")
+        for n in neurons:
+            n.reset()
+        rates = [total * layer.theta("output") for total, layer in zip(totals, model.layers)]
+        return rates, last_scores, counts if record else []
+
+    def quantized(self, model: nn.Module, embedded: Tensor, token_mask: Tensor, key_mask: Tensor) -> LayerRun:
+        """The L-level quantized network the spikes converge to, with straight-through gradients;
+        the populations in ``model.float_populations`` stay float."""
+        keep_float = model.float_populations
+        x = embedded if "encoder" in keep_float else quantize_ste(embedded, encoder_theta(model), model.config.levels)
+        x = x * token_mask
+        rates, scores = [], []
+        for layer in model.layers:
+            outputs, s = layer.quantized(x, key_mask, keep_float=keep_float)
+            x = outputs["output"] * token_mask
+            rates.append(x)
+            scores.append(s)
+        return rates, scores, []

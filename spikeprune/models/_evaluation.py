@@ -14,7 +14,8 @@ from torch import Tensor, nn
 
 from spikeprune.data._glue import get_task
 from spikeprune.data._metrics import compute_metrics, main_metric
-from spikeprune.models._spiking import SimRecord, SpikingBertForSequenceClassification
+from spikeprune.models._record import SimRecord
+from spikeprune.models._model import SpikingBertForSequenceClassification
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """Spiking neurons: small modules with explicit, resettable state, single-step and multi-step.
 
-``IFNeuron`` is the binary integrate-and-fire population of the SpikingBERT family (spiking.py),
-with a numba kernel for a whole train on the CPU; ``SignedIFNeuron`` the signed one of the
-converted family (converted.py).
+Every population is a ``Neuron``: ``step`` advances one timestep, ``advance`` a chunk of steps
+from the current state, ``run`` a whole train from a fresh state. ``IFNeuron`` is the binary
+integrate-and-fire population of the SpikingBERT family (``_spikingbert.py``), with a numba loop
+for a whole train on the CPU; ``SignedIFNeuron`` the signed one of the converted family
+(``_converted.py``).
 """
 from __future__ import annotations
 
@@ -12,12 +14,38 @@ import torch
 from torch import Tensor, nn
 
 
-class IFNeuron(nn.Module):
-    """Integrate-and-fire population with soft reset: u += I; s = [u >= θ]; u -= θ s; u *= λ.
+Threshold = Tensor | float
 
-    The membrane potential ``u`` is explicit state: ``reset()`` clears it, ``step`` advances one
-    timestep, ``run`` advances a whole train (time on dim 0) from a fresh state.
+
+class Neuron(nn.Module):
+    """A population of spiking neurons with explicit state, cleared by ``reset``.
+
+    Time is dim 0 of a train. ``theta`` is the firing threshold: a population whose θ is trained
+    (the converted family's) gets it at every call; one with a fixed θ may keep its own.
     """
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def step(self, current: Tensor, theta: Threshold | None = None) -> Tensor:
+        """Spikes of one timestep for ``current`` [..., D], updating the state."""
+        raise NotImplementedError
+
+    def advance(self, currents: Tensor, theta: Threshold | None = None) -> Tensor:
+        """Spikes for a chunk of steps [t, ..., D], continuing from the current state."""
+        return torch.stack([self.step(c, theta) for c in currents])
+
+    def run(self, currents: Tensor, theta: Threshold | None = None, *, token_mask: Tensor | None = None) -> Tensor:
+        """A whole train [T, ..., D] from a fresh state; ``token_mask`` ([..., 1], 0 at padding)
+        silences padded positions so they neither spike nor count."""
+        self.reset()
+        out = self.advance(currents, theta)
+        self.reset()
+        return out if token_mask is None else out * token_mask
+
+
+class IFNeuron(Neuron):
+    """Integrate-and-fire population with soft reset: u += I; s = [u >= θ]; u -= θ s; u *= λ."""
 
     def __init__(self, threshold: float = 1.0, leak: float = 1.0) -> None:
         super().__init__()
@@ -28,27 +56,27 @@ class IFNeuron(nn.Module):
     def reset(self) -> None:
         self.u = None
 
-    def step(self, current: Tensor) -> Tensor:
+    def step(self, current: Tensor, theta: Threshold | None = None) -> Tensor:
+        theta = self.threshold if theta is None else theta
         u = current if self.u is None else self.u + current
-        spikes = (u >= self.threshold).to(current.dtype)
-        u = u - self.threshold * spikes
+        spikes = (u >= theta).to(current.dtype)
+        u = u - theta * spikes
         self.u = u * self.leak if self.leak != 1.0 else u
         return spikes
 
-    def run(self, currents: Tensor, token_mask: Tensor | None = None) -> Tensor:
-        """Spike train for currents [T, ..., D] from a fresh state; ``token_mask`` ([..., 1], 0 at
-        padding) silences padded positions so they neither spike nor count."""
-        self.reset()
+    def run(self, currents: Tensor, theta: Threshold | None = None, *, token_mask: Tensor | None = None) -> Tensor:
+        """As ``Neuron.run``; a float32 train on the CPU goes through one numba loop instead of a
+        tensor launch per step (same arithmetic, identical spikes)."""
         if currents.device.type == "cpu" and currents.dtype == torch.float32 and not currents.requires_grad:
             width = currents.shape[-1]
             flat = currents.detach().reshape(currents.shape[0], -1).numpy()
             rows = (np.ones(flat.shape[1] // width, dtype=np.bool_) if token_mask is None else
                     token_mask.expand(*currents.shape[1:-1], 1).reshape(-1).numpy().astype(np.bool_))
-            spikes = _if_run_cpu(flat, rows, width, np.float32(self.threshold), np.float32(self.leak))
+            threshold = np.float32(self.threshold if theta is None else theta)
+            spikes = _if_run_cpu(flat, rows, width, threshold, np.float32(self.leak))
+            self.reset()
             return torch.from_numpy(spikes).view(currents.shape)
-        out = torch.stack([self.step(c) for c in currents])
-        self.reset()
-        return out if token_mask is None else out * token_mask
+        return super().run(currents, theta, token_mask=token_mask)
 
 
 #: Neurons per block of the IF kernel: a block's membrane potentials stay in cache while the
@@ -85,11 +113,11 @@ def _if_run_cpu(currents: np.ndarray, rows: np.ndarray, width: int, threshold: n
     return out
 
 
-class SignedIFNeuron(nn.Module):
+class SignedIFNeuron(Neuron):
     """A population of signed integrate-and-fire neurons with threshold θ and levels [-L, L].
 
-    State (explicit, cleared by ``reset``): the membrane ``u`` (starting at θ/2) and the running
-    spike count. ``step`` advances one timestep; ``run`` a whole train from a fresh state.
+    State: the membrane ``u`` (starting at θ/2) and the running spike count. θ is trained, so it
+    is given at every call.
     """
 
     def __init__(self, levels: int) -> None:
@@ -101,7 +129,9 @@ class SignedIFNeuron(nn.Module):
     def reset(self) -> None:
         self.u = self.count = None
 
-    def step(self, current: Tensor, theta: Tensor) -> Tensor:
+    def step(self, current: Tensor, theta: Threshold | None = None) -> Tensor:
+        if theta is None:
+            raise ValueError("a signed IF population needs its θ at every step")
         if self.u is None:
             self.u = torch.full_like(current, 0.5) * theta
             self.count = torch.zeros_like(current)
@@ -112,7 +142,3 @@ class SignedIFNeuron(nn.Module):
         self.u = u - spikes * theta
         self.count = self.count + spikes
         return spikes
-
-    def advance(self, currents: Tensor, theta: Tensor) -> Tensor:
-        """Spikes (-1, 0, +1) for currents [t, ...], continuing from the current state."""
-        return torch.stack([self.step(c, theta) for c in currents])

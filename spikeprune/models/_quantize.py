@@ -31,11 +31,8 @@ Packed codes: unsigned, packed little-end first into bytes at 1 bit (1-bit), 2 b
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import math
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +42,6 @@ from spikeprune.errors import SpikepruneError
 
 from spikeprune.models._config import FLOAT_BITS, SpikingBertConfig, check_bits
 
-if TYPE_CHECKING:
-    from spikeprune.models._spiking import SpikingBertForSequenceClassification
 
 #: The Linear modules of an encoder layer whose weights are quantized.
 QUANTIZED_LINEARS: tuple[str, ...] = ("query", "key", "value", "attn_out", "intermediate", "output")
@@ -182,24 +177,3 @@ def quantized_weights(config: SpikingBertConfig) -> Iterator[tuple[str, float]]:
         if bits != FLOAT_BITS:
             for name in QUANTIZED_LINEARS:
                 yield f"layers.{l}.{name}", bits
-
-
-def quantize_model(model: SpikingBertForSequenceClassification,
-                   weight_bits: float | list[float]) -> SpikingBertForSequenceClassification:
-    """A copy of ``model`` with layer l's Linear weights quantized to ``weight_bits[l]``.
-
-    Layers already quantized may only keep their width: their float weights are gone, so a
-    different width would silently compound two roundings.
-    """
-    config = dataclasses.replace(model.config, weight_bits=weight_bits)
-    for l, (old, new) in enumerate(zip(model.config.weight_bits, config.weight_bits)):
-        if old != FLOAT_BITS and old != new:
-            raise SpikepruneError(f"layer {l} is already quantized to {old:g} bits and cannot become {new:g}; "
-                                  f"quantize the float model instead")
-    quantized = copy.deepcopy(model)
-    quantized.config = config
-    with torch.no_grad():
-        for name, bits in quantized_weights(config):
-            weight = quantized.get_submodule(name).weight
-            weight.copy_(quantize(weight, bits))
-    return quantized

@@ -162,7 +162,7 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, out_dir: str | Path, p
     value beyond the tolerance."""
     from transformers import AutoTokenizer
 
-    from spikeprune.models._spiking import SpikingBertForSequenceClassification
+    from spikeprune.models._model import SpikingBertForSequenceClassification
     from spikeprune.trial._base import BaseBundle
     from spikeprune.trial._run import build_compressed, measure
 

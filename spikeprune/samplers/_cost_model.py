@@ -29,8 +29,10 @@ from torch import Tensor
 
 from spikeprune.models._compress import _head_rows, select_units
 from spikeprune.models._config import CompressionConfig, SpikingBertConfig
-from spikeprune.costs._ops import OpReport, _products, count_ops, populations
-from spikeprune.models._spiking import SimRecord, SpikingBertForSequenceClassification
+from spikeprune.costs._ops import OpReport, count_ops
+from spikeprune.models._families import family_of
+from spikeprune.models._record import SimRecord
+from spikeprune.models._model import SpikingBertForSequenceClassification
 
 from spikeprune.samplers._stats import SpikeStats
 
@@ -85,15 +87,16 @@ class CostPredictor:
         spikes = torch.arange(max(stats.timesteps) + 1, dtype=torch.float64)   # spikes per pair, by bin
         layers: list[dict[str, int]] = []
         previous_output = 0.0
+        family = family_of(config.family)
         for l, steps in enumerate(itertools.accumulate(config.timesteps, min)):   # the bottleneck so far
             sums = self._kept(l, config.heads[l], config.intermediate_sizes[l])
-            names = [*populations(config), *(["input"] if l == 0 else [])]
+            names = [*family.populations, *(["input"] if l == 0 else [])]
             kept = {name: float(sums[name] @ spikes) for name in names}   # at the base T
             counts = {name: kept[name] * self._factor(l, name, steps) for name in names}
             if l > 0:
                 counts["input"] = previous_output
             base = stats.counts[l]
-            for name in _products(config):   # the kept share of the population, times the product's own T factor
+            for name in family.products:   # the kept share of the population, times the product's own T factor
                 share = kept[name] / base[name] if base[name] else 0.0
                 counts[f"{name}_x_len"] = base[f"{name}_x_len"] * share * self._factor(l, f"{name}_x_len", steps)
             previous_output = counts["output"]

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from spikeprune.models._evaluation import Evaluation, evaluate_model
-from spikeprune.models._spiking import SpikingBertForSequenceClassification
+from spikeprune.models._model import SpikingBertForSequenceClassification
 from spikeprune.errors import SpikepruneError
 
 FORMAT = 2

@@ -13,7 +13,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from spikeprune.models._config import FAMILIES, RESIDUAL_THRESHOLDS
+from spikeprune.models._config import RESIDUAL_THRESHOLDS
+from spikeprune.models._families import FAMILIES
 from spikeprune.errors import SpikepruneError
 from spikeprune.records import PreparedRecord
 

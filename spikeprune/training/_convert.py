@@ -11,8 +11,9 @@ import torch
 from torch import Tensor, nn
 
 from spikeprune.models._config import SpikingBertConfig
-from spikeprune.models._converted import POPULATIONS, RESIDUAL, quantize_ste
-from spikeprune.models._spiking import SpikingBertForSequenceClassification
+from spikeprune.models._converted import POPULATIONS, RESIDUAL, encoder_theta, quantize_ste
+from spikeprune.models._families import family_of
+from spikeprune.models._model import SpikingBertForSequenceClassification
 from spikeprune.errors import SpikepruneError
 
 #: Readout units whose rate varies less than this across sentences are left unscaled.
@@ -61,7 +62,7 @@ def build_student(teacher: nn.Module, timesteps: int | list[int], num_layers: in
         max_position_embeddings=tc.max_position_embeddings, type_vocab_size=tc.type_vocab_size,
         layer_norm_eps=tc.layer_norm_eps, threshold=threshold, leak=leak, num_labels=tc.num_labels, task=task,
         family=family, levels=levels, residual_thresholds=residual_thresholds,
-        readout="cls" if family == "converted" else "mean")
+        readout=family_of(family).readout)
     names = {f"embeddings.{e}.{w}": f"bert.embeddings.{e}.{w}"
              for e in ("word_embeddings", "position_embeddings", "token_type_embeddings") for w in ("weight",)}
     for w in ("weight", "bias"):
@@ -123,7 +124,7 @@ def calibrate_thresholds(student: SpikingBertForSequenceClassification, batches:
     student.encoder_threshold.fill_(found["encoder"])
     if student.encoder_scales is not None:
         student.encoder_scales.copy_(unit_scales(embedded, masks, found["encoder"]))
-    xs = [quantize_ste(e, student.encoder_theta(), levels) * m for e, m in zip(embedded, masks)]
+    xs = [quantize_ste(e, encoder_theta(student), levels) * m for e, m in zip(embedded, masks)]
     for l, layer in enumerate(student.layers):
         seen: dict[str, list[Tensor]] = {name: [] for name in POPULATIONS}
         for x, key_mask in zip(xs, key_masks):

@@ -1,5 +1,5 @@
 """Distillation: the teacher's logits, hidden states and attention scores taught to the student
-through surrogate gradients (the equilibrium view of SpikingBERT, see spiking.py)."""
+through surrogate gradients (the equilibrium view of SpikingBERT, see models/_spikingbert.py)."""
 from __future__ import annotations
 
 import shutil
@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from spikeprune.models._config import SpikingBertConfig
 from spikeprune.data._glue import get_task
-from spikeprune.models._spiking import SpikingBertForSequenceClassification
+from spikeprune.models._model import SpikingBertForSequenceClassification
 from spikeprune.errors import SpikepruneError
 
 from spikeprune.training._convert import default_layer_map

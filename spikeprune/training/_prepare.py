@@ -13,11 +13,12 @@ from pathlib import Path
 
 from torch import Tensor
 
+from spikeprune.models._families import family_of
 from spikeprune.models._compress import IMPORTANCE_NAME, compute_importance, save_importance
 from spikeprune.models._evaluation import evaluate_model
 from spikeprune.data._glue import batches, get_task, load_glue
 from spikeprune.data._metrics import main_metric
-from spikeprune.models._spiking import SpikingBertForSequenceClassification
+from spikeprune.models._model import SpikingBertForSequenceClassification
 from spikeprune.errors import SpikepruneError
 from spikeprune.records import PreparedRecord
 
@@ -76,10 +77,11 @@ def prepare(task: str, glue_dir: str | Path | None, run_root: str | Path, preset
         return batches(calibration, p.batch_size, pad_id=tokenizer.pad_token_id or 0)
 
     if not stage_done(out / "student"):
+        family = family_of(p.family)
         student = build_student(teacher, p.timesteps, p.student_layers, threshold=p.threshold,
                                 leak=p.leak, task=spec.name, family=p.family, levels=p.levels,
-                                residual_thresholds=p.residual_thresholds if p.family == "converted" else "population")
-        if p.family == "converted":
+                                residual_thresholds=p.residual_thresholds if family.residual else "population")
+        if family.calibrated:
             calibrate_thresholds(student, calibration_batches(), p.calibration_percentile)
         else:
             standardize_readout(student, calibration_batches())

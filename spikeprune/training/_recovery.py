@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from spikeprune.data._glue import GlueSplit, batches, encode, load_glue
-from spikeprune.models._spiking import SpikingBertForSequenceClassification
+from spikeprune.models._model import SpikingBertForSequenceClassification
 from spikeprune.records import PreparedRecord
 
 from spikeprune.training._distill import DistillLoss, loss_weights

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from spikeprune.models._compress import IMPORTANCE_NAME, load_importance
 from spikeprune.data._glue import batches, encode, get_task, load_glue
-from spikeprune.models._spiking import SpikingBertForSequenceClassification
+from spikeprune.models._model import SpikingBertForSequenceClassification
 from spikeprune.training._recovery import RecoverySource
 from spikeprune.errors import SpikepruneError
 from spikeprune.records import PreparedRecord

@@ -26,8 +26,9 @@ from spikeprune.models._config import CompressionConfig
 from spikeprune.models._evaluation import Evaluation, evaluate_model, merge_evaluations
 from spikeprune.data._metrics import bootstrap_ci
 from spikeprune.costs._ops import OpReport, count_ops
-from spikeprune.models._quantize import quantize_model
-from spikeprune.models._spiking import SimRecord, SpikingBertForSequenceClassification
+from spikeprune.models._compress import quantize_model
+from spikeprune.models._record import SimRecord
+from spikeprune.models._model import SpikingBertForSequenceClassification
 from spikeprune.training._recovery import recover
 from spikeprune.objectives import METRIC, dominates
 
