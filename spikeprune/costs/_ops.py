@@ -278,7 +278,7 @@ def _check(config: SpikingBertConfig, record: SimRecord) -> None:
     needed = {"input", *populations(config), *(f"{name}_x_len" for name in _products(config))}
     for l, counts in enumerate(record.layers):
         if not needed <= set(counts):
-            raise SpikepruneError(f"spike record layer {l} lacks {sorted(needed - set(counts))}; record with models.spiking")
+            raise SpikepruneError(f"spike record layer {l} lacks {sorted(needed - set(counts))}; record it with the model's forward(record=True)")
 
 
 def layer_sops(config: SpikingBertConfig, l: int, counts: Mapping[str, int]) -> dict[str, int]:

@@ -1,5 +1,5 @@
 """Spatial and temporal compression of a spiking BERT: importance scores, head/neuron pruning,
-per-layer timesteps (quantization is in quantize.py).
+per-layer timesteps (quantization is in _quantize.py).
 
 Which heads and FFN neurons go is decided once per base model by an importance score; the search
 only decides how many each layer keeps (docs/DESIGN.md §5). Two scores, both cached in

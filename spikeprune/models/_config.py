@@ -18,11 +18,11 @@ from spikeprune.errors import SpikepruneError
 SUPPORTED_BITS: tuple[float, ...] = (1, 1.58, 2, 4, 8, 32)
 #: Bits of a float (unquantized) weight or parameter.
 FLOAT_BITS = 32.0
-#: How a layer with T_l steps reads an input spike train of a different length (see spiking.py).
+#: How a layer with T_l steps reads an input spike train of a different length (see _spiking.py).
 BOUNDARY_RULES: tuple[str, ...] = ("repeat", "rate")
 #: Model families: "spikingbert" (binary IF, softmax and LayerNorm on each step's spikes, as the
-#: SpikingBERT reference does; spiking.py) and "converted" (signed IF, operators on accumulated
-#: input, equivalent to an L-level quantized BERT; converted.py).
+#: SpikingBERT reference does; _spiking.py) and "converted" (signed IF, operators on accumulated
+#: input, equivalent to an L-level quantized BERT; _converted.py).
 FAMILIES: tuple[str, ...] = ("spikingbert", "converted")
 #: What the classifier reads: the spiking rate of the last layer averaged over the real tokens
 #: ("mean") or at [CLS] alone ("cls").

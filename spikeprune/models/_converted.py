@@ -1,6 +1,6 @@
 """The conversion-faithful family: a spiking BERT equivalent to a quantized BERT.
 
-SpikingBERT's family (spiking.py) applies softmax and LayerNorm to each timestep's binary spikes,
+SpikingBERT's family (_spiking.py) applies softmax and LayerNorm to each timestep's binary spikes,
 so the negative half of every LayerNorm output is clipped and the attention path carries little.
 This family follows the conversion literature (SpikeZIP-TF, QCFS) instead:
 

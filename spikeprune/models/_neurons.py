@@ -1,8 +1,8 @@
 """Spiking neurons: small modules with explicit, resettable state, single-step and multi-step.
 
-``IFNeuron`` is the binary integrate-and-fire population of the SpikingBERT family (spiking.py),
+``IFNeuron`` is the binary integrate-and-fire population of the SpikingBERT family (_spiking.py),
 with a numba kernel for a whole train on the CPU; ``SignedIFNeuron`` the signed one of the
-converted family (converted.py).
+converted family (_converted.py).
 """
 from __future__ import annotations
 

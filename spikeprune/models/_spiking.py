@@ -17,7 +17,7 @@ Three ways to run the same weights:
   backward pass costs one non-spiking forward whatever T is.
 
 That is the ``spikingbert`` family. A config with ``family="converted"`` builds the same weights
-into the conversion-faithful family of converted.py (signed neurons, operators on accumulated
+into the conversion-faithful family of _converted.py (signed neurons, operators on accumulated
 input); this class then runs its simulation (``_simulate_converted``) and, as its surrogate, the
 quantized network the spikes converge to (``_quantized``).
 """
@@ -155,7 +155,7 @@ class SpikingBertForSequenceClassification(nn.Module):
         if config.family == "converted":
             self.encoder_neuron = SignedIFNeuron(config.levels)
             self.encoder_threshold = nn.Parameter(torch.ones(()))
-            #: per-unit scales of the encoder's θ (residual_thresholds="unit"; see converted.py)
+            #: per-unit scales of the encoder's θ (residual_thresholds="unit"; see _converted.py)
             self.encoder_scales = (nn.Parameter(torch.ones(config.hidden_size))
                                    if config.residual_thresholds == "unit" else None)
             self.layers = nn.ModuleList(ConvertedLayer(config, i) for i in range(config.num_layers))
@@ -168,7 +168,7 @@ class SpikingBertForSequenceClassification(nn.Module):
         #: batched simulation ("input" included): how the base's spike statistics are gathered
         #: (``spikeprune.samplers._stats``) without a second copy of the simulation.
         self.spike_observer: Callable[[int, str, Tensor], None] | None = None
-        #: Populations (converted.POPULATIONS names, and "encoder") the converted family's surrogate
+        #: Populations (``spikeprune.models.POPULATIONS`` names, and "encoder") the converted family's surrogate
         #: leaves unquantized: no hardware runs this, it shows where a base loses accuracy to
         #: quantization (``benchmarks/bench_fidelity.py --quantization-loss``).
         self.float_populations: frozenset[str] = frozenset()
@@ -242,8 +242,9 @@ class SpikingBertForSequenceClassification(nn.Module):
 
     def _readout(self, rates: Tensor, token_mask: Tensor) -> Tensor:
         """The sentence representation the classifier sees. Averaging over real tokens is the
-        default: with a copied teacher and T=4 a linear probe on it reached 71.7 % SST-2 dev
-        accuracy against 51.6 % at [CLS], whose rate barely depends on the input."""
+        SpikingBERT family's default because the binary rate at [CLS] barely depends on the input
+        (``benchmarks/probe_readout.py`` compares the two); the converted family reads [CLS],
+        whose accumulated value is the quantized teacher's."""
         if self.config.readout == "cls":
             return rates[:, 0]
         return (rates * token_mask).sum(dim=1) / token_mask.sum(dim=1)
@@ -340,7 +341,7 @@ class SpikingBertForSequenceClassification(nn.Module):
     # ------------------------------------------------------------- the converted family
     def _simulate_converted(self, embedded: Tensor, token_mask: Tensor, key_mask: Tensor, record: bool,
                             lockstep: bool) -> tuple[list[Tensor], list[Tensor], list[dict[str, int]]]:
-        """Signed spikes through operators on accumulated input (converted.py). Batched runs each
+        """Signed spikes through operators on accumulated input (_converted.py). Batched runs each
         layer over its whole train; lockstep advances every layer one step at a time through the
         same code, so both give the same spikes. Returns each layer's accumulated output value,
         its accumulated attention scores at the last step, and spike counts when ``record``."""
@@ -408,7 +409,7 @@ class SpikingBertForSequenceClassification(nn.Module):
 
     # ---------------------------------------------------------------------------- storage
     def save_pretrained(self, folder: str | Path, packed: bool = False) -> Path:
-        """Write config.json and model.safetensors (checkpoint.py); ``packed`` stores quantized
+        """Write config.json and model.safetensors (_checkpoint.py); ``packed`` stores quantized
         layers at their bit widths."""
         return checkpoint.save(self.config, self.state_dict(), folder, packed=packed)
 

@@ -1,5 +1,5 @@
 """Distillation: the teacher's logits, hidden states and attention scores taught to the student
-through surrogate gradients (the equilibrium view of SpikingBERT, see spiking.py)."""
+through surrogate gradients (the equilibrium view of SpikingBERT, see models/_spiking.py)."""
 from __future__ import annotations
 
 import shutil
