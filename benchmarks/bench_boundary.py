@@ -1,11 +1,14 @@
 """Boundary rules between layers of different timesteps: accuracy against synaptic operations.
 
-For a few per-layer timestep schedules, evaluates the prepared student with each rule of
-``models.config.BOUNDARY_RULES`` (``repeat``: the last T_l steps of the previous train, cycling;
+For a few per-layer timestep schedules, evaluates a SpikingBERT-family student (the family the
+rules apply to; a converted student re-times its trains instead) with each rule of
+``spikeprune.models.BOUNDARY_RULES`` (``repeat``: the last T_l steps of the previous train, cycling;
 ``rate``: re-encode its average rate) and prints metric and SOPs per example, so the default can
 be chosen by accuracy at equal operations.
 
     python benchmarks/bench_boundary.py --prepared runs/prepared/sst2-quick --max-examples 300
+
+(``runs/prepared/sst2-quick`` made with ``--set family=spikingbert --set timesteps=4``.)
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from spikeprune.models import BOUNDARY_RULES, CompressionConfig  # noqa: E402
 from spikeprune.trial import BaseBundle
 from spikeprune.trial import build_compressed, measure  # noqa: E402
 
-#: Per-layer timesteps for the 6-layer, T=4 quick student: shrinking, growing and alternating.
+#: Per-layer timesteps for a 6-layer student at T = 4: shrinking, growing and alternating.
 SCHEDULES: list[list[int]] = [[4, 4, 3, 3, 2, 2], [2, 2, 3, 3, 4, 4], [4, 2, 4, 2, 4, 2]]
 
 

@@ -1,6 +1,6 @@
 """Measured CPU time of pruned models against their reduction in dense and in synaptic operations.
 
-Each config is built from the base with ``models.compress.prune`` (physically smaller weights)
+Each config is built from the base with ``spikeprune.models.prune`` (physically smaller weights)
 and ``set_timesteps``; all of them run the same batches, interleaved in the same rounds (batched
 simulation, record=False). Per config:
 
@@ -8,7 +8,7 @@ simulation, record=False). Per config:
 - dense MACs: what a non-spiking accelerator would do, Σ over layers of T_l · Σ(in × out) of the
   layer's six Linears (query, key, value, attn_out, intermediate, output), per real token, summed
   over the tokens of an example (attention products, embedding and classifier left out);
-- SOPs: the counted synaptic operations of ``models.ops.count_ops`` (from one record=True pass),
+- SOPs: the counted synaptic operations of ``spikeprune.count_ops`` (from one record=True pass),
   which also follow the firing rates the pruning leaves.
 
 Without ``--prepared`` the importance scores are random: fine for timing, meaningless for accuracy.

@@ -3,8 +3,8 @@
 For each batch size and number of timesteps T, three variants run interleaved in the same rounds:
 ``batched`` (record=False), ``batched+rec`` (record=True, as evaluation runs) and ``lockstep+rec``.
 Printed per setting: median seconds, the speedup lockstep+rec / batched+rec (both count, so the
-ratio is like for like), the counting overhead batched+rec / batched - 1 (the issue's target is at
-most 10 %), and whether the outputs are identical: logits of all three, and the spike records of
+ratio is like for like), the counting overhead batched+rec / batched - 1 (docs/RESULTS.md holds its
+target), and whether the outputs are identical: logits of all three, and the spike records of
 the two record=True runs, compared exactly.
 
 One untimed warmup round runs at the first T of each batch size (JIT, thread pools, allocator).

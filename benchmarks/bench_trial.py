@@ -1,4 +1,4 @@
-"""Where a search trial's time goes: compress, recover, evaluate, count (``models.trial.run_trial``).
+"""Where a search trial's time goes: compress, recover, evaluate, count (``spikeprune.run_trial``).
 
 Needs a prepared base (``--prepared``). Each config runs ``run_trial`` once per round, configs
 interleaved in the same rounds; per config the median seconds of each kernel from the trial's own

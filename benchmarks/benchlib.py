@@ -8,9 +8,9 @@ elsewhere hits all variants alike.
 Import this module before torch: importing ``spikeprune`` first sets ``OMP_WAIT_POLICY=PASSIVE`` (unless the environment sets
 it) before any OpenMP runtime loads. With the default (spinning) policy, idle OpenMP threads of
 torch and of numba's parallel IF kernel spin on the cores after every parallel region; when the
-cores are also busy with other work, every region then waits for the scheduler, and on the 2-core
-machine we measured a tiny-model forward at ~600 ms with 2 threads against ~2 ms with 1 thread
-(~10 ms with 2 threads and PASSIVE). Run with ``OMP_WAIT_POLICY=ACTIVE`` to measure the default.
+cores are also busy with other work, every region then waits for the scheduler, which can make a
+forward pass with 2 threads many times slower than with 1 (docs/DESIGN.md §8). Run with
+``OMP_WAIT_POLICY=ACTIVE`` to measure the default.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from spikeprune.errors import SpikepruneError
 from spikeprune.records import PreparedRecord, TrialRecord
 
 #: The random stand-in for a prepared base: MiniLM-L6 shaped (6 layers, width 384, 12 heads of
-#: 32, FFN 1536), BERT's vocabulary, T=4 (the quick preset's).
+#: 32, FFN 1536), BERT's vocabulary, the SpikingBERT family (the config's default) at T = 4.
 MINILM = SpikingBertConfig(vocab_size=30522, hidden_size=384, num_layers=6, head_dim=32, heads=12,
                            intermediate_sizes=1536, timesteps=4, task="sst2")
 #: ``--quick``: a model small enough that a whole script runs in a second or two (for tests).

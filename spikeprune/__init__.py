@@ -25,8 +25,8 @@ import os
 from spikeprune._lazy import lazy_names
 
 # Idle OpenMP threads (torch's and numba's) spin by default; on a machine whose cores are busy
-# with other work (Ray workers, a second job) that made one distillation step of the quick
-# student take 48 s instead of 6 s here. PASSIVE must be set before torch loads its runtime;
+# with other work (Ray workers, a second job) every parallel region then waits for the scheduler,
+# and training slows many times over (docs/DESIGN.md §8). PASSIVE must be set before torch loads its runtime;
 # a value already in the environment wins. (Search trials with several CPUs of their own spin:
 # ``search._worker.task_env``.)
 _OMP_POLICY_FROM_USER = "OMP_WAIT_POLICY" in os.environ

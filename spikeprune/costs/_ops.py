@@ -265,7 +265,7 @@ def _check(config: SpikingBertConfig, record: SimRecord) -> None:
     needed = {"input", *family.populations, *(f"{name}_x_len" for name in family.products)}
     for l, counts in enumerate(record.layers):
         if not needed <= set(counts):
-            raise SpikepruneError(f"spike record layer {l} lacks {sorted(needed - set(counts))}; record with record=True")
+            raise SpikepruneError(f"spike record layer {l} lacks {sorted(needed - set(counts))}; record it with the model's forward(record=True)")
 
 
 def mac_kinds(family: Family) -> tuple[str, ...]:

@@ -23,11 +23,11 @@ r = 1, 127/128, ... 1/128) by squared error. The largest weight always lands on 
 Every scale is rounded to 16 significant bits. Each level (an integer or half-integer of at most
 127 in size, times s) is then exact in float32, and quantization is idempotent bit for bit:
 quantize(quantize(w)) == quantize(w). That is what lets ``save_pretrained(packed=True)`` pack the weights of an
-already quantized model and ``from_pretrained`` reload exactly them (checkpoint.py).
+already quantized model and ``from_pretrained`` reload exactly them (_checkpoint.py).
 
 Packed codes: unsigned, packed little-end first into bytes at 1 bit (1-bit), 2 bits
 (1.58 and 2-bit: ternary uses 3 of the 4 values of a 2-bit field, matching ops.TERNARY_PACKED_BITS),
-4 or 8 bits per weight. How they are laid out in a checkpoint is checkpoint.py's business.
+4 or 8 bits per weight. How they are laid out in a checkpoint is _checkpoint.py's business.
 """
 from __future__ import annotations
 

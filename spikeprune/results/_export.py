@@ -4,7 +4,7 @@ Layout of one export, ``<out_dir>/trial-<number, 5 digits>/``::
 
     config.yaml    study, task, trial number, the resolved compression config (``spikeprune evaluate
                    --config`` reads this file as it is), search-time values
-    model/         the compressed model, weights packed at their bit widths (checkpoint.py), and
+    model/         the compressed model, weights packed at their bit widths (models/_checkpoint.py), and
                    its tokenizer: ``from_pretrained`` and ``AutoTokenizer`` on this folder
     metrics.json   search-time and re-measured objective values, metrics, op report, tolerance, verdict
 

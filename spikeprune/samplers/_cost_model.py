@@ -1,4 +1,4 @@
-"""Predicted costs of any compression config, from the base's spike statistics (stats.py).
+"""Predicted costs of any compression config, from the base's spike statistics (_stats.py).
 
 The predictor builds the spike record the compressed model would produce and hands it to
 ``count_ops``, the same accounting a trial uses: so size, Σ T and max T are exact, and SOPs and
@@ -10,8 +10,8 @@ remain. Per layer l running T_l steps, a population's count is
 where the kept channels (heads and FFN neurons chosen by the same importance ranking as ``prune``)
 come from the per-channel histograms, and the T factor is interpolated between the uniform-T
 simulations the statistics hold (0 at T = 0), at T*_l, the fewest steps of layers 0..l: a layer after a
-short one spikes like the whole model at that short T (over the trials of the demo study this rule
-had a median SOP error of 8 %, against 15 % with each layer's own T). The layer's input is the previous layer's predicted
+short one spikes like the whole model at that short T (this predicts SOPs better than each
+layer's own T; docs/RESULTS.md gives the predictor's error). The layer's input is the previous layer's predicted
 output (layer 0: the encoder's train at T_0), as re-timing keeps counts; each ``*_x_len`` product
 scales with its population's kept share and has its own T factor. A config at a measured uniform T
 is therefore predicted exactly, pruning aside.

@@ -1,7 +1,7 @@
 """``GuidedSampler``: an Optuna sampler that proposes configs on the *predicted* Pareto front.
 
-Every objective but the metric is predicted from the base's spike statistics (costs.py); the
-metric drop is predicted from a score over the sensitivity profile (sensitivity.py): S(c) = Σ over
+Every objective but the metric is predicted from the base's spike statistics (_cost_model.py); the
+metric drop is predicted from a score over the sensitivity profile (_sensitivity.py): S(c) = Σ over
 layers and knobs of the profile's flips at c's value (timesteps through the profile's timestep
 term). S ranks configs well but overcounts (the same borderline examples flip under every small
 cut), and the metric does not fall with it in a line: it holds, then drops off a cliff to about

@@ -12,7 +12,7 @@ What a probe costs is what makes the profile pay for itself. Heads, neurons and 
 probed on the model's training surrogate (``mode="surrogate"``: the converted family's quantized
 network, what its spikes converge to), which runs no timesteps and so costs about one T-th of a
 simulation: those probes see ``SURROGATE_FACTOR`` times more examples for the same time.
-Timesteps are not probed at all: the spike statistics (stats.py) already simulate the whole model
+Timesteps are not probed at all: the spike statistics (_stats.py) already simulate the whole model
 at every uniform T of the space, and those runs' drops and flips (``steps``) give the timestep
 term (``timestep_score``): the power mean, with exponent ``TIMESTEP_POWER``, over the layers of
 the uniform curve at each layer's T. A uniform config scores exactly what was measured; one layer

@@ -1,4 +1,4 @@
-"""Spike statistics of a prepared base, the input of the cost predictor (costs.py).
+"""Spike statistics of a prepared base, the input of the cost predictor (_cost_model.py).
 
 Two things, both measured on the same dev examples:
 

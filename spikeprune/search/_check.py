@@ -1,7 +1,7 @@
 """`spikeprune check`: is a study's storage readable, and can every record in it be used?
 
 It looks where a later command would fail: the journal's bytes (a torn tail, a corrupt line,
-records Optuna cannot replay; ``journal.py``), the study's ``StudyRecord``, every trial's
+records Optuna cannot replay; ``_journal.py``), the study's ``StudyRecord``, every trial's
 ``TrialRecord``, and trials left RUNNING. ``repair`` fixes what can be fixed without guessing:
 a torn tail is recovered, a journal is cut before its first bad line (the rest saved to a
 backup file); trials lost that way are run again when the search resumes.

@@ -1,10 +1,10 @@
 """The search driver: one process owns the study, Ray runs the evaluations.
 
 The driver asks Optuna for a trial, turns its parameters into a CompressionConfig and submits the
-evaluation as a Ray task (worker.py); it keeps ``workers`` tasks in flight with ``ray.wait`` and is
+evaluation as a Ray task (_worker.py); it keeps ``workers`` tasks in flight with ``ray.wait`` and is
 the only process that writes the study. The base (student, importance scores, encoded dev set)
 goes into the object store once and every task gets it by reference. The same code runs on a
-local ``ray.init`` or on a cluster (``ray_address``, cluster.py).
+local ``ray.init`` or on a cluster (``ray_address``, _cluster.py).
 
 Counting: ``n_trials`` is the number of COMPLETE trials the study should hold, whoever ran them,
 so re-running the same command after a crash finishes the job. Early-stopped trials are COMPLETE
@@ -20,7 +20,7 @@ again (``trial._run.EarlyStop``); otherwise it goes on with the rest of the dev 
 baseline always runs in full; the uniform seeds stop like any trial (the deepest of them usually
 collapses, and its first look says so).
 
-Resume (resume.py): trials left RUNNING by a driver that is gone are failed and their parameters
+Resume (_resume.py): trials left RUNNING by a driver that is gone are failed and their parameters
 enqueued again; finished trials are never re-run. A config equal to one already finished, or being
 evaluated, is not evaluated again either: the trial is told that trial's values (``duplicate_of``).
 

@@ -9,7 +9,7 @@ The embedded default is Optuna's journal (``JournalStorage`` over a ``JournalFil
   "database is locked" under concurrent writers;
 - nothing to migrate: no schema, no alembic versions tied to the Optuna release;
 - a crash loses at most the record being appended: a torn last line is recovered when the
-  journal is opened, and a corrupt line is refused with the way out (``journal.py``).
+  journal is opened, and a corrupt line is refused with the way out (``_journal.py``).
 
 Writers take an ``flock`` on ``journal.log.flock`` (``FlockLock``) instead of Optuna's lock files:
 the kernel releases it when the holder dies, so a SIGKILLed driver does not make the next one wait

@@ -69,7 +69,7 @@ def task_env(cpus_per_trial: float) -> dict[str, str]:
     ``import spikeprune`` makes idle OpenMP threads sleep (PASSIVE), which saves a machine whose
     cores are shared but leaves a trial's own threads nothing to gain: on 2 cores a trial with 2
     threads was no faster than with 1. A trial of several CPUs owns them (Ray counts them), so its
-    workers spin instead (ACTIVE: 1.5x faster with 2 threads here, docs/RESULTS.md). A policy the
+    workers spin instead (ACTIVE; docs/DESIGN.md §8). A policy the
     user set is kept, and one thread has nothing to wait for."""
     import spikeprune
 

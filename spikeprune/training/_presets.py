@@ -54,12 +54,12 @@ class Preset:
     checkpoint_every: int
     #: training batches are sorted by length within groups of this many batches (0: plain shuffle)
     length_bucket: int = 0
-    #: the student's family (config.FAMILIES) and, for "converted", its levels per sign and the
+    #: the student's family (FAMILIES in models/_config.py) and, for "converted", its levels per sign and the
     #: percentile of |activation| on calibration batches that sets each population's L·θ
     family: str = "spikingbert"
     levels: int = 8
     calibration_percentile: float = 99.9
-    #: "unit": the converted family's residual-stream populations get per-unit θ (config.py);
+    #: "unit": the converted family's residual-stream populations get per-unit θ (models/_config.py);
     #: a SpikingBERT-family student ignores it
     residual_thresholds: str = "population"
 
@@ -78,11 +78,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            hidden_weight=1.0, attention_weight=1.0, logit_weight=1.0, label_weight=0.0,
            temperature=1.0, labels_only=False,
            eval_examples=32, eval_batch_size=16, checkpoint_every=2),
-    # Minutes on a 2-core CPU. Teacher: 16,000 sentences at lr 1e-4 in length-bucketed batches
-    # reached 87.2 % SST-2 dev (docs/RESULTS.md); 4,000 at 5e-5 gave 80 %.
+    # Minutes on a 2-core CPU. Teacher: 16,000 sentences at lr 1e-4 in length-bucketed batches.
     # Student: the converted family (8 levels per sign, T = 16, per-unit θ on the residual stream),
-    # calibrated, then trained as the quantized network (QAT) on 16,000 sentences. The SpikingBERT family's quick student was
-    # --set family=spikingbert timesteps=4 distill_examples=8000 distill_lr=5e-4 (docs/RESULTS.md).
+    # calibrated, then trained as the quantized network (QAT) on 16,000 sentences. A SpikingBERT-family
+    # student: --set family=spikingbert --set timesteps=4 --set distill_examples=8000 --set distill_lr=5e-4.
     Preset("quick", teacher_examples=16000, teacher_epochs=1, teacher_lr=1e-4, teacher_arch=None,
            batch_size=32, max_length=64, warmup_ratio=0.1, weight_decay=0.01,
            timesteps=16, student_layers=None, threshold=1.0, leak=1.0,
@@ -104,15 +103,14 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 
 #: Values a named preset takes for a task in place of its own (applied before any --set): sentence
 #: pairs are longer than single sentences and their training sets small, so they get a longer
-#: maximum length and several epochs. MRPC's teacher measured 81.4 % / F1 87.4 with these; RTE's
-#: teacher 62.8 % (at lr 1e-4 and batch 32 it stayed near the majority class) and its student
-#: 57.8 % (54.9 % at the default distill_lr 5e-5: 2,490 pairs, 3 epochs of QAT drift further from
-#: the teacher at the higher rate); docs/RESULTS.md. STS-B's teacher reached Pearson 0.856 and its
-#: student 0.857 with MRPC's batch and rate. WNLI takes the same shape, not yet measured.
+#: maximum length and several epochs, in batches of 16. RTE's teacher needs a low rate (at lr 1e-4
+#: and batch 32 it stayed near the majority class) and so does its QAT (on 2,490 pairs, 3 epochs at
+#: the default distill_lr drift further from the teacher); STS-B takes MRPC's batch and rate.
+#: docs/RESULTS.md has the scores. WNLI takes the same shape, not yet measured.
 TASK_VALUES: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
-        # Gold labels mixed into the QAT loss: SST-2's student reached its teacher (87.16 %, 86.24 %
-        # without); the other tasks' students were measured without them.
+        # Gold labels mixed into the QAT loss, so a teacher's wrong answer is not taught as right
+        # (docs/RESULTS.md, "Gold labels in the QAT loss"); the other tasks were measured without.
         "sst2": {"label_weight": 0.5},
         "mrpc": {"max_length": 128, "teacher_epochs": 3, "teacher_lr": 5e-5, "batch_size": 16, "distill_epochs": 3},
         "rte": {"max_length": 128, "teacher_epochs": 6, "teacher_lr": 3e-5, "batch_size": 16, "distill_epochs": 3,
