@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         prepared=args.prepared, space=args.space, study_name=f"orch-{label}-r{r}",
                         n_trials=args.n_trials, workers=workers, cpus_per_trial=cpus, run_dir=scratch,
                         sampler="random", seed=args.seed, glue_dir=args.glue_dir, max_examples=args.max_examples,
-                        early_stopping=False, progress=not args.quiet))
+                        early_stopping=False, progress=not args.quiet)).study
                     wall = time.perf_counter() - t0
                     done = sorted((t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
                                    and TrialRecord.of(t).fresh), key=lambda t: t.number)

@@ -37,9 +37,8 @@ import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before tor
 import plotly.graph_objects as go  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from spikeprune.results import figure_div, page  # noqa: E402
-from spikeprune.results import (analyse_study, baseline_trial, front_hypervolume, is_candidate,  # noqa: E402
-                                        is_duplicate)
+from spikeprune.pareto import baseline_trial, front_hypervolume, is_candidate, is_duplicate  # noqa: E402
+from spikeprune.results import analyse_study, figure_div, page  # noqa: E402
 from spikeprune.records import TrialRecord  # noqa: E402
 from spikeprune import SearchSettings, run_search  # noqa: E402
 
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 sampler=arm.removesuffix("+es"), seed=seed, glue_dir=args.glue_dir,
                 max_examples=args.max_examples, early_stopping=arm == early,
                 population_size=args.population_size, profile_examples=args.profile_examples,
-                progress=not args.quiet)))
+                progress=not args.quiet)).study)
     reference = analyse_study(studies[arms[0]][0]).reference
     figures: dict[str, Any] = {"reference": {"worst": reference.worst, "ideal": reference.ideal,
                                              "objectives": [o.name for o in reference.objectives]}, "arms": {}}

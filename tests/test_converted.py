@@ -269,7 +269,7 @@ def test_prepare_search_and_export_a_converted_base(converted_prepared, tmp_path
     space.write_text("name: conv\nheads: {per_layer: true, min: 1, max: 2}\ntimesteps: {min: 2, max: 8, step: 2}\n"
                      "objectives: [{name: metric, direction: maximize}, {name: sops, direction: minimize}]\n")
     study = run_search(SearchSettings(prepared=converted_prepared, space=space, study_name="conv", n_trials=3,
-                                      workers=2, run_dir=tmp_path, max_examples=16, progress=False))
+                                      workers=2, run_dir=tmp_path, max_examples=16, progress=False)).study
     done = [t for t in study.trials if t.values is not None]
     assert len(done) >= 3
     exported = export_trial(study, done[-1], tmp_path / "export", converted_prepared, glue_dir)

@@ -288,7 +288,7 @@ def test_guided_search_on_ray_resumes(own_base, tmp_path, ray_local, capsys):
                     max_examples=16, profile_examples=16, progress=False)
     run_search(SearchSettings(**settings, n_trials=5))
     assert "probes to run" in capsys.readouterr().err
-    study = run_search(SearchSettings(**settings, n_trials=8))
+    study = run_search(SearchSettings(**settings, n_trials=8)).study
     assert "probes to run" not in capsys.readouterr().err      # the profile came from the base's cache
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     assert len(done) == 8 and not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))

@@ -138,7 +138,7 @@ def test_a_search_resumes_after_its_last_record_was_torn(tiny_prepared, tmp_path
               .get_trials(states=(TrialState.COMPLETE,))}
     assert before, "no trial was finished before the torn record"
 
-    study = run_search(SearchSettings(n_trials=3, **settings))
+    study = run_search(SearchSettings(n_trials=3, **settings)).study
     after = {t.number: t for t in study.trials}
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
     for number, values in before.items():  # every finished trial kept, not re-run

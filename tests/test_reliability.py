@@ -101,7 +101,7 @@ def test_a_worker_killed_mid_trial_is_retried_once_then_failed(tiny_prepared, tm
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        study = run_search(settings(base, tmp_path, n_trials=1, workers=1))
+        study = run_search(settings(base, tmp_path, n_trials=1, workers=1)).study
     finally:
         stop.set()
         thread.join()
@@ -117,7 +117,7 @@ def test_a_worker_killed_mid_trial_is_retried_once_then_failed(tiny_prepared, tm
 
 def test_raising_nan_and_hanging_trials_fail_with_their_reason(tiny_prepared, tmp_path, ray_local):
     base = copy_base(tiny_prepared, tmp_path / "base", "hang", "raise", "nan")
-    study = run_search(settings(base, tmp_path, n_trials=2, trial_timeout=TRIAL_TIMEOUT, max_failures=20))
+    study = run_search(settings(base, tmp_path, n_trials=2, trial_timeout=TRIAL_TIMEOUT, max_failures=20)).study
     assert [kind for kind, _ in claimed(base)] == ["hang", "raise", "nan"]
     count = states(study)
     assert count[TrialState.COMPLETE] == 2 and TrialState.RUNNING not in count
@@ -262,7 +262,7 @@ def test_storage_outage_is_waited_out(tiny_prepared, tmp_path, ray_local, postgr
         thread = threading.Thread(target=outage, daemon=True)
         thread.start()
         try:
-            study = run_search(settings(base, tmp_path, study_name="outage", storage=pg.url, n_trials=3))
+            study = run_search(settings(base, tmp_path, study_name="outage", storage=pg.url, n_trials=3)).study
         finally:
             thread.join(DEADLINE_S)
             logger.removeHandler(seen)

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from spikeprune.threads import default_wait_policy
+
 from spikeprune.cli import commands as c
 from spikeprune.cli.plumbing import (FINITE, NATURAL, NON_NEGATIVE, POSITIVE, POSITIVE_INT, ArgumentParser, add_glue_dir, add_run_dir,
                        add_study_args, port, run_handler)
@@ -214,6 +216,7 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    default_wait_policy()  # before the options' defaults import anything that loads OpenMP
     parser = build_parser()
     args = parser.parse_args(argv)
     return run_handler(args.handler, args)

@@ -27,9 +27,10 @@ from optuna.trial import FrozenTrial, TrialState
 from spikeprune.models._config import CompressionConfig
 from spikeprune.errors import SpikepruneError
 from spikeprune.objectives import METRIC
+from spikeprune.pareto import is_candidate, study_objectives
 from spikeprune.records import StudyRecord, TrialRecord
 
-from spikeprune.results._pareto import analyse_study, is_candidate, study_objectives
+from spikeprune.results._analysis import analyse_study
 
 #: Allowed gap between search-time and re-measured values. The rebuild is deterministic, so only
 #: float reduction order (thread counts) can flip a spike at threshold: the metric may move by a

@@ -15,10 +15,11 @@ import optuna
 import pandas as pd
 
 from spikeprune.errors import SpikepruneError
+from spikeprune.pareto import front_hypervolume, is_feasible
 from spikeprune.records import StudyRecord, TrialRecord
 
 from spikeprune.results import _plots as plots
-from spikeprune.results._pareto import Analysis, analyse_study, front_hypervolume, is_feasible
+from spikeprune.results._analysis import Analysis, analyse_study
 
 FORMATS = ("csv", "parquet", "json")
 

@@ -44,11 +44,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from spikeprune.models._config import CompressionConfig, SpikingBertConfig
-from spikeprune.results._pareto import reference_of, split_trials, study_objectives
 from spikeprune.spaces._schema import SearchSpace
 from spikeprune.trial._run import EarlyStop
 from spikeprune.errors import SpikepruneError
 from spikeprune.objectives import METRIC
+from spikeprune.pareto import reference_of, split_trials, study_objectives
 from spikeprune.records import FORMAT, StudyRecord, TrialRecord
 
 from spikeprune.search._progress import Progress
@@ -127,9 +127,10 @@ class Driver:
     def run(self, base_ref: Any) -> RunStats:
         import ray
 
-        from spikeprune.search._worker import evaluate, task_env
+        from spikeprune.search._worker import evaluate
+        from spikeprune.threads import trial_wait_policy
 
-        env = task_env(self.s.cpus_per_trial)
+        env = trial_wait_policy(self.s.cpus_per_trial)
         self.task = ray.remote(evaluate).options(num_cpus=self.s.cpus_per_trial, num_gpus=self.s.gpus_per_trial,
                                                  max_retries=TASK_RETRIES,
                                                  **({"runtime_env": {"env_vars": env}} if env else {}))

@@ -63,21 +63,6 @@ def task_device(node: str) -> str:
     return "cuda"
 
 
-def task_env(cpus_per_trial: float) -> dict[str, str]:
-    """Environment variables of the Ray workers that run trials of ``cpus_per_trial`` CPUs.
-
-    ``import spikeprune`` makes idle OpenMP threads sleep (PASSIVE), which saves a machine whose
-    cores are shared but leaves a trial's own threads nothing to gain: on 2 cores a trial with 2
-    threads was no faster than with 1. A trial of several CPUs owns them (Ray counts them), so its
-    workers spin instead (ACTIVE; docs/DESIGN.md §8). A policy the
-    user set is kept, and one thread has nothing to wait for."""
-    import spikeprune
-
-    if int(cpus_per_trial) < 2 or spikeprune._OMP_POLICY_FROM_USER:
-        return {}
-    return {"OMP_WAIT_POLICY": "ACTIVE"}
-
-
 def placement() -> dict[str, str]:
     """Where this task runs: the Ray node (its address and the start of its id; ``local`` outside
     Ray) and the process."""

@@ -18,7 +18,7 @@ dev set for the first look, the metric margin by which a trial must be beaten to
 fractions of later looks, which stop a trial that cannot reach the metric floor or that a fully
 evaluated trial outruns);
 ``reference`` gives the worst value hypervolume counts per objective (``{metric: -0.5}``), which
-is otherwise derived from the dense baseline (``results/_pareto.py``); ``sampler`` names the
+is otherwise derived from the dense baseline (``spikeprune/pareto.py``); ``sampler`` names the
 sampler its searches use unless ``--sampler`` names another (``knobs.SAMPLERS``).
 
 Timesteps may go above the base model's T: the model was trained on equilibrium rates, so more
