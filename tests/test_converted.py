@@ -18,30 +18,10 @@ from spikeprune.models._record import SimRecord
 from spikeprune.models._model import SpikingBertForSequenceClassification
 from spikeprune.errors import SpikepruneError
 
+from helpers import tiny_model
+
 IDS = torch.tensor([[5, 17, 3, 9, 44, 2, 8], [1, 30, 12, 0, 0, 0, 0], [7, 7, 21, 40, 11, 13, 0]])
 MASK = (IDS != 0).long()
-
-
-def config(**changes) -> SpikingBertConfig:
-    cfg = SpikingBertConfig(vocab_size=50, hidden_size=16, num_layers=2, head_dim=4, heads=2, intermediate_sizes=24,
-                            timesteps=6, max_position_embeddings=16, family="converted", levels=4, readout="cls")
-    return dataclasses.replace(cfg, **changes)
-
-
-def model(**changes) -> SpikingBertForSequenceClassification:
-    """Random weights and thresholds; with residual_thresholds="unit", random unit scales too."""
-    torch.manual_seed(0)
-    m = SpikingBertForSequenceClassification(config(**changes)).eval()
-    with torch.no_grad():
-        m.encoder_threshold.fill_(0.5)
-        for layer in m.layers:
-            layer.thresholds.copy_(torch.rand(len(layer.thresholds)) * 0.4 + 0.2)
-            if layer.unit_scales is not None:
-                layer.unit_scales.copy_(torch.rand(layer.unit_scales.shape) * 1.5 + 0.25)
-        if m.encoder_scales is not None:
-            m.encoder_scales.copy_(torch.rand(m.encoder_scales.shape) * 1.5 + 0.25)
-    return m
-
 
 #: Both ways of thresholding the residual stream, for the tests every model must pass.
 RESIDUAL_MODES = pytest.mark.parametrize("residual", ["population", "unit"])
@@ -84,7 +64,7 @@ def test_retime_keeps_the_counts():
 
 @RESIDUAL_MODES
 def test_batched_equals_lockstep_bit_for_bit(residual):
-    m = model(residual_thresholds=residual)
+    m = tiny_model(residual_thresholds=residual)
     with torch.no_grad():
         b = m(IDS, MASK, mode="batched", record=True)
         l = m(IDS, MASK, mode="lockstep", record=True)
@@ -99,10 +79,9 @@ def test_batched_equals_lockstep_bit_for_bit(residual):
 def test_slicing_a_batch_changes_nothing(family, monkeypatch):
     """A batch simulated in slices of one example gives the logits, scores and counts of one piece."""
     if family == "converted":
-        m = model()
+        m = tiny_model()
     else:
-        torch.manual_seed(0)
-        m = SpikingBertForSequenceClassification(config(family=family, timesteps=4)).eval()
+        m = tiny_model(family, levels=4, readout="cls")
     with torch.no_grad():
         whole = m(IDS, MASK, mode="batched", record=True)
         monkeypatch.setattr(m, "slice_bytes", 1)
@@ -115,7 +94,7 @@ def test_slicing_a_batch_changes_nothing(family, monkeypatch):
 
 @RESIDUAL_MODES
 def test_enough_steps_reproduce_the_quantized_network_exactly(residual):
-    m = model(residual_thresholds=residual)
+    m = tiny_model(residual_thresholds=residual)
     with torch.no_grad():
         quantized = m(IDS, MASK, mode="surrogate")
         for steps in (16, 32):
@@ -155,7 +134,7 @@ def test_counts_by_hand():
 
 
 def test_recorded_counts_are_spikes_of_either_sign():
-    m = model()
+    m = tiny_model()
     with torch.no_grad():
         out = m(IDS, MASK, mode="batched", record=True)
     report = count_ops(m.config, out.record)
@@ -166,7 +145,7 @@ def test_recorded_counts_are_spikes_of_either_sign():
 
 @RESIDUAL_MODES
 def test_pruning_masking_quantization_and_saving(tmp_path, residual):
-    m = model(residual_thresholds=residual)
+    m = tiny_model(residual_thresholds=residual)
     scores = {f"grad.{unit}.{l}": torch.arange(size, dtype=torch.float32)
               for l in range(2) for unit, size in (("head", 2), ("neuron", 24))}
     pruned, masked = prune(m, 1, 12, scores), mask(m, 1, 12, scores)
@@ -184,7 +163,7 @@ def test_pruning_masking_quantization_and_saving(tmp_path, residual):
 
 @RESIDUAL_MODES
 def test_surrogate_training_moves_weights_and_thresholds(residual):
-    m = model(residual_thresholds=residual).train()
+    m = tiny_model(residual_thresholds=residual).train()
     labels = torch.tensor([0, 1, 1])
     out = m(IDS, MASK, labels=labels, mode="surrogate")
     out.loss.backward()
@@ -236,7 +215,7 @@ def test_unit_thresholds_need_the_converted_family():
     with pytest.raises(SpikepruneError, match="residual_thresholds='unit'"):
         SpikingBertConfig(residual_thresholds="unit")
     with pytest.raises(SpikepruneError, match="residual_thresholds 'channel' is unknown"):
-        config(residual_thresholds="channel")
+        SpikingBertConfig(family="converted", residual_thresholds="channel")
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +229,7 @@ def converted_prepared(tmp_path_factory, glue_dir):
     return prepare("sst2", glue_dir, tmp_path_factory.mktemp("converted"), preset=preset)
 
 
+@pytest.mark.integration
 def test_prepare_search_and_export_a_converted_base(converted_prepared, tmp_path, glue_dir, ray_local):
     from spikeprune import (BaseBundle, CompressionConfig, PreparedRecord, SearchSettings, export_trial,
                             run_search, run_trial)

@@ -13,6 +13,8 @@ from spikeprune.records import StudyRecord
 
 from tiny_spaces import TINY_KNOBS
 
+pytestmark = pytest.mark.integration  # every test here starts Ray, PostgreSQL or a cluster
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 

@@ -400,7 +400,6 @@ def test_export_folder_stays_inside_output(tmp_path):
         trial_dir(tmp_path / "out", trial)
 
 
-@pytest.mark.slow
 def test_export_rebuilds_saves_and_remeasures(tmp_path, glue_dir, tiny_prepared):
     """End to end on a tiny prepared base: a trial measured by the kernel exports as a folder whose
     re-measured values match; a trial whose stored values were altered is reported as failing."""

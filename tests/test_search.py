@@ -75,6 +75,7 @@ def check_trial_record(study: optuna.Study, trial, dev_size: int) -> None:
     assert trial.constraints == pytest.approx({"metric_min": 0.3 - metric})
 
 
+@pytest.mark.integration
 def test_search_end_to_end_on_the_journal(tiny_prepared, space_file, tmp_path, ray_local, capsys):
     result = run_search(settings(tiny_prepared, space_file, tmp_path, n_trials=6))
     study = result.study
@@ -112,6 +113,7 @@ def test_search_end_to_end_on_the_journal(tiny_prepared, space_file, tmp_path, r
     assert "objectives accuracy (max), sops (min)" in status and "accuracy" in status.split("Pareto front:")[1]
 
 
+@pytest.mark.integration
 def test_resume_after_the_driver_is_killed(tiny_prepared, space_file, tmp_path, ray_local):
     journal = tmp_path / "r" / "journal.log"
     command = [sys.executable, "-m", "spikeprune", "search", "--prepared", str(tiny_prepared), "--space", str(space_file),
@@ -171,6 +173,7 @@ def test_resume_after_the_driver_is_killed(tiny_prepared, space_file, tmp_path, 
     assert after[0].user_attrs["baseline"] and study.user_attrs["spikeprune"]["reference"]
 
 
+@pytest.mark.integration
 def test_postgres_study(tiny_prepared, space_file, tmp_path, ray_local, postgres_url):
     name = f"pg-{uuid.uuid4().hex[:8]}"
     study = run_search(settings(tiny_prepared, space_file, tmp_path, study_name=name, storage=postgres_url,
@@ -184,6 +187,7 @@ def test_postgres_study(tiny_prepared, space_file, tmp_path, ray_local, postgres
     assert name in study_status(postgres_url)
 
 
+@pytest.mark.integration
 def test_resuming_with_another_space_is_refused(tiny_prepared, space_file, tmp_path, ray_local):
     run_search(settings(tiny_prepared, space_file, tmp_path, study_name="x", n_trials=1, early_stopping=False))
     other = tmp_path / "other.yaml"
@@ -192,6 +196,7 @@ def test_resuming_with_another_space_is_refused(tiny_prepared, space_file, tmp_p
         run_search(settings(tiny_prepared, other, tmp_path, study_name="x", n_trials=2))
 
 
+@pytest.mark.integration
 def test_a_space_names_its_sampler_and_the_command_line_overrides_it(tiny_prepared, space_file, tmp_path, ray_local):
     """A space's ``sampler`` is the search's unless the settings name one (a resume may change it);
     a space without one gets TPE."""
@@ -207,6 +212,7 @@ def test_a_space_names_its_sampler_and_the_command_line_overrides_it(tiny_prepar
     assert isinstance(plain.sampler, optuna.samplers.TPESampler)
 
 
+@pytest.mark.integration
 def test_trials_that_cannot_reach_the_hypervolume_reference_stop_at_their_look(tiny_prepared, tmp_path, ray_local):
     """The metric floor of early stopping includes the hypervolume reference: with the reference at
     0.999, a trial whose look of 8 examples scores at most half right (the upper end of its 95 %
@@ -223,7 +229,7 @@ def test_trials_that_cannot_reach_the_hypervolume_reference_stop_at_their_look(t
     assert not baseline.user_attrs["early_stopped"] and baseline.user_attrs["examples"] == MAX_EXAMPLES
 
 
-def test_kernel_errors_come_back_as_data(tiny_prepared):
+def test_trial_function_errors_come_back_as_data(tiny_prepared):
     from spikeprune.trial._base import BaseBundle
     from spikeprune.search._worker import evaluate
 
@@ -319,6 +325,7 @@ def test_cli_reports_bad_input_as_one_line(tmp_path, capsys):
     assert "no study journal at" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_export_remeasures_with_the_search_seed(tiny_prepared, tmp_path, glue_dir, ray_local, capsys):
     """A `--seed 3` search whose trials run recovery: the study records its seed and the export
     rebuilds (recovery data and order) with it, so it re-measures what the search measured."""
@@ -339,6 +346,7 @@ def test_export_remeasures_with_the_search_seed(tiny_prepared, tmp_path, glue_di
     assert metrics["ok"] and metrics["measured"] == pytest.approx(metrics["search"], abs=0)
 
 
+@pytest.mark.integration
 def test_a_resumed_random_search_does_not_replay_its_first_draws(tiny_prepared, space_file, tmp_path, ray_local):
     """A seeded sampler re-created on resume would draw its first configs again; the resumed run is
     seeded by resume_seed instead (the 40-trial benchmark of 2026-12-02 found 16 replayed duplicates)."""
