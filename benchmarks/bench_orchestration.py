@@ -10,7 +10,7 @@ In one local Ray session it measures
   and 4x0.5; a worker with half a CPU runs one thread). Each search starts with that many warm
   Ray workers, as a long search has after its first trials. Per layout: trials per hour (from the
   wall time of ``run_search``), and per trial where the time goes: ``dispatch`` (submission to
-  the task starting: scheduling, the base reaching the worker and being unpickled), the kernel's
+  the task starting: scheduling, the base reaching the worker and being unpickled), the trial function's
   compress/recover/eval/count seconds, and the rest of the trial's Optuna duration (``driver``:
   ask, tell, storage, waiting for the driver's loop). Orchestration = dispatch + driver, as a
   share of the trial's duration. With ``--rounds R`` every layout runs R times, round r in an

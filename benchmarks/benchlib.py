@@ -262,8 +262,8 @@ def write_json(path: Path, data: Any) -> None:
 
 
 # ------------------------------------------------------------------------ search benchmarks
-def kernel_parser(name: str, description: str) -> argparse.ArgumentParser:
-    """The options of the scripts that run the trial kernel on a prepared base's dev set."""
+def trial_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """The options of the scripts that run the trial function on a prepared base's dev set."""
     p = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=description)
     p.add_argument("--prepared", type=Path, required=True, help="prepared base (`spikeprune prepare`)")
     p.add_argument("--glue-dir", default=None, help="GLUE folder (default: the one the base recorded)")

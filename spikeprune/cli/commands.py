@@ -177,7 +177,7 @@ def settings_from_args(args: argparse.Namespace) -> "SearchSettings":
 
     keys = ("prepared", "space", "task", "study_name", "n_trials", "workers", "storage", "run_dir", "sampler",
             "seed", "ray_address", "cpus_per_trial", "gpus_per_trial", "glue_dir", "energy", "max_examples",
-            "early_stopping", "max_failures", "progress", "trial_timeout", "storage_patience", "kernel", "reference",
+            "early_stopping", "max_failures", "progress", "trial_timeout", "storage_patience", "trial_function", "reference",
             "profile_examples")
     return SearchSettings(**{k: getattr(args, k) for k in keys})
 

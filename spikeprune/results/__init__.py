@@ -11,6 +11,7 @@ _API: dict[str, str] = {
     "write_images": "spikeprune.results._report",
     "trials_frame": "spikeprune.results._tables",
     "write_trials": "spikeprune.results._tables",
+    "read_trials": "spikeprune.results._tables",
     "compare_fronts": "spikeprune.results._tables",
     "select_trials": "spikeprune.results._export",
     "export_trial": "spikeprune.results._export",

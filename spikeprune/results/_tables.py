@@ -115,7 +115,8 @@ def write_trials(study: optuna.Study, path: str | Path, fmt: str | None = None) 
 
 
 def read_trials(path: str | Path, fmt: str | None = None) -> pd.DataFrame:
-    """Read a table written by ``write_trials`` back (dates parsed)."""
+    """Read a table that ``write_trials`` (``spikeprune trials --out``) wrote, dates parsed: the
+    trials of a study as a frame without opening its storage."""
     path = Path(path)
     fmt = _format(path, fmt)
     if fmt == "csv":

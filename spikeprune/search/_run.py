@@ -18,7 +18,7 @@ from spikeprune.search._driver import Driver, RunStats
 from spikeprune.search._settings import SearchSettings
 from spikeprune.search._storage import RetryingStorage, default_storage, describe, open_storage
 from spikeprune.search._study import open_study, quiet_optuna
-from spikeprune.search._worker import load_kernel
+from spikeprune.search._worker import load_trial_function
 
 
 @dataclass
@@ -67,7 +67,7 @@ def run_search(settings: SearchSettings) -> SearchResult:
     if settings.energy:
         from spikeprune.costs._ops import resolve_energy
         resolve_energy(energy)
-    load_kernel(settings.kernel)  # torch and the model code: after the cheap checks
+    load_trial_function(settings.trial_function)  # torch and the model code: after the cheap checks
     import torch
 
     if settings.gpus_per_trial > 0 and settings.ray_address is None and not torch.cuda.is_available():

@@ -246,7 +246,7 @@ class SearchSpace:
         return [o.name for o in self.objectives]
 
     def objective_values(self, measured: Mapping[str, float]) -> list[float]:
-        """Trial values in objective order, from the kernel's ``TrialResult.objectives``."""
+        """Trial values in objective order, from the trial function's ``TrialResult.objectives``."""
         return [float(_measured(measured, o.name)) for o in self.objectives]
 
     def constraint_values(self, measured: Mapping[str, float]) -> dict[str, float]:
