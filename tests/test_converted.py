@@ -4,6 +4,7 @@ pipeline (surrogate training, pruning, quantization, save/load) working on it.""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,29 +219,36 @@ def test_unit_thresholds_need_the_converted_family():
         SpikingBertConfig(family="converted", residual_thresholds="channel")
 
 
-@pytest.fixture(scope="module")
-def converted_prepared(tmp_path_factory, glue_dir):
-    """A tiny prepared base of the converted family (calibrated thresholds, a short QAT distillation)."""
+@pytest.fixture(scope="module", params=["converted", "spikingbert"])
+def family_prepared(request, tmp_path_factory, glue_dir) -> tuple[str, Path]:
+    """A tiny prepared base of each family at T = 8: the converted one as the quick preset makes it
+    (calibrated thresholds, a short QAT distillation), the SpikingBERT one with its readout
+    standardised and a surrogate distillation."""
     from spikeprune.training._prepare import prepare
     from spikeprune.training._presets import PRESETS
 
-    preset = dataclasses.replace(PRESETS["tiny"], family="converted", levels=4, timesteps=8,
-                                 residual_thresholds="unit")  # as the quick preset
-    return prepare("sst2", glue_dir, tmp_path_factory.mktemp("converted"), preset=preset)
+    preset = dataclasses.replace(PRESETS["tiny"], family=request.param, timesteps=8)
+    return request.param, prepare("sst2", glue_dir, tmp_path_factory.mktemp(request.param), preset=preset)
 
 
 @pytest.mark.integration
-def test_prepare_search_and_export_a_converted_base(converted_prepared, tmp_path, glue_dir, ray_local):
+def test_prepare_search_and_export_a_base_of_each_family(family_prepared, tmp_path, glue_dir, ray_local):
     from spikeprune import (BaseBundle, CompressionConfig, PreparedRecord, SearchSettings, export_trial,
                             run_search, run_trial)
 
-    record = PreparedRecord.read(converted_prepared)
-    assert record.preset_config["family"] == "converted" and record.timesteps == [8, 8]
-    base = BaseBundle.load(converted_prepared, glue_dir)
-    assert base.student.config.family == "converted" and base.student.config.readout == "cls"
-    assert all((layer.thresholds > 0).all() for layer in base.student.layers)
+    family, prepared = family_prepared
+    record = PreparedRecord.read(prepared)
+    assert record.preset_config["family"] == family and record.timesteps == [8, 8]
+    base = BaseBundle.load(prepared, glue_dir)
+    assert base.student.config.family == family
+    if family == "converted":   # calibrated thresholds and the teacher's [CLS] pooler
+        assert base.student.config.readout == "cls"
+        assert all((layer.thresholds > 0).all() for layer in base.student.layers)
+    else:                       # the mean rate, standardised
+        assert base.student.config.readout == "mean"
     dense = run_trial(base, CompressionConfig(), max_examples=16)
-    assert dense.report.firing_rates[0]["context"] > 0  # the attention path carries spikes
+    if family == "converted":
+        assert dense.report.firing_rates[0]["context"] > 0  # the attention path carries spikes
     small = run_trial(base, CompressionConfig(heads=1, neurons=32, timesteps=[4, 8], weight_bits=4,
                                               recovery_steps=1), max_examples=16)
     assert small.report.sops < dense.report.sops
@@ -248,9 +256,9 @@ def test_prepare_search_and_export_a_converted_base(converted_prepared, tmp_path
     space = tmp_path / "space.yaml"
     space.write_text("name: conv\nheads: {per_layer: true, min: 1, max: 2}\ntimesteps: {min: 2, max: 8, step: 2}\n"
                      "objectives: [{name: metric, direction: maximize}, {name: sops, direction: minimize}]\n")
-    study = run_search(SearchSettings(prepared=converted_prepared, space=space, study_name="conv", n_trials=3,
+    study = run_search(SearchSettings(prepared=prepared, space=space, study_name="conv", n_trials=3,
                                       workers=2, run_dir=tmp_path, max_examples=16, progress=False)).study
     done = [t for t in study.trials if t.values is not None]
     assert len(done) >= 3
-    exported = export_trial(study, done[-1], tmp_path / "export", converted_prepared, glue_dir)
+    exported = export_trial(study, done[-1], tmp_path / "export", prepared, glue_dir)
     assert exported.ok, exported.problems

@@ -73,16 +73,18 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    # Seconds, for tests: a 2-layer random BERT of width 32 on a few dozen examples.
+    # Seconds, for tests: a 2-layer random BERT of width 32 on a few dozen examples, and a student
+    # of the default family (the quick preset's) with 4 levels per sign.
     Preset("tiny", teacher_examples=48, teacher_epochs=1, teacher_lr=1e-3,
            teacher_arch=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                              intermediate_size=64),
            batch_size=8, max_length=32, warmup_ratio=0.1, weight_decay=0.01,
-           family="spikingbert", timesteps=2, student_layers=None,
+           family="converted", timesteps=2, student_layers=None,
            distill_examples=48, distill_epochs=1, distill_lr=1e-3,
            hidden_weight=1.0, attention_weight=1.0, logit_weight=1.0, label_weight=0.0,
            temperature=1.0,
-           eval_examples=32, eval_batch_size=16, checkpoint_every=2),
+           eval_examples=32, eval_batch_size=16, checkpoint_every=2,
+           levels=4, residual_thresholds="unit"),
     # Minutes on a 2-core CPU. Teacher: 16,000 sentences at lr 1e-4 in length-bucketed batches.
     # Student: the converted family (8 levels per sign, T = 16, per-unit θ on the residual stream),
     # calibrated, then trained as the quantized network (QAT) on 16,000 sentences. A SpikingBERT-family
