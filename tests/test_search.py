@@ -327,10 +327,12 @@ def test_cli_reports_bad_input_as_one_line(tmp_path, capsys):
 
 @pytest.mark.integration
 def test_export_remeasures_with_the_search_seed(tiny_prepared, tmp_path, glue_dir, ray_local, capsys):
-    """A `--seed 3` search whose trials run recovery: the study records its seed and the export
-    rebuilds (recovery data and order) with it, so it re-measures what the search measured."""
+    """A `--seed 3` search whose trials run recovery and prune by activity: the study records its
+    seed and space and the export rebuilds (recovery data and order, the units kept) with them, so
+    it re-measures what the search measured."""
     space = tmp_path / "recover.yaml"
     space.write_text("name: recover\nheads: 1\nneurons: 32\ntimesteps: {min: 1, max: 2}\nrecovery_steps: 2\n"
+                     "importance: activity\n"
                      "objectives: [{name: metric, direction: maximize}, {name: sops, direction: minimize}]\n")
     common = ["--run-dir", str(tmp_path), "--glue-dir", str(glue_dir)]
     assert cli_main(["search", "--prepared", str(tiny_prepared), "--space", str(space), "--study", "seeded",

@@ -77,7 +77,7 @@ def run_search(settings: SearchSettings) -> SearchResult:
 
     # Everything a trial reads travels with the base through the object store (not by path).
     recovers = max(space.knobs["recovery_steps"].values() or [0]) > 0
-    base = BaseBundle.load(settings.prepared, settings.glue_dir, recovery=recovers)
+    base = BaseBundle.load(settings.prepared, settings.glue_dir, importance_method=space.importance, recovery=recovers)
     if settings.task and settings.task != base.task:
         raise SpikepruneError(f"--task {settings.task} but {settings.prepared} was prepared for {base.task}")
     model = base.student.config
