@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -21,7 +20,7 @@ from spikeprune.search._study import open_study, quiet_optuna
 from spikeprune.search._worker import load_trial_function
 
 
-@dataclass
+@dataclasses.dataclass
 class SearchResult:
     """What one ``run_search`` call did: the study, this run's statistics, the settings it ran with
     (sampler resolved) and where the study is stored."""
@@ -42,6 +41,7 @@ class SearchResult:
         return self.stats.failed >= self.settings.max_failures
 
     def summary(self) -> str:
+        """What the run did, in the lines ``run_search`` prints when it ends."""
         stats = self.stats
         lines = [f"study {self.study.study_name} ({self.location}): this run finished {stats.finished} trials "
                  f"({stats.early_stopped} stopped early, {stats.duplicates} duplicates), {stats.failed} failed"]
