@@ -17,7 +17,7 @@ endif
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test services clean
+.PHONY: venv demo test test-fast services clean
 
 # venv: create .venv and install the package (editable) with its test extras. torch goes first,
 # pinned by constraints-cpu.txt, so that no dependency pulls a multi-GB CUDA build.
@@ -35,11 +35,11 @@ $(STAMP): pyproject.toml constraints-cpu.txt | $(VENV)/bin/python
 # Environment for anything that runs the package: fail fast on Hugging Face hub access (there is
 # no internet here), keep Ray on 127.0.0.1, without usage stats or token auth (docs/DESIGN.md §8).
 # A value already set in the environment wins. The tests read the GLUE data from SPIKEPRUNE_GLUE_DIR.
-demo test: export SPIKEPRUNE_GLUE_DIR := $(GLUE_DIR)
-demo test: export HF_HUB_OFFLINE ?= 1
-demo test: export RAY_USAGE_STATS_ENABLED ?= 0
-demo test: export RAY_AUTH_MODE ?= disabled
-demo test: export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
+demo test test-fast: export SPIKEPRUNE_GLUE_DIR := $(GLUE_DIR)
+demo test test-fast: export HF_HUB_OFFLINE ?= 1
+demo test test-fast: export RAY_USAGE_STATS_ENABLED ?= 0
+demo test test-fast: export RAY_AUTH_MODE ?= disabled
+demo test test-fast: export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 
 # demo: the end-to-end demo of the CLI, on the GLUE data when it is there.
 demo: venv
@@ -50,6 +50,12 @@ demo: venv
 test: venv services
 	eval "$$(bash scripts/services.sh env)"; \
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) || { \
+		rc=$$?; [ $$rc -ne 5 ] || echo "error: pytest collected no tests" >&2; exit $$rc; }
+
+# test-fast: the edit loop, every test but the integration ones (Ray, PostgreSQL, clusters, servers,
+# the browser), so no service is started. `make test` still runs everything.
+test-fast: venv
+	$(VENV)/bin/python -m pytest -q -m "not integration" $(PYTEST_ARGS) || { \
 		rc=$$?; [ $$rc -ne 5 ] || echo "error: pytest collected no tests" >&2; exit $$rc; }
 
 # services: install (if missing) and start PostgreSQL on 127.0.0.1:55432 and chromium; idempotent.

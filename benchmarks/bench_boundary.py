@@ -28,7 +28,7 @@ SCHEDULES: list[list[int]] = [[4, 4, 3, 3, 2, 2], [2, 2, 3, 3, 4, 4], [4, 2, 4, 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = benchlib.kernel_parser("bench_boundary", __doc__.splitlines()[0]).parse_args(argv)
+    args = benchlib.trial_parser("bench_boundary", __doc__.splitlines()[0]).parse_args(argv)
 
     base = BaseBundle.load(args.prepared, args.glue_dir)
     layers = base.student.config.num_layers

@@ -2,7 +2,7 @@
 
 For each prepared base (any task, either family): the teacher's dev metric (from its
 prepare.json), the majority class, and the student's metric with every layer at T steps (the
-trial kernel with only ``timesteps`` changed, the full dev set unless --max-examples), with the
+trial function with only ``timesteps`` changed, the full dev set unless --max-examples), with the
 attention context's firing rate, so a dead attention path shows. One table row per base and T.
 
 ``--quantization-loss`` asks where a converted base loses accuracy instead: its quantized network

@@ -10,7 +10,7 @@ In one local Ray session it measures
   and 4x0.5; a worker with half a CPU runs one thread). Each search starts with that many warm
   Ray workers, as a long search has after its first trials. Per layout: trials per hour (from the
   wall time of ``run_search``), and per trial where the time goes: ``dispatch`` (submission to
-  the task starting: scheduling, the base reaching the worker and being unpickled), the kernel's
+  the task starting: scheduling, the base reaching the worker and being unpickled), the trial function's
   compress/recover/eval/count seconds, and the rest of the trial's Optuna duration (``driver``:
   ask, tell, storage, waiting for the driver's loop). Orchestration = dispatch + driver, as a
   share of the trial's duration. With ``--rounds R`` every layout runs R times, round r in an
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         prepared=args.prepared, space=args.space, study_name=f"orch-{label}-r{r}",
                         n_trials=args.n_trials, workers=workers, cpus_per_trial=cpus, run_dir=scratch,
                         sampler="random", seed=args.seed, glue_dir=args.glue_dir, max_examples=args.max_examples,
-                        early_stopping=False, progress=not args.quiet))
+                        early_stopping=False, progress=not args.quiet)).study
                     wall = time.perf_counter() - t0
                     done = sorted((t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE
                                    and TrialRecord.of(t).fresh), key=lambda t: t.number)

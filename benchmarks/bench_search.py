@@ -10,7 +10,7 @@ which every study measures identically) over fully evaluated trials, after each 
 
 Prints, per arm, the hypervolume after 10, 20, ... trials (median and range over seeds), the fewest
 SOPs among fully evaluated trials within ``--max-drop`` of the baseline's metric, the dev examples
-evaluated, the seconds trials spent in the kernel and how many stopped early, and the hypervolume
+evaluated, the seconds trials spent in the trial function and how many stopped early, and the hypervolume
 of all arms' trials pooled (the best front the benchmark found: a yardstick for the ratios); writes
 the figures as JSON and an offline HTML page with the curves.
 
@@ -37,9 +37,8 @@ import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before tor
 import plotly.graph_objects as go  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from spikeprune.results import figure_div, page  # noqa: E402
-from spikeprune.results import (analyse_study, baseline_trial, front_hypervolume, is_candidate,  # noqa: E402
-                                        is_duplicate)
+from spikeprune.pareto import baseline_trial, front_hypervolume, is_candidate, is_duplicate  # noqa: E402
+from spikeprune.results import analyse_study, figure_div, page  # noqa: E402
 from spikeprune.records import TrialRecord  # noqa: E402
 from spikeprune import SearchSettings, run_search  # noqa: E402
 
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 sampler=arm.removesuffix("+es"), seed=seed, glue_dir=args.glue_dir,
                 max_examples=args.max_examples, early_stopping=arm == early,
                 population_size=args.population_size, profile_examples=args.profile_examples,
-                progress=not args.quiet)))
+                progress=not args.quiet)).study)
     reference = analyse_study(studies[arms[0]][0]).reference
     figures: dict[str, Any] = {"reference": {"worst": reference.worst, "ideal": reference.ideal,
                                              "objectives": [o.name for o in reference.objectives]}, "arms": {}}
@@ -223,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               benchlib.median([r["hypervolume"][-1] for r in plain]))
         figures["early_stopping"] = {"sampler": args.early_stopping_arm, "examples_ratio": ratio["examples"],
                                      "kernel_s_ratio": ratio["kernel_s"], "final_hv_early": hv[0], "final_hv_plain": hv[1]}
-        print(f"early stopping: {ratio['examples']:.0%} of the dev examples and {ratio['kernel_s']:.0%} of the kernel "
+        print(f"early stopping: {ratio['examples']:.0%} of the dev examples and {ratio['kernel_s']:.0%} of the trial-function "
               f"seconds of plain {args.early_stopping_arm} (median of per-seed ratios); final hypervolume "
               f"{hv[0]:.3f} vs {hv[1]:.3f}")
     if guided:

@@ -30,7 +30,7 @@ NAME = "bench_timesteps"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = benchlib.kernel_parser(NAME, __doc__.splitlines()[0])
+    p = benchlib.trial_parser(NAME, __doc__.splitlines()[0])
     p.add_argument("--steps", type=int, nargs="+", default=[12, 8, 4], help="cut T values (default 12 8 4)")
     p.set_defaults(max_examples=64)
     args = p.parse_args(argv)

@@ -5,8 +5,8 @@ is a median over repeated rounds, and every comparison is a ratio of runs interl
 rounds (round r runs each variant once, in an order rotated by r), so a burst of load from
 elsewhere hits all variants alike.
 
-Import this module before torch: importing ``spikeprune`` first sets ``OMP_WAIT_POLICY=PASSIVE`` (unless the environment sets
-it) before any OpenMP runtime loads. With the default (spinning) policy, idle OpenMP threads of
+Import this module before torch: it sets ``OMP_WAIT_POLICY=PASSIVE`` (unless the environment sets
+it, ``spikeprune.threads``) before any OpenMP runtime loads. With the default (spinning) policy, idle OpenMP threads of
 torch and of numba's parallel IF kernel spin on the cores after every parallel region; when the
 cores are also busy with other work, every region then waits for the scheduler, which can make a
 forward pass with 2 threads many times slower than with 1 (docs/DESIGN.md §8). Run with
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import os
 
-import spikeprune  # noqa: F401  (first: it sets OMP_WAIT_POLICY before torch loads its OpenMP runtime)
+from spikeprune.threads import default_wait_policy
+
+default_wait_policy()  # first: before torch loads its OpenMP runtime
 
 import argparse
 import json
@@ -260,8 +262,8 @@ def write_json(path: Path, data: Any) -> None:
 
 
 # ------------------------------------------------------------------------ search benchmarks
-def kernel_parser(name: str, description: str) -> argparse.ArgumentParser:
-    """The options of the scripts that run the trial kernel on a prepared base's dev set."""
+def trial_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """The options of the scripts that run the trial function on a prepared base's dev set."""
     p = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=description)
     p.add_argument("--prepared", type=Path, required=True, help="prepared base (`spikeprune prepare`)")
     p.add_argument("--glue-dir", default=None, help="GLUE folder (default: the one the base recorded)")

@@ -1,6 +1,6 @@
 """One config per compression axis on a prepared base: the README's compression table.
 
-Runs the trial kernel (the same one the search uses) on the whole dev set for the dense student,
+Runs the trial function (the same one the search uses) on the whole dev set for the dense student,
 heads-only, neurons-only, timesteps-only and bits-only compression and one joint config, and prints
 metric, synaptic operations, energy (float45nm and int45nm) and Σ T per example.
 
@@ -34,7 +34,7 @@ def configs(model: SpikingBertConfig) -> dict[str, CompressionConfig]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = benchlib.kernel_parser("compression_table", __doc__.splitlines()[0]).parse_args(argv)
+    args = benchlib.trial_parser("compression_table", __doc__.splitlines()[0]).parse_args(argv)
 
     base = BaseBundle.load(args.prepared, args.glue_dir)
     rows = {}

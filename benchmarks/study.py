@@ -29,8 +29,8 @@ import benchlib  # noqa: E402  (first: it sets the OpenMP wait policy before tor
 import plotly.graph_objects as go  # noqa: E402
 from plotly.subplots import make_subplots  # noqa: E402
 
+from spikeprune.pareto import baseline_trial  # noqa: E402
 from spikeprune.results import figure_div, page  # noqa: E402
-from spikeprune.results import baseline_trial  # noqa: E402
 from spikeprune.objectives import dominates  # noqa: E402
 from spikeprune import SearchSettings, run_search  # noqa: E402
 
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 prepared=prepared, space=space, study_name=f"{NAME}-{task}-{label}", n_trials=args.n_trials,
                 workers=args.workers, run_dir=args.run_dir, sampler=args.sampler, seed=args.seed,
                 glue_dir=args.glue_dir, energy=args.energy, early_stopping=False, max_examples=args.max_examples,
-                progress=not args.quiet))
+                progress=not args.quiet)).study
             timings[label] = benchlib.span_s(study.get_trials(deepcopy=False))
             per_space[label], baselines[label] = collect(study)
         baseline = next(b for b in baselines.values() if b is not None)

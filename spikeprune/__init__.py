@@ -7,7 +7,7 @@ The workflow, each step one call (the ``spikeprune`` command calls exactly these
 
     base = sp.prepare("sst2", "../shared/glue", "runs", preset="quick")    # teacher + spiking student
     result = sp.run_trial(sp.BaseBundle.load(base), sp.CompressionConfig(heads=6, timesteps=2))
-    study = sp.run_search(sp.SearchSettings(prepared=base, space="joint", study_name="s1", n_trials=40))
+    study = sp.run_search(sp.SearchSettings(prepared=base, space="joint", study_name="s1", n_trials=40)).study
     analysis = sp.analyse_study(study)                                     # front, hypervolume
     sp.write_report(study, "runs/s1/report.html")
     sp.export_trial(study, analysis.split.front[0], "runs/s1/export", base, None)
@@ -20,17 +20,7 @@ private and may change between releases.
 """
 from __future__ import annotations
 
-import os
-
 from spikeprune._lazy import lazy_names
-
-# Idle OpenMP threads (torch's and numba's) spin by default; on a machine whose cores are busy
-# with other work (Ray workers, a second job) every parallel region then waits for the scheduler,
-# and training slows many times over (docs/DESIGN.md §8). PASSIVE must be set before torch loads its runtime;
-# a value already in the environment wins. (Search trials with several CPUs of their own spin:
-# ``search._worker.task_env``.)
-_OMP_POLICY_FROM_USER = "OMP_WAIT_POLICY" in os.environ
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
 
@@ -40,6 +30,7 @@ _API: dict[str, str] = {
     "SpikepruneError": "spikeprune.errors",
     "Objective": "spikeprune.objectives", "OBJECTIVES": "spikeprune.objectives",
     "dominates": "spikeprune.objectives",
+    "hypervolume": "spikeprune.pareto", "find_baseline": "spikeprune.pareto",
     "PreparedRecord": "spikeprune.records", "StudyRecord": "spikeprune.records", "TrialRecord": "spikeprune.records",
     # the model
     "SpikingBertConfig": "spikeprune.models", "CompressionConfig": "spikeprune.models",
@@ -57,12 +48,11 @@ _API: dict[str, str] = {
     "GuidedSampler": "spikeprune.samplers", "CostPredictor": "spikeprune.samplers",
     "SpikeStats": "spikeprune.samplers", "SensitivityProfile": "spikeprune.samplers",
     "compute_profile": "spikeprune.samplers",
-    "run_search": "spikeprune.search", "open_storage": "spikeprune.search",
+    "run_search": "spikeprune.search", "SearchResult": "spikeprune.search", "open_storage": "spikeprune.search",
+    "load_study": "spikeprune.search",
     "study_status": "spikeprune.search",
     # results
-    "load_study": "spikeprune.results", "analyse_study": "spikeprune.results",
-    "Analysis": "spikeprune.results", "find_baseline": "spikeprune.results",
-    "hypervolume": "spikeprune.results",
+    "analyse_study": "spikeprune.results", "Analysis": "spikeprune.results",
     "write_report": "spikeprune.results",
     "trials_frame": "spikeprune.results", "write_trials": "spikeprune.results",
     "compare_fronts": "spikeprune.results",

@@ -1,6 +1,6 @@
 """What a search optimises: the objective names, their directions, and Pareto dominance.
 
-Defined once here and used by the space files (which objectives a study has), the trial kernel's
+Defined once here and used by the space files (which objectives a study has), the trial function's
 early stop (is a partial result clearly beaten?), the Pareto front and hypervolume, and the
 benchmarks. Costs come from a trial's operation report (per example) and are minimised; "metric"
 is the task's main GLUE metric and is maximised.

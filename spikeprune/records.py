@@ -143,7 +143,7 @@ class StudyRecord:
     space: dict[str, Any] = field(default_factory=dict)
     dev_examples: int | None = None
     max_examples: int | None = None
-    #: The seed of the sampler and of every trial's kernel (recovery, bootstrap); None in format-0 studies.
+    #: The seed of the sampler and of every trial (recovery, bootstrap); None in format-0 studies.
     seed: int | None = None
     #: The dense baseline's objective values, once it has finished fully evaluated.
     reference: dict[str, float] | None = None

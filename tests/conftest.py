@@ -42,6 +42,20 @@ def _service_setting(name: str) -> str:
     return os.environ.get(name) or _services_env()[name]
 
 
+#: Fixtures that start a service: a test that uses one must be marked ``integration``.
+SERVICES_FIXTURES = ("ray_local", "postgres_url", "chromium_path")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Refuse to run a test that starts a service without the ``integration`` mark, so that
+    ``make test-fast`` (``-m "not integration"``) never starts one."""
+    unmarked = [item.nodeid for item in items if set(SERVICES_FIXTURES) & set(getattr(item, "fixturenames", ()))
+                and item.get_closest_marker("integration") is None]
+    if unmarked:
+        raise pytest.UsageError(f"mark these tests @pytest.mark.integration (they use {', '.join(SERVICES_FIXTURES)}): "
+                                + ", ".join(unmarked))
+
+
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
     """The GLUE data (classic download layout): $SPIKEPRUNE_GLUE_DIR, else ../shared/glue."""

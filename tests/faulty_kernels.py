@@ -1,9 +1,10 @@
-"""A trial kernel that misbehaves on request, for the reliability tests.
+"""A trial function that misbehaves on request, for the reliability tests.
 
-The tests run searches with ``SearchSettings(kernel="tests.faulty_kernels:faulty")`` (the documented
-``--kernel`` extension point), so nothing test-only lives in the shipped code. The kernel runs in
+The tests run searches with ``SearchSettings(trial_function="tests.faulty_kernels:faulty")`` (the
+documented ``--trial-function`` extension point; the command's old name ``--kernel`` is tested too),
+so nothing test-only lives in the shipped code. The function runs in
 Ray worker processes, so the test plans the faults through files: ``plant`` puts one token per
-fault in ``<prepared>/faults/`` of a copy of the prepared base, and each kernel call takes the first
+fault in ``<prepared>/faults/`` of a copy of the prepared base, and each call takes the first
 free token by renaming it (atomic, so every fault happens exactly once, in whichever worker gets
 there first; the new name records the worker's pid). A call that finds no token is the real
 ``run_trial``. Kinds:

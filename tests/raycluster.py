@@ -15,12 +15,13 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from helpers import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
 #: A local-only switch (set for laptop searches) that makes Ray refuse to join several nodes.
@@ -34,12 +35,6 @@ def cluster_env(**extra: str) -> dict[str, str]:
 
 HEALTH = json.dumps({"health_check_period_ms": 500, "health_check_failure_threshold": 4})
 START_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def nodes(address: str) -> list[dict]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from spikeprune.cli import main
+from helpers import free_port, run_cli
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -101,7 +101,8 @@ CASES: dict[str, tuple[Callable[[Env], list[str]], str]] = {
     "n-trials-zero": (lambda e: search(e, "--n-trials", "0"), "--n-trials: '0' is not an integer >= 1"),
     "workers-negative": (lambda e: search(e, "--workers", "-2"), "--workers"),
     "trial-timeout-zero": (lambda e: search(e, "--trial-timeout", "0"), "--trial-timeout: '0' is not a number > 0"),
-    "kernel-not-module-function": (lambda e: search(e, "--kernel", "run_trial"), "is not of the form module:function"),
+    "trial-function-not-module-function": (lambda e: search(e, "--trial-function", "run_trial"),
+                                           "is not of the form module:function"),
     "kernel-module-missing": (lambda e: search(e, "--kernel", "no_such_module:run"), "install it or put it on PYTHONPATH"),
     "study-name-escapes": (lambda e: search(e, "--study", "../x"), "use 1-64 letters, digits"),
     "sampler-unknown": (lambda e: search(e, "--sampler", "cmaes"), "invalid choice"),
@@ -200,7 +201,7 @@ for _cmd, (_build, _options) in NUMERIC.items():
 
 #: --set FIELD=VALUE of prepare: wrong types and signs, all refused before any training.
 for _field, _value in [("distill_examples", "-5"), ("teacher_lr", "-1e-3"),
-                       ("teacher_lr", "nan"), ("batch_size", "1.5"), ("timesteps", "0"), ("leak", "2.0"),
+                       ("teacher_lr", "nan"), ("batch_size", "1.5"), ("timesteps", "0"),
                        ("temperature", "0"), ("weight_decay", "-0.1"), ("max_length", "many"),
                        ("family", "snn"), ("levels", "0"), ("calibration_percentile", "101"),
                        ("residual_thresholds", "channel"),
@@ -276,20 +277,12 @@ PATHS: dict[str, tuple[Callable[[Env, Path], list[str]], Callable[[Env], Path], 
     "search-reference-form": (lambda e, p: search(e, "--reference", "metric"), _folder, "NAME=VALUE"),
     "search-gpus-without-gpu": (lambda e, p: search(e, "--gpus-per-trial", "1"), _folder, "no CUDA GPU"),
     # A port nobody listens on (the folder's name is not a port): refused at once, before any storage.
-    "search-ray-address-unreachable": (lambda e, p: search(e, "--ray-address", f"127.0.0.1:{_closed_port()}"),
+    "search-ray-address-unreachable": (lambda e, p: search(e, "--ray-address", f"127.0.0.1:{free_port()}"),
                                        _folder, "cannot reach the Ray cluster"),
     "space-reference-bad": (lambda e, p: search(e, space=SPACE + "reference: {sops: -1}\n"), _folder, "above 0"),
 }
 for _name, (_build_path, _make, _hint) in PATHS.items():
     CASES[f"path-{_name}"] = (lambda e, b=_build_path, m=_make: b(e, m(e)), _hint)
-
-
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_taken_dashboard_port_is_one_line(tmp_path, capsys):
@@ -307,13 +300,6 @@ def test_a_taken_dashboard_port_is_one_line(tmp_path, capsys):
 
 def listing(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
-
-
-def run_cli(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as e:  # argparse's own errors
-        return e.code
 
 
 def test_the_table_is_wide_enough():

@@ -128,6 +128,7 @@ def test_study_picks_the_cheapest_config_within_the_drop():
     assert "SOPs: joint does not beat the best single-axis space (spatial)" in text and "1.80x" in text
 
 
+@pytest.mark.integration
 def test_study_runs_real_searches_and_resumes(tmp_path, tiny_prepared, glue_dir, ray_local):
     study = _script("study")
     out = tmp_path / "study.json"
@@ -148,6 +149,7 @@ def test_study_runs_real_searches_and_resumes(tmp_path, tiny_prepared, glue_dir,
     assert again["tasks"]["sst2"]["trials"] == result["tasks"]["sst2"]["trials"]
 
 
+@pytest.mark.integration
 def test_bench_search_compares_samplers_and_early_stopping(tmp_path, tiny_prepared, glue_dir, ray_local):
     out = tmp_path / "search.json"
     joint = _spaces(tmp_path)[1]
@@ -181,6 +183,7 @@ def test_bench_search_compares_samplers_and_early_stopping(tmp_path, tiny_prepar
     assert data["early_stopping"]["sampler"] == "tpe"
 
 
+@pytest.mark.integration
 def test_bench_orchestration_runs_the_same_trials_in_every_layout(tmp_path, tiny_prepared, glue_dir):
     out = tmp_path / "orchestration.json"
     joint = _spaces(tmp_path)[1]

@@ -33,12 +33,14 @@ from faulty_kernels import FAULTS, KERNEL, claimed, copy_base
 from raycluster import RayCluster, cluster_env, session_processes
 from tiny_spaces import TINY_KNOBS
 
+pytestmark = pytest.mark.integration  # every test here starts Ray, PostgreSQL or a cluster
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_EXAMPLES = 16
 DEADLINE_S = drivers.DEADLINE_S
-#: Ray workers on the nodes import the test kernel from the repository.
+#: Ray workers on the nodes import the test trial function from the repository.
 NODE_ENV = {"PYTHONPATH": str(REPO)}
 
 
@@ -167,7 +169,8 @@ def test_a_worker_node_lost_under_two_drivers_on_postgres(cluster, worker_node, 
     killer = NodeKiller(base, worker_node)
     killer.start()
     try:
-        pair = [search(cluster.address, base, tmp_path, name, 6, 1, "--kernel", KERNEL, "--storage", postgres_url)
+        pair = [search(cluster.address, base, tmp_path, name, 6, 1, "--trial-function", KERNEL,
+                       "--storage", postgres_url)
                 for _ in range(2)]
         drivers.finish(*pair)
     finally:

@@ -10,20 +10,9 @@ from spikeprune.errors import SpikepruneError
 from spikeprune.models._compress import quantize_model
 from spikeprune.models._model import SpikingBertForSequenceClassification
 
+from helpers import FIRING, tiny_model
+
 HEAD_DIM = 4
-
-
-def tiny_model(seed: int = 0) -> SpikingBertForSequenceClassification:
-    """hidden 16, 2 layers of 4 heads × 4, FFN 32, T = 4; encoder weights ×3 so every population fires."""
-    torch.manual_seed(seed)
-    config = SpikingBertConfig(vocab_size=50, hidden_size=16, num_layers=2, head_dim=HEAD_DIM, heads=4,
-                               intermediate_sizes=32, timesteps=4, max_position_embeddings=16)
-    model = SpikingBertForSequenceClassification(config).eval()
-    with torch.no_grad():
-        for layer in model.layers:
-            for linear in (layer.query, layer.key, layer.value, layer.attn_out, layer.intermediate, layer.output):
-                linear.weight.mul_(3.0)
-    return model
 
 
 def tiny_batch(size: int = 4, length: int = 8, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -42,7 +31,7 @@ def run(model: SpikingBertForSequenceClassification, batch: dict, **kwargs):
 
 @pytest.fixture(scope="module")
 def model() -> SpikingBertForSequenceClassification:
-    model = tiny_model()
+    model = tiny_model(**FIRING)
     counts = run(model, tiny_batch(), record=True).record.layers
     assert all(value > 0 for layer in counts for value in layer.values()), "the tiny model must spike everywhere"
     return model
@@ -129,7 +118,7 @@ def test_pruned_model_is_smaller_and_round_trips(model, scores, tmp_path):
     assert loaded.config == pruned.config
     batch = tiny_batch(seed=4)
     assert torch.equal(run(loaded, batch).logits, run(pruned, batch).logits)
-    assert torch.equal(model.layers[0].query.weight, tiny_model().layers[0].query.weight)  # base untouched
+    assert torch.equal(model.layers[0].query.weight, tiny_model(**FIRING).layers[0].query.weight)  # base untouched
 
 
 def test_prune_keeping_everything_is_the_identity(model, scores):

@@ -4,6 +4,7 @@ pipeline (surrogate training, pruning, quantization, save/load) working on it.""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,30 +19,10 @@ from spikeprune.models._record import SimRecord
 from spikeprune.models._model import SpikingBertForSequenceClassification
 from spikeprune.errors import SpikepruneError
 
+from helpers import tiny_model
+
 IDS = torch.tensor([[5, 17, 3, 9, 44, 2, 8], [1, 30, 12, 0, 0, 0, 0], [7, 7, 21, 40, 11, 13, 0]])
 MASK = (IDS != 0).long()
-
-
-def config(**changes) -> SpikingBertConfig:
-    cfg = SpikingBertConfig(vocab_size=50, hidden_size=16, num_layers=2, head_dim=4, heads=2, intermediate_sizes=24,
-                            timesteps=6, max_position_embeddings=16, family="converted", levels=4, readout="cls")
-    return dataclasses.replace(cfg, **changes)
-
-
-def model(**changes) -> SpikingBertForSequenceClassification:
-    """Random weights and thresholds; with residual_thresholds="unit", random unit scales too."""
-    torch.manual_seed(0)
-    m = SpikingBertForSequenceClassification(config(**changes)).eval()
-    with torch.no_grad():
-        m.encoder_threshold.fill_(0.5)
-        for layer in m.layers:
-            layer.thresholds.copy_(torch.rand(len(layer.thresholds)) * 0.4 + 0.2)
-            if layer.unit_scales is not None:
-                layer.unit_scales.copy_(torch.rand(layer.unit_scales.shape) * 1.5 + 0.25)
-        if m.encoder_scales is not None:
-            m.encoder_scales.copy_(torch.rand(m.encoder_scales.shape) * 1.5 + 0.25)
-    return m
-
 
 #: Both ways of thresholding the residual stream, for the tests every model must pass.
 RESIDUAL_MODES = pytest.mark.parametrize("residual", ["population", "unit"])
@@ -84,7 +65,7 @@ def test_retime_keeps_the_counts():
 
 @RESIDUAL_MODES
 def test_batched_equals_lockstep_bit_for_bit(residual):
-    m = model(residual_thresholds=residual)
+    m = tiny_model(residual_thresholds=residual)
     with torch.no_grad():
         b = m(IDS, MASK, mode="batched", record=True)
         l = m(IDS, MASK, mode="lockstep", record=True)
@@ -99,10 +80,9 @@ def test_batched_equals_lockstep_bit_for_bit(residual):
 def test_slicing_a_batch_changes_nothing(family, monkeypatch):
     """A batch simulated in slices of one example gives the logits, scores and counts of one piece."""
     if family == "converted":
-        m = model()
+        m = tiny_model()
     else:
-        torch.manual_seed(0)
-        m = SpikingBertForSequenceClassification(config(family=family, timesteps=4)).eval()
+        m = tiny_model(family, levels=4, readout="cls")
     with torch.no_grad():
         whole = m(IDS, MASK, mode="batched", record=True)
         monkeypatch.setattr(m, "slice_bytes", 1)
@@ -115,7 +95,7 @@ def test_slicing_a_batch_changes_nothing(family, monkeypatch):
 
 @RESIDUAL_MODES
 def test_enough_steps_reproduce_the_quantized_network_exactly(residual):
-    m = model(residual_thresholds=residual)
+    m = tiny_model(residual_thresholds=residual)
     with torch.no_grad():
         quantized = m(IDS, MASK, mode="surrogate")
         for steps in (16, 32):
@@ -155,7 +135,7 @@ def test_counts_by_hand():
 
 
 def test_recorded_counts_are_spikes_of_either_sign():
-    m = model()
+    m = tiny_model()
     with torch.no_grad():
         out = m(IDS, MASK, mode="batched", record=True)
     report = count_ops(m.config, out.record)
@@ -166,7 +146,7 @@ def test_recorded_counts_are_spikes_of_either_sign():
 
 @RESIDUAL_MODES
 def test_pruning_masking_quantization_and_saving(tmp_path, residual):
-    m = model(residual_thresholds=residual)
+    m = tiny_model(residual_thresholds=residual)
     scores = {f"grad.{unit}.{l}": torch.arange(size, dtype=torch.float32)
               for l in range(2) for unit, size in (("head", 2), ("neuron", 24))}
     pruned, masked = prune(m, 1, 12, scores), mask(m, 1, 12, scores)
@@ -184,7 +164,7 @@ def test_pruning_masking_quantization_and_saving(tmp_path, residual):
 
 @RESIDUAL_MODES
 def test_surrogate_training_moves_weights_and_thresholds(residual):
-    m = model(residual_thresholds=residual).train()
+    m = tiny_model(residual_thresholds=residual).train()
     labels = torch.tensor([0, 1, 1])
     out = m(IDS, MASK, labels=labels, mode="surrogate")
     out.loss.backward()
@@ -236,31 +216,39 @@ def test_unit_thresholds_need_the_converted_family():
     with pytest.raises(SpikepruneError, match="residual_thresholds='unit'"):
         SpikingBertConfig(residual_thresholds="unit")
     with pytest.raises(SpikepruneError, match="residual_thresholds 'channel' is unknown"):
-        config(residual_thresholds="channel")
+        SpikingBertConfig(family="converted", residual_thresholds="channel")
 
 
-@pytest.fixture(scope="module")
-def converted_prepared(tmp_path_factory, glue_dir):
-    """A tiny prepared base of the converted family (calibrated thresholds, a short QAT distillation)."""
+@pytest.fixture(scope="module", params=["converted", "spikingbert"])
+def family_prepared(request, tmp_path_factory, glue_dir) -> tuple[str, Path]:
+    """A tiny prepared base of each family at T = 8: the converted one as the quick preset makes it
+    (calibrated thresholds, a short QAT distillation), the SpikingBERT one with its readout
+    standardised and a surrogate distillation."""
     from spikeprune.training._prepare import prepare
     from spikeprune.training._presets import PRESETS
 
-    preset = dataclasses.replace(PRESETS["tiny"], family="converted", levels=4, timesteps=8,
-                                 residual_thresholds="unit")  # as the quick preset
-    return prepare("sst2", glue_dir, tmp_path_factory.mktemp("converted"), preset=preset)
+    preset = dataclasses.replace(PRESETS["tiny"], family=request.param, timesteps=8)
+    return request.param, prepare("sst2", glue_dir, tmp_path_factory.mktemp(request.param), preset=preset)
 
 
-def test_prepare_search_and_export_a_converted_base(converted_prepared, tmp_path, glue_dir, ray_local):
+@pytest.mark.integration
+def test_prepare_search_and_export_a_base_of_each_family(family_prepared, tmp_path, glue_dir, ray_local):
     from spikeprune import (BaseBundle, CompressionConfig, PreparedRecord, SearchSettings, export_trial,
                             run_search, run_trial)
 
-    record = PreparedRecord.read(converted_prepared)
-    assert record.preset_config["family"] == "converted" and record.timesteps == [8, 8]
-    base = BaseBundle.load(converted_prepared, glue_dir)
-    assert base.student.config.family == "converted" and base.student.config.readout == "cls"
-    assert all((layer.thresholds > 0).all() for layer in base.student.layers)
+    family, prepared = family_prepared
+    record = PreparedRecord.read(prepared)
+    assert record.preset_config["family"] == family and record.timesteps == [8, 8]
+    base = BaseBundle.load(prepared, glue_dir)
+    assert base.student.config.family == family
+    if family == "converted":   # calibrated thresholds and the teacher's [CLS] pooler
+        assert base.student.config.readout == "cls"
+        assert all((layer.thresholds > 0).all() for layer in base.student.layers)
+    else:                       # the mean rate, standardised
+        assert base.student.config.readout == "mean"
     dense = run_trial(base, CompressionConfig(), max_examples=16)
-    assert dense.report.firing_rates[0]["context"] > 0  # the attention path carries spikes
+    if family == "converted":
+        assert dense.report.firing_rates[0]["context"] > 0  # the attention path carries spikes
     small = run_trial(base, CompressionConfig(heads=1, neurons=32, timesteps=[4, 8], weight_bits=4,
                                               recovery_steps=1), max_examples=16)
     assert small.report.sops < dense.report.sops
@@ -268,9 +256,9 @@ def test_prepare_search_and_export_a_converted_base(converted_prepared, tmp_path
     space = tmp_path / "space.yaml"
     space.write_text("name: conv\nheads: {per_layer: true, min: 1, max: 2}\ntimesteps: {min: 2, max: 8, step: 2}\n"
                      "objectives: [{name: metric, direction: maximize}, {name: sops, direction: minimize}]\n")
-    study = run_search(SearchSettings(prepared=converted_prepared, space=space, study_name="conv", n_trials=3,
-                                      workers=2, run_dir=tmp_path, max_examples=16, progress=False))
+    study = run_search(SearchSettings(prepared=prepared, space=space, study_name="conv", n_trials=3,
+                                      workers=2, run_dir=tmp_path, max_examples=16, progress=False)).study
     done = [t for t in study.trials if t.values is not None]
     assert len(done) >= 3
-    exported = export_trial(study, done[-1], tmp_path / "export", converted_prepared, glue_dir)
+    exported = export_trial(study, done[-1], tmp_path / "export", prepared, glue_dir)
     assert exported.ok, exported.problems

@@ -26,6 +26,8 @@ from spikeprune.trial._base import BaseBundle
 from spikeprune.trial._run import run_trial
 from spikeprune.errors import SpikepruneError
 
+from helpers import tiny_model
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 HAND = SpikingBertConfig(vocab_size=10, hidden_size=2, num_layers=2, head_dim=1, heads=2, intermediate_sizes=2,
@@ -84,22 +86,13 @@ def test_predicted_counts_and_sops_by_hand():
 
 
 def random_converted(family: str) -> tuple[SpikingBertForSequenceClassification, dict, list]:
-    torch.manual_seed(0)
-    cfg = SpikingBertConfig(vocab_size=50, hidden_size=16, num_layers=2, head_dim=4, heads=2, intermediate_sizes=24,
-                            timesteps=6 if family == "converted" else 4, max_position_embeddings=16, family=family,
-                            levels=4, readout="cls", task="sst2")
-    model = SpikingBertForSequenceClassification(cfg).eval()
-    if family == "converted":
-        with torch.no_grad():
-            model.encoder_threshold.fill_(0.5)
-            for layer in model.layers:
-                layer.thresholds.copy_(torch.rand(len(layer.thresholds)) * 0.4 + 0.2)
+    model = tiny_model(family, levels=4, readout="cls", task="sst2")
     ids = torch.randint(1, 50, (6, 9))
     mask = torch.ones_like(ids)
     mask[3:, 6:] = 0
     batch = [{"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids),
               "labels": torch.zeros(6, dtype=torch.long)}]
-    scores = {k: torch.rand(n) for k, n in importance_shapes(cfg).items()}
+    scores = {k: torch.rand(n) for k, n in importance_shapes(model.config).items()}
     return model, scores, batch
 
 
@@ -281,6 +274,7 @@ def test_guided_sampler_explores_next_to_the_point_that_holds_the_volume(own_bas
         study.tell(trial, values(0.0, 0.1))   # collapsed: the good point keeps all the volume
 
 
+@pytest.mark.integration
 def test_guided_search_on_ray_resumes(own_base, tmp_path, ray_local, capsys):
     space = tmp_path / "guided.yaml"
     space.write_text(json.dumps(GUIDED_SPACE))
@@ -288,7 +282,7 @@ def test_guided_search_on_ray_resumes(own_base, tmp_path, ray_local, capsys):
                     max_examples=16, profile_examples=16, progress=False)
     run_search(SearchSettings(**settings, n_trials=5))
     assert "probes to run" in capsys.readouterr().err
-    study = run_search(SearchSettings(**settings, n_trials=8))
+    study = run_search(SearchSettings(**settings, n_trials=8)).study
     assert "probes to run" not in capsys.readouterr().err      # the profile came from the base's cache
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     assert len(done) == 8 and not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))

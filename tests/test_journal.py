@@ -15,9 +15,9 @@ import pytest
 from optuna.trial import TrialState
 
 from spikeprune import SearchSettings, open_storage, run_search
-from spikeprune.cli import main as cli_main
 from spikeprune.errors import SpikepruneError
 
+from helpers import run_cli
 from tiny_spaces import TINY_KNOBS
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -38,13 +38,6 @@ def make_journal(path: Path, trials: int = 3) -> None:
 def complete_values(path: Path) -> dict[int, list[float]]:
     study = optuna.load_study(study_name="st", storage=open_storage(path))
     return {t.number: t.values for t in study.get_trials(states=(TrialState.COMPLETE,))}
-
-
-def run_cli(argv: list[str]) -> int:
-    try:
-        return cli_main(argv)
-    except SystemExit as e:
-        return e.code
 
 
 def test_a_last_record_cut_at_every_offset_is_recovered(tmp_path, caplog):
@@ -119,6 +112,7 @@ def test_check_reports_an_intact_study(tmp_path, capsys):
     assert "intact" in out and "3 trials: 3 complete" in out
 
 
+@pytest.mark.integration
 def test_a_search_resumes_after_its_last_record_was_torn(tiny_prepared, tmp_path, ray_local):
     space = tmp_path / "space.yaml"
     space.write_text("name: tiny" + TINY_KNOBS)
@@ -138,7 +132,7 @@ def test_a_search_resumes_after_its_last_record_was_torn(tiny_prepared, tmp_path
               .get_trials(states=(TrialState.COMPLETE,))}
     assert before, "no trial was finished before the torn record"
 
-    study = run_search(SearchSettings(n_trials=3, **settings))
+    study = run_search(SearchSettings(n_trials=3, **settings)).study
     after = {t.number: t for t in study.trials}
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
     for number, values in before.items():  # every finished trial kept, not re-run

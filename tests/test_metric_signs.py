@@ -13,6 +13,8 @@ from spikeprune.records import StudyRecord
 
 from tiny_spaces import TINY_KNOBS
 
+pytestmark = pytest.mark.integration  # every test here starts Ray, PostgreSQL or a cluster
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -23,7 +25,7 @@ def test_a_search_with_a_baseline_at_or_below_zero(task, reference, glue_dir, tm
     space.write_text("name: tiny" + TINY_KNOBS)
     study = run_search(SearchSettings(prepared=prepared, space=space, study_name="s", n_trials=3, workers=1,
                                       run_dir=tmp_path, max_examples=16, progress=True, early_stopping=False,
-                                      reference=reference))
+                                      reference=reference)).study
     record = StudyRecord.read(study)
     assert record.reference is not None and record.reference["metric"] <= 0, "precondition: baseline <= 0"
     assert record.reference_given == (None if reference is None else {"metric": -0.9})

@@ -10,15 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from spikeprune.cli import main as cli_main
 from spikeprune.records import PreparedRecord
 
-
-def run_cli(argv: list[str]) -> int:
-    try:
-        return cli_main(argv)
-    except SystemExit as e:
-        return e.code
+from helpers import run_cli
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ from spikeprune.models._config import SpikingBertConfig
 from spikeprune.errors import SpikepruneError
 from spikeprune.models._model import SpikingBertForSequenceClassification
 
+from helpers import FIRING, tiny_model
+
 WIDTHS = (1, 1.58, 2, 4, 8)
 #: Packed bits per weight (ternary lives in a 2-bit field).
 FIELD = {1: 1, 1.58: 2, 2: 2, 4: 4, 8: 8}
@@ -27,19 +29,6 @@ def uniform(*shape: int, seed: int = 0) -> torch.Tensor:
 
 def normal(*shape: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 0.05
-
-
-def tiny_model(seed: int = 0, hidden: int = 16, heads: int = 4,
-               ffn: int = 32) -> SpikingBertForSequenceClassification:
-    torch.manual_seed(seed)
-    config = SpikingBertConfig(vocab_size=50, hidden_size=hidden, num_layers=2, head_dim=hidden // heads,
-                               heads=heads, intermediate_sizes=ffn, timesteps=4, max_position_embeddings=16)
-    model = SpikingBertForSequenceClassification(config).eval()
-    with torch.no_grad():
-        for layer in model.layers:
-            for name in q.QUANTIZED_LINEARS:
-                getattr(layer, name).weight.mul_(3.0)
-    return model
 
 
 def tiny_batch(seed: int = 1) -> dict[str, torch.Tensor]:
@@ -142,7 +131,7 @@ def test_pack_rejects_bad_input():
 
 # -------------------------------------------------------------------------------- models
 def test_quantize_model_touches_only_encoder_linear_weights():
-    model = tiny_model()
+    model = tiny_model(**FIRING)
     quantized = quantize_model(model, [1.58, 32])
     assert quantized.config.weight_bits == [1.58, 32.0] and model.config.weight_bits == [32.0, 32.0]
     before, after = model.state_dict(), quantized.state_dict()
@@ -157,7 +146,7 @@ def test_quantize_model_touches_only_encoder_linear_weights():
 
 @pytest.mark.parametrize("weight_bits", [[1, 1.58], [2, 4], [8, 32]])
 def test_save_quantized_loads_back_identically(tmp_path, weight_bits):
-    quantized = quantize_model(tiny_model(), weight_bits)
+    quantized = quantize_model(tiny_model(**FIRING), weight_bits)
     folder = quantized.save_pretrained(tmp_path / "export", packed=True)
     with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as f:
         keys = set(f.keys())
@@ -178,7 +167,7 @@ def test_save_quantized_loads_back_identically(tmp_path, weight_bits):
 
 @pytest.mark.parametrize("bits", WIDTHS)
 def test_packed_file_size(tmp_path, bits):
-    model = tiny_model(hidden=64, heads=4, ffn=256)
+    model = tiny_model(**{**FIRING, "hidden_size": 64, "head_dim": 16, "intermediate_sizes": 256})
     float_size = (model.save_pretrained(tmp_path / "float") / WEIGHTS_NAME).stat().st_size
     folder = quantize_model(model, bits).save_pretrained(tmp_path / "packed", packed=True)
     packed_size = (folder / WEIGHTS_NAME).stat().st_size
@@ -190,7 +179,7 @@ def test_packed_file_size(tmp_path, bits):
 
 
 def test_packed_checkpoint_must_match_its_config(tmp_path):
-    model = tiny_model()
+    model = tiny_model(**FIRING)
     with pytest.raises(SpikepruneError, match="quantize_model"):
         _claiming(model, [4, 32]).save_pretrained(tmp_path / "liar", packed=True)
     folder = quantize_model(model, [4, 32]).save_pretrained(tmp_path / "ok", packed=True)

@@ -6,6 +6,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 SETTINGS = 'task, glue, runs, preset = "sst2", "../shared/glue", "runs", "quick"'
 
@@ -27,6 +29,7 @@ def test_readme_example_uses_only_the_public_api():
     assert [ast.unparse(n) for n in imports] == ["import spikeprune as sp"]
 
 
+@pytest.mark.integration
 def test_readme_example_runs(tmp_path, glue_dir, ray_local, capsys):
     code = python_example()
     assert SETTINGS in code

@@ -2,7 +2,7 @@
 trials that raise, measure NaN or hang past the timeout, two drivers on one PostgreSQL study, and
 the database going away while a search runs.
 
-Faults are injected through the documented ``kernel`` extension point (tests/faulty_kernels.py),
+Faults are injected through the documented ``trial_function`` extension point (tests/faulty_kernels.py),
 planned with token files so that each happens exactly once whatever the timing.
 """
 from __future__ import annotations
@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -31,8 +30,11 @@ from spikeprune import SearchSettings, run_search
 from spikeprune.search._storage import RetryingStorage
 
 import drivers
+from helpers import free_port
 from faulty_kernels import KERNEL, claimed, copy_base
 from tiny_spaces import TINY_KNOBS
+
+pytestmark = pytest.mark.integration  # every test here starts Ray, PostgreSQL or a cluster
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -57,7 +59,7 @@ def settings(prepared: Path, run_dir: Path, **overrides) -> SearchSettings:
     if not space.exists():
         space.write_text(SPACE)
     base = dict(prepared=prepared, space=space, study_name="s", n_trials=2, workers=2, run_dir=run_dir,
-                max_examples=MAX_EXAMPLES, progress=False, early_stopping=False, kernel=KERNEL)
+                max_examples=MAX_EXAMPLES, progress=False, early_stopping=False, trial_function=KERNEL)
     return SearchSettings(**{**base, **overrides})
 
 
@@ -101,7 +103,7 @@ def test_a_worker_killed_mid_trial_is_retried_once_then_failed(tiny_prepared, tm
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        study = run_search(settings(base, tmp_path, n_trials=1, workers=1))
+        study = run_search(settings(base, tmp_path, n_trials=1, workers=1)).study
     finally:
         stop.set()
         thread.join()
@@ -117,7 +119,7 @@ def test_a_worker_killed_mid_trial_is_retried_once_then_failed(tiny_prepared, tm
 
 def test_raising_nan_and_hanging_trials_fail_with_their_reason(tiny_prepared, tmp_path, ray_local):
     base = copy_base(tiny_prepared, tmp_path / "base", "hang", "raise", "nan")
-    study = run_search(settings(base, tmp_path, n_trials=2, trial_timeout=TRIAL_TIMEOUT, max_failures=20))
+    study = run_search(settings(base, tmp_path, n_trials=2, trial_timeout=TRIAL_TIMEOUT, max_failures=20)).study
     assert [kind for kind, _ in claimed(base)] == ["hang", "raise", "nan"]
     count = states(study)
     assert count[TrialState.COMPLETE] == 2 and TrialState.RUNNING not in count
@@ -198,9 +200,7 @@ def private_postgres(postgres_url: str) -> Iterator[PrivatePostgres]:
     initdbs = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
     if not initdbs:
         pytest.fail("no PostgreSQL server binaries under /usr/lib/postgresql; run scripts/services.sh start")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     root = Path(tempfile.mkdtemp(prefix="spikeprune-outage-"))
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
@@ -262,7 +262,7 @@ def test_storage_outage_is_waited_out(tiny_prepared, tmp_path, ray_local, postgr
         thread = threading.Thread(target=outage, daemon=True)
         thread.start()
         try:
-            study = run_search(settings(base, tmp_path, study_name="outage", storage=pg.url, n_trials=3))
+            study = run_search(settings(base, tmp_path, study_name="outage", storage=pg.url, n_trials=3)).study
         finally:
             thread.join(DEADLINE_S)
             logger.removeHandler(seen)

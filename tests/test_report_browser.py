@@ -22,7 +22,7 @@ from spikeprune import write_report
 
 from test_results import make_study, random_study, toy_trials
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration  # a browser
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",

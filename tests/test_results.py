@@ -19,8 +19,10 @@ from optuna.trial import TrialState, create_trial
 from spikeprune.errors import SpikepruneError
 from spikeprune.data._metrics import bootstrap_ci
 from spikeprune.results._export import compare_values, select_trials, trial_dir
-from spikeprune.results._pareto import (NoiseRule, analyse_study, hypervolume, hypervolume_history, load_study, front_hypervolume,
-                                        study_reference, split_trials, study_objectives)
+from spikeprune.pareto import (NoiseRule, front_hypervolume, hypervolume, hypervolume_history, split_trials,
+                               study_objectives, study_reference)
+from spikeprune.results import analyse_study
+from spikeprune.search import load_study
 from spikeprune.results._report import write_report
 from spikeprune.results._tables import compare_fronts, read_trials, trials_frame, write_trials
 from spikeprune.results._report import objective_importances
@@ -398,7 +400,6 @@ def test_export_folder_stays_inside_output(tmp_path):
         trial_dir(tmp_path / "out", trial)
 
 
-@pytest.mark.slow
 def test_export_rebuilds_saves_and_remeasures(tmp_path, glue_dir, tiny_prepared):
     """End to end on a tiny prepared base: a trial measured by the kernel exports as a folder whose
     re-measured values match; a trial whose stored values were altered is reported as failing."""

@@ -19,6 +19,8 @@ from spikeprune.results._export import trial_dir
 from spikeprune.search._settings import check_study_name
 from spikeprune.search._storage import default_storage, open_storage
 
+from helpers import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 SKIP = {".venv", "build", "dist", ".git", "__pycache__", "runs"}
 
@@ -141,12 +143,7 @@ def process_tree(root: int) -> set[int]:
     return tree
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+@pytest.mark.integration
 def test_a_local_ray_cluster_listens_on_loopback_only():
     """Even when Ray was imported before the search, without any RAY_* variable set."""
     code = ("import ray, sys\n"
@@ -168,6 +165,7 @@ def test_a_local_ray_cluster_listens_on_loopback_only():
     assert all(loopback(a) for a in addresses), addresses
 
 
+@pytest.mark.integration
 def test_the_dashboard_listens_on_loopback_by_default(tmp_path):
     assert build_parser().parse_args(["dashboard", "st"]).host == "127.0.0.1"
     optuna.create_study(storage=open_storage(default_storage(tmp_path, "st")), study_name="st")
@@ -186,6 +184,7 @@ def test_the_dashboard_listens_on_loopback_by_default(tmp_path):
         server.wait(timeout=60)
 
 
+@pytest.mark.integration
 def test_the_test_database_listens_on_loopback_only(postgres_url):
     port = int(postgres_url.rsplit(":", 1)[1].split("/")[0])
     addresses = listening(port=port)

@@ -75,8 +75,10 @@ def check_trial_record(study: optuna.Study, trial, dev_size: int) -> None:
     assert trial.constraints == pytest.approx({"metric_min": 0.3 - metric})
 
 
+@pytest.mark.integration
 def test_search_end_to_end_on_the_journal(tiny_prepared, space_file, tmp_path, ray_local, capsys):
-    study = run_search(settings(tiny_prepared, space_file, tmp_path, n_trials=6))
+    result = run_search(settings(tiny_prepared, space_file, tmp_path, n_trials=6))
+    study = result.study
     assert (tmp_path / "s" / "journal.log").is_file()
     done = complete(study)
     assert len(done) == 6
@@ -98,15 +100,20 @@ def test_search_end_to_end_on_the_journal(tiny_prepared, space_file, tmp_path, r
         check_trial_record(study, trial, meta["dev_examples"])
     out = capsys.readouterr().out
     assert "this run finished 6 trials" in out and "dev examples evaluated" in out
+    # The run's own account: every trial it finished, counted once, and no failures.
+    assert result.complete == 6 and result.stats.finished == 6 and result.stats.failed == 0 and not result.gave_up
+    assert result.stats.early_stopped == sum(bool(t.user_attrs["early_stopped"]) for t in done)
+    assert result.settings.sampler == "tpe" and result.summary() in out
 
     # Running again with the same target does nothing: finished trials are never re-run.
-    again = run_search(settings(tiny_prepared, space_file, tmp_path, n_trials=6))
+    again = run_search(settings(tiny_prepared, space_file, tmp_path, n_trials=6)).study
     assert len(again.trials) == len(study.trials)
     status = study_status(str(tmp_path / "s" / "journal.log"), "s")
     assert "study s: task sst2, space tiny" in status and "6 complete" in status and "front" in status
     assert "objectives accuracy (max), sops (min)" in status and "accuracy" in status.split("Pareto front:")[1]
 
 
+@pytest.mark.integration
 def test_resume_after_the_driver_is_killed(tiny_prepared, space_file, tmp_path, ray_local):
     journal = tmp_path / "r" / "journal.log"
     command = [sys.executable, "-m", "spikeprune", "search", "--prepared", str(tiny_prepared), "--space", str(space_file),
@@ -143,7 +150,7 @@ def test_resume_after_the_driver_is_killed(tiny_prepared, space_file, tmp_path, 
     finished = {n: t.values for n, t in before.items() if t.state == TrialState.COMPLETE}
     assert running and finished
 
-    study = run_search(settings(tiny_prepared, space_file, tmp_path, study_name="r", n_trials=6))
+    study = run_search(settings(tiny_prepared, space_file, tmp_path, study_name="r", n_trials=6)).study
     after = {t.number: t for t in study.trials}
     assert len(complete(study)) == 6
     for n, values in finished.items():  # finished trials kept, not re-run
@@ -166,10 +173,11 @@ def test_resume_after_the_driver_is_killed(tiny_prepared, space_file, tmp_path, 
     assert after[0].user_attrs["baseline"] and study.user_attrs["spikeprune"]["reference"]
 
 
+@pytest.mark.integration
 def test_postgres_study(tiny_prepared, space_file, tmp_path, ray_local, postgres_url):
     name = f"pg-{uuid.uuid4().hex[:8]}"
     study = run_search(settings(tiny_prepared, space_file, tmp_path, study_name=name, storage=postgres_url,
-                                n_trials=3, sampler="nsga2", early_stopping=False))
+                                n_trials=3, sampler="nsga2", early_stopping=False)).study
     loaded = optuna.load_study(study_name=name, storage=postgres_url)
     assert len(complete(loaded)) == 3
     assert [t.values for t in complete(loaded)] == [t.values for t in complete(study)]
@@ -179,6 +187,7 @@ def test_postgres_study(tiny_prepared, space_file, tmp_path, ray_local, postgres
     assert name in study_status(postgres_url)
 
 
+@pytest.mark.integration
 def test_resuming_with_another_space_is_refused(tiny_prepared, space_file, tmp_path, ray_local):
     run_search(settings(tiny_prepared, space_file, tmp_path, study_name="x", n_trials=1, early_stopping=False))
     other = tmp_path / "other.yaml"
@@ -187,27 +196,30 @@ def test_resuming_with_another_space_is_refused(tiny_prepared, space_file, tmp_p
         run_search(settings(tiny_prepared, other, tmp_path, study_name="x", n_trials=2))
 
 
+@pytest.mark.integration
 def test_a_space_names_its_sampler_and_the_command_line_overrides_it(tiny_prepared, space_file, tmp_path, ray_local):
     """A space's ``sampler`` is the search's unless the settings name one (a resume may change it);
     a space without one gets TPE."""
     own = tmp_path / "own.yaml"
     own.write_text(TINY_SPACE + "sampler: random\n")
-    study = run_search(settings(tiny_prepared, own, tmp_path, study_name="own", n_trials=1, early_stopping=False))
+    study = run_search(settings(tiny_prepared, own, tmp_path, study_name="own", n_trials=1, early_stopping=False)).study
     assert isinstance(study.sampler, optuna.samplers.RandomSampler)
     study = run_search(settings(tiny_prepared, own, tmp_path, study_name="own", n_trials=2, early_stopping=False,
-                                sampler="nsga2"))
+                                sampler="nsga2")).study
     assert isinstance(study.sampler, optuna.samplers.NSGAIISampler) and len(complete(study)) == 2
-    plain = run_search(settings(tiny_prepared, space_file, tmp_path, study_name="plain", n_trials=1, early_stopping=False))
+    plain = run_search(settings(tiny_prepared, space_file, tmp_path, study_name="plain", n_trials=1,
+                                early_stopping=False)).study
     assert isinstance(plain.sampler, optuna.samplers.TPESampler)
 
 
+@pytest.mark.integration
 def test_trials_that_cannot_reach_the_hypervolume_reference_stop_at_their_look(tiny_prepared, tmp_path, ray_local):
     """The metric floor of early stopping includes the hypervolume reference: with the reference at
     0.999, a trial whose look of 8 examples scores at most half right (the upper end of its 95 %
     bootstrap interval is then at most 7/8) stops there, a uniform seed too; the baseline runs in full."""
     space = tmp_path / "ref.yaml"
     space.write_text("name: ref" + TINY_KNOBS + "reference: {metric: 0.999}\nearly_stopping: {fraction: 0.5, margin: 0.0}\n")
-    study = run_search(settings(tiny_prepared, space, tmp_path, n_trials=8, workers=1, sampler="random"))
+    study = run_search(settings(tiny_prepared, space, tmp_path, n_trials=8, workers=1, sampler="random")).study
     looked = [t for t in complete(study) if not t.user_attrs.get("baseline") and "duplicate_of" not in t.user_attrs]
     low = [t for t in looked if t.user_attrs["partial"]["metrics"]["metric"] <= 0.5]
     assert any(t.user_attrs.get("seeded") for t in low) and any(not t.user_attrs.get("seeded") for t in low), \
@@ -217,7 +229,7 @@ def test_trials_that_cannot_reach_the_hypervolume_reference_stop_at_their_look(t
     assert not baseline.user_attrs["early_stopped"] and baseline.user_attrs["examples"] == MAX_EXAMPLES
 
 
-def test_kernel_errors_come_back_as_data(tiny_prepared):
+def test_trial_function_errors_come_back_as_data(tiny_prepared):
     from spikeprune.trial._base import BaseBundle
     from spikeprune.search._worker import evaluate
 
@@ -313,11 +325,14 @@ def test_cli_reports_bad_input_as_one_line(tmp_path, capsys):
     assert "no study journal at" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_export_remeasures_with_the_search_seed(tiny_prepared, tmp_path, glue_dir, ray_local, capsys):
-    """A `--seed 3` search whose trials run recovery: the study records its seed and the export
-    rebuilds (recovery data and order) with it, so it re-measures what the search measured."""
+    """A `--seed 3` search whose trials run recovery and prune by activity: the study records its
+    seed and space and the export rebuilds (recovery data and order, the units kept) with them, so
+    it re-measures what the search measured."""
     space = tmp_path / "recover.yaml"
     space.write_text("name: recover\nheads: 1\nneurons: 32\ntimesteps: {min: 1, max: 2}\nrecovery_steps: 2\n"
+                     "importance: activity\n"
                      "objectives: [{name: metric, direction: maximize}, {name: sops, direction: minimize}]\n")
     common = ["--run-dir", str(tmp_path), "--glue-dir", str(glue_dir)]
     assert cli_main(["search", "--prepared", str(tiny_prepared), "--space", str(space), "--study", "seeded",
@@ -333,17 +348,18 @@ def test_export_remeasures_with_the_search_seed(tiny_prepared, tmp_path, glue_di
     assert metrics["ok"] and metrics["measured"] == pytest.approx(metrics["search"], abs=0)
 
 
+@pytest.mark.integration
 def test_a_resumed_random_search_does_not_replay_its_first_draws(tiny_prepared, space_file, tmp_path, ray_local):
     """A seeded sampler re-created on resume would draw its first configs again; the resumed run is
     seeded by resume_seed instead (the 40-trial benchmark of 2026-12-02 found 16 replayed duplicates)."""
     from spikeprune.search._settings import resume_seed
 
     first = run_search(settings(tiny_prepared, space_file, tmp_path, n_trials=6, workers=1, sampler="random",
-                                early_stopping=False))
+                                early_stopping=False)).study
     before = first.trials
     drawn = [t.params for t in before if not t.user_attrs.get("seeded")]
     again = run_search(settings(tiny_prepared, space_file, tmp_path, n_trials=6 + len(drawn), workers=1,
-                                sampler="random", early_stopping=False))
+                                sampler="random", early_stopping=False)).study
     resumed = [t.params for t in again.trials[len(before):]]
     assert len(resumed) == len(drawn) and resumed != drawn
     assert resume_seed(0, 6) != 0 and resume_seed(0, 6) == resume_seed(0, 6) != resume_seed(0, 7)
@@ -379,13 +395,22 @@ def test_drivers_joining_a_running_study_draw_their_own_configs(tiny_prepared, s
 
 
 def test_only_trials_with_cpus_of_their_own_spin(monkeypatch):
-    """Trials of 2+ CPUs get workers whose OpenMP threads spin (ACTIVE); one thread, or a policy the
-    user set before importing spikeprune, keeps the process environment."""
-    import spikeprune
-    from spikeprune.search._worker import task_env
+    """The command makes idle OpenMP threads sleep unless the user chose a policy; trials of 2+ CPUs
+    get workers whose threads spin (ACTIVE), one-thread trials sleeping ones; a policy the user set
+    is kept everywhere (``import spikeprune`` sets nothing: tests/test_layout.py)."""
+    from spikeprune import threads
 
-    monkeypatch.setattr(spikeprune, "_OMP_POLICY_FROM_USER", False)
-    assert task_env(1) == {} and task_env(1.5) == {}
-    assert task_env(2) == task_env(8) == {"OMP_WAIT_POLICY": "ACTIVE"}
-    monkeypatch.setattr(spikeprune, "_OMP_POLICY_FROM_USER", True)
-    assert task_env(8) == {}
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(threads, "_defaulted", False)
+    assert threads.user_wait_policy() is None
+    assert threads.trial_wait_policy(1) == threads.trial_wait_policy(1.5) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert threads.trial_wait_policy(2) == threads.trial_wait_policy(8) == {"OMP_WAIT_POLICY": "ACTIVE"}
+    threads.default_wait_policy()                       # what the command's main does first
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and threads.user_wait_policy() is None
+    assert threads.trial_wait_policy(8) == {"OMP_WAIT_POLICY": "ACTIVE"}
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")     # the user's choice
+    monkeypatch.setattr(threads, "_defaulted", False)
+    threads.default_wait_policy()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE" and threads.user_wait_policy() == "ACTIVE"
+    assert threads.trial_wait_policy(1) == threads.trial_wait_policy(8) == {}

@@ -157,6 +157,7 @@ BAD_SPACES = [
     ({"early_stopping": {"later": ["half"]}}, "space.early_stopping.later[0]: 'half' is not a number"),
     ({"energy": 45}, "space.energy: 45 must be the name of an energy preset"),
     ({"sampler": "cmaes"}, "space.sampler: 'cmaes' is unknown; use one of tpe, nsga2, nsga3, gp, random, guided"),
+    ({"importance": "taylor"}, "space.importance: 'taylor' is unknown; use one of grad, activity"),
     ([1, 2], "space: the file must hold a mapping"),
 ]
 
@@ -192,6 +193,13 @@ def test_per_layer_heads_limit_names_the_smallest_layer():
     with pytest.raises(SpikepruneError, match=r"space.heads.max: 4 but the model's layer 1 has 3 heads"):
         space(heads={"min": 1, "max": 4}).check(model)
     space(heads={"min": 1, "max": 3}).check(model)  # what the smallest layer has fits
+
+
+def test_a_space_names_the_importance_score_its_searches_prune_by():
+    """Stored with the study's space, so a resumed search and an export prune by the same score."""
+    chosen = space(importance="activity")
+    assert chosen.importance == "activity" and SearchSpace.from_dict(chosen.to_dict()).importance == "activity"
+    assert space().importance == "grad" and "importance" not in space().to_dict()  # older studies' spaces read equal
 
 
 def test_timesteps_may_exceed_the_base_model():

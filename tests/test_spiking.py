@@ -14,6 +14,8 @@ from spikeprune.models._neurons import IFNeuron
 from spikeprune.models._model import SpikingBertForSequenceClassification
 from spikeprune.models._spikingbert import align_train
 
+from helpers import tiny_model
+
 # Currents chosen as binary fractions so every membrane value is exact.
 CURRENTS = [1.0, 1.0, 0.5, 2.0, 0.0]
 # IF, θ = 1.5: u = 1 | 2 fire -> .5 | 1 | 3 fire -> 1.5 | 1.5 fire (no input, soft reset kept it) -> 0
@@ -69,12 +71,9 @@ def test_align_train_rate_reencodes_the_rate(threshold: float) -> None:
 
 
 def small_model(seed: int = 0, **changes) -> SpikingBertForSequenceClassification:
-    torch.manual_seed(seed)
-    settings = dict(vocab_size=40, hidden_size=16, num_layers=2, head_dim=4, heads=[4, 2],
-                    intermediate_sizes=[24, 10], timesteps=4, max_position_embeddings=16, num_labels=3,
-                    threshold=0.8)
-    settings.update(changes)
-    return SpikingBertForSequenceClassification(SpikingBertConfig(**settings)).eval()
+    """Layers of different widths (4 and 2 heads, FFN 24 and 10), three labels, θ = 0.8."""
+    settings = dict(vocab_size=40, heads=[4, 2], intermediate_sizes=[24, 10], num_labels=3, threshold=0.8)
+    return tiny_model("spikingbert", seed=seed, **{**settings, **changes})
 
 
 def padded_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -277,15 +277,17 @@ def test_threads_follow_the_environment(monkeypatch):
 def test_prepare_set_overrides_reach_the_preset_and_guard_the_cache(tiny_prepared, glue_dir):
     from spikeprune.errors import SpikepruneError
     from spikeprune.training._prepare import prepare
-    from spikeprune.training._presets import override_preset
+    from spikeprune.training._presets import Preset, override_preset
 
-    p = override_preset("quick", ["distill_examples=3668", "distill_lr=1e-4", "eval_examples=null", "labels_only=true"])
-    assert (p.name, p.distill_examples, p.distill_lr, p.eval_examples, p.labels_only) == ("quick", 3668, 1e-4, None, True)
+    p = override_preset("quick", ["distill_examples=3668", "distill_lr=1e-4", "eval_examples=null", "family=spikingbert"])
+    assert (p.name, p.distill_examples, p.distill_lr, p.eval_examples, p.family) == ("quick", 3668, 1e-4, None, "spikingbert")
     assert override_preset("quick", []) == override_preset("quick", ()) and p.batch_size == 32
     run_root = tiny_prepared.parent.parent
     assert prepare("sst2", glue_dir, run_root, preset="tiny") == tiny_prepared  # cached, same settings
     with pytest.raises(SpikepruneError, match="distill_examples differ"):
         prepare("sst2", glue_dir, run_root, preset=override_preset("tiny", ["distill_examples=7"]))
+    old = {**PRESETS["quick"].to_dict(), "threshold": 1.0, "leak": 1.0, "labels_only": False}  # a base made before
+    assert Preset.from_dict(old) == PRESETS["quick"]
 
 
 def test_named_presets_take_their_task_values_before_any_set():
@@ -300,6 +302,15 @@ def test_named_presets_take_their_task_values_before_any_set():
     assert get_preset("tiny", "mrpc") == PRESETS["tiny"]
 
 
+def test_the_full_preset_makes_the_quick_presets_student_with_more_training():
+    """Going from quick to full changes budgets, not the kind of student."""
+    quick, full = PRESETS["quick"], PRESETS["full"]
+    student = ("family", "timesteps", "student_layers", "levels", "calibration_percentile", "residual_thresholds")
+    assert [getattr(full, f) for f in student] == [getattr(quick, f) for f in student]
+    assert full.distill_examples is None and full.distill_epochs > quick.distill_epochs
+
+
+@pytest.mark.integration
 def test_a_recovery_source_reaches_a_fresh_ray_worker_whole(tiny_prepared, glue_dir, ray_local):
     """Ray ships the recovery source inside the base bundle. Unpickled in a process that never
     built a Hugging Face model, a teacher shipped whole returns no hidden states; the rebuilt one

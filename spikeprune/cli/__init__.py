@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from spikeprune.threads import default_wait_policy
+
 from spikeprune.cli import commands as c
 from spikeprune.cli.plumbing import (FINITE, NATURAL, NON_NEGATIVE, POSITIVE, POSITIVE_INT, ArgumentParser, add_glue_dir, add_run_dir,
                        add_study_args, port, run_handler)
@@ -66,7 +68,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
                         "caches beside the base")
     p.add_argument("--profile-examples", type=POSITIVE_INT, default=d.profile_examples,
                    help=f"dev examples per sensitivity probe of the guided sampler (default {d.profile_examples})")
-    p.add_argument("--seed", type=NATURAL, default=d.seed, help="sampler and kernel seed (default 0)")
+    p.add_argument("--seed", type=NATURAL, default=d.seed, help="seed of the sampler and of every trial (default 0)")
     p.add_argument("--ray-address", default=None, help="address of a running Ray cluster (default: start a local one)")
     p.add_argument("--cpus-per-trial", type=POSITIVE, default=d.cpus_per_trial, help="CPUs per evaluation (default 1)")
     p.add_argument("--gpus-per-trial", type=NON_NEGATIVE, default=d.gpus_per_trial, help="GPUs per evaluation (default 0)")
@@ -81,8 +83,9 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
                    help="kill and fail a trial that runs longer than this (default: no limit)")
     p.add_argument("--storage-patience", type=NON_NEGATIVE, default=d.storage_patience, metavar="SECONDS",
                    help=f"how long to wait for unreachable storage before stopping (default {d.storage_patience:g})")
-    p.add_argument("--kernel", default=d.kernel, metavar="MODULE:FUNCTION",
-                   help=f"trial function the workers run, with run_trial's arguments (default {d.kernel})")
+    p.add_argument("--trial-function", "--kernel", dest="trial_function", default=d.trial_function,
+                   metavar="MODULE:FUNCTION", help=f"function the workers run per trial, with run_trial's arguments "
+                                                   f"(default {d.trial_function}; --kernel is an old name)")
     p.add_argument("--reference", action="append", default=None, metavar="OBJECTIVE=VALUE",
                    help="worst value the hypervolume counts for an objective, e.g. metric=-0.5 (repeatable; "
                    "default: derived from the dense baseline, or the trials; also the space's `reference` key)")
@@ -214,6 +217,7 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    default_wait_policy()  # before the options' defaults import anything that loads OpenMP
     parser = build_parser()
     args = parser.parse_args(argv)
     return run_handler(args.handler, args)

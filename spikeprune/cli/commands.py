@@ -154,7 +154,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     study_name = f"demo-{args.task}-{args.preset}"
     study = run_search(SearchSettings(prepared=prepared, space=args.space, study_name=study_name,
                                       n_trials=args.n_trials, workers=args.workers, run_dir=args.run_dir,
-                                      seed=args.seed, glue_dir=args.glue_dir))
+                                      seed=args.seed, glue_dir=args.glue_dir)).study
     report = write_report(study, args.run_dir / study_name / "report.html")[0]
     baseline = find_baseline(study)
     floor = baseline["metric"] - args.max_drop
@@ -177,22 +177,19 @@ def settings_from_args(args: argparse.Namespace) -> "SearchSettings":
 
     keys = ("prepared", "space", "task", "study_name", "n_trials", "workers", "storage", "run_dir", "sampler",
             "seed", "ray_address", "cpus_per_trial", "gpus_per_trial", "glue_dir", "energy", "max_examples",
-            "early_stopping", "max_failures", "progress", "trial_timeout", "storage_patience", "kernel", "reference",
+            "early_stopping", "max_failures", "progress", "trial_timeout", "storage_patience", "trial_function", "reference",
             "profile_examples")
     return SearchSettings(**{k: getattr(args, k) for k in keys})
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from optuna.trial import TrialState
-
     from spikeprune import run_search
 
-    study = run_search(settings_from_args(args))
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    if done < args.n_trials and study.run_stats.failed >= args.max_failures:  # say why, and fail the command
-        print(f"error: the search stopped at {done} of {args.n_trials} complete trials after {args.max_failures} "
-              f"failed ones (--max-failures); `spikeprune trials {args.study_name}` shows their errors, and "
-              f"rerunning the command resumes", file=sys.stderr)
+    result = run_search(settings_from_args(args))
+    if result.complete < args.n_trials and result.gave_up:  # say why, and fail the command
+        print(f"error: the search stopped at {result.complete} of {args.n_trials} complete trials after "
+              f"{args.max_failures} failed ones (--max-failures); `spikeprune trials {args.study_name}` shows their "
+              f"errors, and rerunning the command resumes", file=sys.stderr)
         return 1
     return 0
 

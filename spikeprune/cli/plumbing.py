@@ -62,7 +62,6 @@ def _number(kind: Callable[[str], float], low: float | None, low_ok: bool, what:
 
 POSITIVE_INT = _number(int, 1, True, "an integer >= 1")
 NATURAL = _number(int, 0, True, "an integer >= 0")
-ANY_INT = _number(int, None, True, "an integer")
 POSITIVE = _number(float, 0, False, "a number > 0")
 NON_NEGATIVE = _number(float, 0, True, "a number >= 0")
 FINITE = _number(float, None, True, "a finite number")

@@ -97,7 +97,7 @@ def bootstrap_ci(task: str, predictions: ArrayLike, labels: ArrayLike, *, n: int
                  level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of ``task``'s main metric, resampling dev examples.
 
-    Dev sets of a few hundred examples make metric gaps of a point or two noise; the trial kernel
+    Dev sets of a few hundred examples make metric gaps of a point or two noise; the trial function
     stores this interval (trial user attr "metric_ci") so the results can tell a real domination
     from one within the noise. A fixed ``seed`` makes a trial's interval reproducible.
     """

@@ -1,22 +1,17 @@
-"""Results of a search: the Pareto front and hypervolume, the HTML report and its plots, trial
-tables and export of configs and checkpoints."""
+"""Results of a search: a study's analysis (its front, reference point and hypervolume history, by
+the rules of ``spikeprune.pareto``), the HTML report and its plots, trial tables and export of
+configs and checkpoints."""
 from spikeprune._lazy import lazy_names
 
 #: Public name -> the private module that defines it.
 _API: dict[str, str] = {
-    "load_study": "spikeprune.results._pareto",
-    "analyse_study": "spikeprune.results._pareto",
-    "Analysis": "spikeprune.results._pareto",
-    "find_baseline": "spikeprune.results._pareto",
-    "hypervolume": "spikeprune.results._pareto",
-    "baseline_trial": "spikeprune.results._pareto",
-    "front_hypervolume": "spikeprune.results._pareto",
-    "is_candidate": "spikeprune.results._pareto",
-    "is_duplicate": "spikeprune.results._pareto",
+    "analyse_study": "spikeprune.results._analysis",
+    "Analysis": "spikeprune.results._analysis",
     "write_report": "spikeprune.results._report",
     "write_images": "spikeprune.results._report",
     "trials_frame": "spikeprune.results._tables",
     "write_trials": "spikeprune.results._tables",
+    "read_trials": "spikeprune.results._tables",
     "compare_fronts": "spikeprune.results._tables",
     "select_trials": "spikeprune.results._export",
     "export_trial": "spikeprune.results._export",

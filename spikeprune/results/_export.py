@@ -27,9 +27,11 @@ from optuna.trial import FrozenTrial, TrialState
 from spikeprune.models._config import CompressionConfig
 from spikeprune.errors import SpikepruneError
 from spikeprune.objectives import METRIC
+from spikeprune.pareto import is_candidate, study_objectives
 from spikeprune.records import StudyRecord, TrialRecord
+from spikeprune.spaces._schema import SearchSpace
 
-from spikeprune.results._pareto import analyse_study, is_candidate, study_objectives
+from spikeprune.results._analysis import analyse_study
 
 #: Allowed gap between search-time and re-measured values. The rebuild is deterministic, so only
 #: float reduction order (thread counts) can flip a spike at threshold: the metric may move by a
@@ -177,7 +179,10 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, out_dir: str | Path, p
     # did not record it, and its searches all ran with the default seed 0.
     seed, energy = study_record.seed or 0, study_record.energy
 
-    base = BaseBundle.load(prepared_dir, glue_dir)  # before the folder exists: a bad base leaves nothing
+    # Pruned by the importance score the search used; loaded before the folder exists, so a bad base
+    # leaves nothing.
+    importance = SearchSpace.from_dict(study_record.space).importance
+    base = BaseBundle.load(prepared_dir, glue_dir, importance_method=importance)
     _prepare_folder(folder, overwrite)
     # A partial evaluation (early stop, or a capped dev set) used the first `examples` dev examples.
     examples = base.dev_size if record.examples is None else record.examples

@@ -19,10 +19,12 @@ import plotly.io as pio
 from optuna.trial import TrialState
 
 from spikeprune.errors import SpikepruneError
+from spikeprune.pareto import STATUSES, NoiseRule, is_duplicate, is_early_stopped
 from spikeprune.records import TrialRecord
+from spikeprune.search._study import quiet_optuna
 
 from spikeprune.results import _plots as plots
-from spikeprune.results._pareto import STATUSES, Analysis, NoiseRule, analyse_study, is_duplicate, is_early_stopped, quiet_optuna
+from spikeprune.results._analysis import Analysis, analyse_study
 
 IMAGE_FORMATS = ("png", "svg", "pdf")
 #: Below this many fully evaluated trials, importances are mostly noise and are not shown.

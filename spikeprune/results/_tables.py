@@ -15,10 +15,11 @@ import optuna
 import pandas as pd
 
 from spikeprune.errors import SpikepruneError
+from spikeprune.pareto import front_hypervolume, is_feasible
 from spikeprune.records import StudyRecord, TrialRecord
 
 from spikeprune.results import _plots as plots
-from spikeprune.results._pareto import Analysis, analyse_study, front_hypervolume, is_feasible
+from spikeprune.results._analysis import Analysis, analyse_study
 
 FORMATS = ("csv", "parquet", "json")
 
@@ -114,7 +115,8 @@ def write_trials(study: optuna.Study, path: str | Path, fmt: str | None = None) 
 
 
 def read_trials(path: str | Path, fmt: str | None = None) -> pd.DataFrame:
-    """Read a table written by ``write_trials`` back (dates parsed)."""
+    """Read a table that ``write_trials`` (``spikeprune trials --out``) wrote, dates parsed: the
+    trials of a study as a frame without opening its storage."""
     path = Path(path)
     fmt = _format(path, fmt)
     if fmt == "csv":

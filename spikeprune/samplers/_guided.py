@@ -38,10 +38,10 @@ from optuna.study import Study
 from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
 from spikeprune.models._config import CompressionConfig
-from spikeprune.results._pareto import hypervolume, is_candidate, study_reference
 from spikeprune.spaces._schema import SearchSpace
 from spikeprune.trial._base import BaseBundle
 from spikeprune.objectives import METRIC, Objective
+from spikeprune.pareto import hypervolume, is_candidate, study_reference
 
 from spikeprune.samplers._cost_model import CostPredictor
 from spikeprune.samplers._sensitivity import SensitivityProfile, compute_profile

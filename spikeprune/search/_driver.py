@@ -24,7 +24,7 @@ Resume (_resume.py): trials left RUNNING by a driver that is gone are failed and
 enqueued again; finished trials are never re-run. A config equal to one already finished, or being
 evaluated, is not evaluated again either: the trial is told that trial's values (``duplicate_of``).
 
-Faults: a kernel error, a non-finite measurement or a trial past ``trial_timeout`` (its task is
+Faults: an error of the trial function, a non-finite measurement or a trial past ``trial_timeout`` (its task is
 killed) fails the trial with the reason in its ``error`` and the search goes on, up to
 ``max_failures`` per run; a worker that dies mid-trial makes Ray run the task once more
 (``TASK_RETRIES``); storage outages are retried for ``storage_patience`` seconds
@@ -44,11 +44,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from spikeprune.models._config import CompressionConfig, SpikingBertConfig
-from spikeprune.results._pareto import reference_of, split_trials, study_objectives
 from spikeprune.spaces._schema import SearchSpace
 from spikeprune.trial._run import EarlyStop
 from spikeprune.errors import SpikepruneError
 from spikeprune.objectives import METRIC
+from spikeprune.pareto import reference_of, split_trials, study_objectives
 from spikeprune.records import FORMAT, StudyRecord, TrialRecord
 
 from spikeprune.search._progress import Progress
@@ -63,7 +63,7 @@ LOG = logging.getLogger(__name__)
 
 
 def task_error(error: Exception) -> str:
-    """One line for a Ray failure of the task itself (the kernel's own errors come back as data)."""
+    """One line for a Ray failure of the task itself (the trial function's own errors come back as data)."""
     import ray
 
     if isinstance(error, ray.exceptions.WorkerCrashedError):
@@ -127,9 +127,10 @@ class Driver:
     def run(self, base_ref: Any) -> RunStats:
         import ray
 
-        from spikeprune.search._worker import evaluate, task_env
+        from spikeprune.search._worker import evaluate
+        from spikeprune.threads import trial_wait_policy
 
-        env = task_env(self.s.cpus_per_trial)
+        env = trial_wait_policy(self.s.cpus_per_trial)
         self.task = ray.remote(evaluate).options(num_cpus=self.s.cpus_per_trial, num_gpus=self.s.gpus_per_trial,
                                                  max_retries=TASK_RETRIES,
                                                  **({"runtime_env": {"env_vars": env}} if env else {}))
@@ -297,7 +298,7 @@ class Driver:
         return max(floors) if floors else None
 
     def submit(self, flight: _Flight) -> None:
-        ref = self.task.remote(self.base_ref, flight.config.to_dict(), kernel=self.s.kernel,
+        ref = self.task.remote(self.base_ref, flight.config.to_dict(), trial_function=self.s.trial_function,
                                max_examples=None if self.full_examples >= self.dev_size else self.full_examples,
                                seed=self.s.seed, energy=self.energy, threads=max(1, int(self.s.cpus_per_trial)),
                                early_stop=self.early_stop(flight), submitted_at=time.time())
@@ -335,7 +336,7 @@ class Driver:
             if broken:
                 shown = ", ".join(f"{k} = {v}" for k, v in broken.items())
                 result = {"error": f"the trial measured {shown}; a non-finite value cannot be ranked "
-                                   f"(the compressed model is degenerate or the kernel is wrong)",
+                                   f"(the compressed model is degenerate or the trial function is wrong)",
                           "worker": result.get("worker")}
         if "error" in result:
             self.fail(flight, result)

@@ -1,7 +1,7 @@
 """What a running search shows, and what `spikeprune status` prints about a stored study.
 
 Both read only the study (trial states and user attrs), so status works from any process while
-a driver writes. Pareto front and hypervolume come from ``spikeprune.results._pareto``: the front
+a driver writes. Pareto front and hypervolume come from ``spikeprune.pareto``: the front
 of complete, feasible, fully evaluated trials; hypervolume normalised with the reference point
 given, else from the dense baseline or the trials (0..1; "-" before any trial finished).
 """
@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from spikeprune.errors import SpikepruneError
 from spikeprune.records import StudyRecord, TrialRecord
-from spikeprune.results._pareto import front_hypervolume, reference_of, split_trials, study_objectives
+from spikeprune.pareto import front_hypervolume, reference_of, split_trials, study_objectives
 
 from spikeprune.search._resume import Resume
 from spikeprune.search._settings import check_study_name

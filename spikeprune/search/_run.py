@@ -5,8 +5,8 @@ import dataclasses
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 
-from spikeprune.results._pareto import quiet_optuna
 from spikeprune.spaces._knobs import DEFAULT_SAMPLER
 from spikeprune.spaces._schema import SearchSpace
 from spikeprune.errors import SpikepruneError
@@ -16,13 +16,49 @@ from spikeprune.search._cluster import check_reachable, ray_session
 from spikeprune.search._driver import Driver, RunStats
 from spikeprune.search._settings import SearchSettings
 from spikeprune.search._storage import RetryingStorage, default_storage, describe, open_storage
-from spikeprune.search._study import open_study
-from spikeprune.search._worker import load_kernel
+from spikeprune.search._study import open_study, quiet_optuna
+from spikeprune.search._worker import load_trial_function
 
 
-def run_search(settings: SearchSettings) -> optuna.Study:
+@dataclasses.dataclass
+class SearchResult:
+    """What one ``run_search`` call did: the study, this run's statistics, the settings it ran with
+    (sampler resolved) and where the study is stored."""
+
+    study: optuna.Study
+    stats: RunStats
+    settings: SearchSettings
+    location: str
+
+    @property
+    def complete(self) -> int:
+        """COMPLETE trials the study holds, counting earlier runs."""
+        return len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+    @property
+    def gave_up(self) -> bool:
+        """This run stopped at ``max_failures`` failed trials."""
+        return self.stats.failed >= self.settings.max_failures
+
+    def summary(self) -> str:
+        """What the run did, in the lines ``run_search`` prints when it ends."""
+        stats = self.stats
+        lines = [f"study {self.study.study_name} ({self.location}): this run finished {stats.finished} trials "
+                 f"({stats.early_stopped} stopped early, {stats.duplicates} duplicates), {stats.failed} failed"]
+        if stats.re_queued:
+            lines.append(f"re-queued trials left running by a stopped driver: {stats.re_queued}")
+        if stats.examples_without_stopping:
+            lines.append(f"dev examples evaluated: {stats.examples}, "
+                         f"{stats.examples / stats.examples_without_stopping:.0%} "
+                         f"of the {stats.examples_without_stopping} that full evaluations of the same trials take")
+        if self.gave_up:
+            lines.append(f"stopped after {stats.failed} failed trials (--max-failures {self.settings.max_failures})")
+        return "\n".join(lines)
+
+
+def run_search(settings: SearchSettings) -> SearchResult:
     """Run (or resume) a search until the study holds ``n_trials`` COMPLETE trials, or this run has
-    had ``max_failures`` failed trials. The study comes back with ``run_stats`` (this run's RunStats)."""
+    had ``max_failures`` failed trials."""
     settings.check()
     space = settings.space if isinstance(settings.space, SearchSpace) else SearchSpace.load(settings.space)
     space.reference = {**space.reference, **parse_reference(settings.reference, space.objectives, "--reference")}
@@ -31,7 +67,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
     if settings.energy:
         from spikeprune.costs._ops import resolve_energy
         resolve_energy(energy)
-    load_kernel(settings.kernel)  # torch and the model code: after the cheap checks
+    load_trial_function(settings.trial_function)  # torch and the model code: after the cheap checks
     import torch
 
     if settings.gpus_per_trial > 0 and settings.ray_address is None and not torch.cuda.is_available():
@@ -41,7 +77,7 @@ def run_search(settings: SearchSettings) -> optuna.Study:
 
     # Everything a trial reads travels with the base through the object store (not by path).
     recovers = max(space.knobs["recovery_steps"].values() or [0]) > 0
-    base = BaseBundle.load(settings.prepared, settings.glue_dir, recovery=recovers)
+    base = BaseBundle.load(settings.prepared, settings.glue_dir, importance_method=space.importance, recovery=recovers)
     if settings.task and settings.task != base.task:
         raise SpikepruneError(f"--task {settings.task} but {settings.prepared} was prepared for {base.task}")
     model = base.student.config
@@ -73,19 +109,6 @@ def run_search(settings: SearchSettings) -> optuna.Study:
             base_ref = ray.put(base)
             del base
             stats = driver.run(base_ref)
-    print(summary(study, stats, describe(location)))
-    if stats.failed >= settings.max_failures:
-        print(f"stopped after {stats.failed} failed trials (--max-failures {settings.max_failures})")
-    study.run_stats = stats  # type: ignore[attr-defined]  # what the command line reports on
-    return study
-
-
-def summary(study: optuna.Study, stats: RunStats, location: str) -> str:
-    lines = [f"study {study.study_name} ({location}): this run finished {stats.finished} trials "
-             f"({stats.early_stopped} stopped early, {stats.duplicates} duplicates), {stats.failed} failed"]
-    if stats.re_queued:
-        lines.append(f"re-queued trials left running by a stopped driver: {stats.re_queued}")
-    if stats.examples_without_stopping:
-        lines.append(f"dev examples evaluated: {stats.examples}, {stats.examples / stats.examples_without_stopping:.0%} "
-                     f"of the {stats.examples_without_stopping} that full evaluations of the same trials take")
-    return "\n".join(lines)
+    result = SearchResult(study, stats, settings, describe(location))
+    print(result.summary())
+    return result

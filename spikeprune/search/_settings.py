@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
     from spikeprune.spaces._schema import SearchSpace
 
-#: The trial function the workers run unless ``--kernel`` names another (_worker.py).
-DEFAULT_KERNEL = "spikeprune:run_trial"
+#: The trial function the workers run unless ``--trial-function`` names another (_worker.py).
+DEFAULT_TRIAL_FUNCTION = "spikeprune:run_trial"
 STUDY_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")  # \Z: "$" would let a trailing newline in
 
 
@@ -60,7 +60,7 @@ class SearchSettings:
     progress: bool = True                   # live status line on stderr
     trial_timeout: float | None = None      # seconds from a trial's submission; then it is killed and failed
     storage_patience: float = 600.0         # seconds to wait for unreachable storage before stopping
-    kernel: str = DEFAULT_KERNEL            # "module:function" the workers run per trial (_worker.py)
+    trial_function: str = DEFAULT_TRIAL_FUNCTION  # "module:function" the workers run per trial (worker.py)
     reference: dict[str, float] | list[str] | None = None  # worst values counted by hypervolume, by objective
 
     def check(self) -> None:

@@ -1,5 +1,6 @@
-"""Study setup: create a search's study (directions, metric names, seeds, its record) or check
-that a resumed one was made with the same settings.
+"""Studies: create a search's study (directions, metric names, seeds, its record) or check that a
+resumed one was made with the same settings; open a stored study by name (``load_study``); keep
+Optuna's INFO lines out of the progress output (``quiet_optuna``).
 
 Of several drivers starting together, only the one whose ``create_new_study`` succeeded sets the
 study up; the others wait for its record, which it writes last, so seeds are queued once.
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 import warnings
 from pathlib import Path
 
@@ -79,3 +81,25 @@ def open_study(settings: SearchSettings, space: SearchSpace, storage: optuna.sto
         record.reference_given = wanted.reference_given  # a reference given on resume applies from now on
         record.write(study)
     return study
+
+
+def load_study(study_name: str, storage: str | optuna.storages.BaseStorage) -> optuna.Study:
+    """Open a stored study; the caller opens the storage (a URL or a storage object)."""
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = optuna.get_all_study_names(storage)
+        raise SpikepruneError(
+            f"no study named {study_name!r} in this storage; it holds {names or 'no studies'}") from None
+
+
+@contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna's INFO lines (a study created, a trial finished) off for the block: the progress
+    line and the report say what happened."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)

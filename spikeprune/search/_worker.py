@@ -2,12 +2,13 @@
 
 The driver submits it with ``ray.remote(evaluate).options(num_cpus=..., num_gpus=...)`` and passes
 the base bundle as an ObjectRef put in the object store once; Ray hands the task the bundle
-itself, so a worker node needs no access to the driver's disk. Errors inside the kernel come back
+itself, so a worker node needs no access to the driver's disk. Errors inside the trial function come back
 as data (with the worker that hit them) so the driver can record them on the trial; only a crashed
 worker or a lost node surfaces as a Ray error. Every answer names the Ray node and the device that
 ran it (``placement``), stored on the trial.
 
-The kernel is named ``module:function`` (``SearchSettings.kernel``, ``--kernel``) and imported in
+The trial function is named ``module:function`` (``SearchSettings.trial_function``,
+``--trial-function``) and imported in
 the worker, so a custom evaluation (another metric, a wrapper that logs) runs without changing the
 driver: it takes the arguments of ``run_trial`` and returns a ``TrialResult``. When the space
 stops trials early it is also given ``early_stop`` (``spikeprune.EarlyStop``; pass it on to
@@ -27,23 +28,26 @@ from spikeprune.models._config import CompressionConfig
 from spikeprune.trial._run import EarlyStop, worker_name
 from spikeprune.errors import SpikepruneError
 
-from spikeprune.search._settings import DEFAULT_KERNEL
+from spikeprune.search._settings import DEFAULT_TRIAL_FUNCTION
 
 
-def load_kernel(spec: str) -> Callable[..., Any]:
+def load_trial_function(spec: str) -> Callable[..., Any]:
     """The trial function ``module:function`` names (imported here)."""
     module, sep, name = str(spec).partition(":")
     if not sep or not module or not name.isidentifier():
-        raise SpikepruneError(f"kernel {spec!r} is not of the form module:function, e.g. {DEFAULT_KERNEL}")
+        raise SpikepruneError(f"trial function {spec!r} is not of the form module:function, "
+                              f"e.g. {DEFAULT_TRIAL_FUNCTION}")
     try:
         function = getattr(importlib.import_module(module), name)
     except ImportError as e:
-        raise SpikepruneError(f"kernel module {module!r} cannot be imported ({e}); install it or put it on "
+        raise SpikepruneError(f"trial function module {module!r} cannot be imported ({e}); install it or put it on "
                               f"PYTHONPATH") from None
     except AttributeError:
-        raise SpikepruneError(f"kernel module {module!r} has no {name!r}; check the function name") from None
+        raise SpikepruneError(f"trial function module {module!r} has no {name!r}; check the function "
+                              f"name") from None
     if not callable(function):
-        raise SpikepruneError(f"kernel {spec!r} is not a function; name a function taking run_trial's arguments")
+        raise SpikepruneError(f"trial function {spec!r} is not a function; name a function taking run_trial's "
+                              f"arguments")
     return function
 
 
@@ -63,21 +67,6 @@ def task_device(node: str) -> str:
     return "cuda"
 
 
-def task_env(cpus_per_trial: float) -> dict[str, str]:
-    """Environment variables of the Ray workers that run trials of ``cpus_per_trial`` CPUs.
-
-    ``import spikeprune`` makes idle OpenMP threads sleep (PASSIVE), which saves a machine whose
-    cores are shared but leaves a trial's own threads nothing to gain: on 2 cores a trial with 2
-    threads was no faster than with 1. A trial of several CPUs owns them (Ray counts them), so its
-    workers spin instead (ACTIVE; docs/DESIGN.md §8). A policy the
-    user set is kept, and one thread has nothing to wait for."""
-    import spikeprune
-
-    if int(cpus_per_trial) < 2 or spikeprune._OMP_POLICY_FROM_USER:
-        return {}
-    return {"OMP_WAIT_POLICY": "ACTIVE"}
-
-
 def placement() -> dict[str, str]:
     """Where this task runs: the Ray node (its address and the start of its id; ``local`` outside
     Ray) and the process."""
@@ -89,10 +78,10 @@ def placement() -> dict[str, str]:
     return {"node": node, "worker": worker_name()}
 
 
-def evaluate(base: Any, compression: dict[str, Any], *, kernel: str = DEFAULT_KERNEL, max_examples: int | None,
-             seed: int, energy: str, threads: int, early_stop: EarlyStop | None = None,
+def evaluate(base: Any, compression: dict[str, Any], *, trial_function: str = DEFAULT_TRIAL_FUNCTION,
+             max_examples: int | None, seed: int, energy: str, threads: int, early_stop: EarlyStop | None = None,
              submitted_at: float | None = None) -> dict[str, Any]:
-    """Run the trial kernel; return ``TrialResult.to_dict()`` or ``{"error", "traceback"}``, each with
+    """Run the trial function; return ``TrialResult.to_dict()`` or ``{"error", "traceback"}``, each with
     the ``node``, ``worker`` and ``device`` that ran it. With ``submitted_at`` (the driver's
     ``time.time()``), ``timing.dispatch_s`` is how long the task took to start: Ray scheduling,
     the base reaching the node and being unpickled (clocks of other machines may be a little off)."""
@@ -101,7 +90,7 @@ def evaluate(base: Any, compression: dict[str, Any], *, kernel: str = DEFAULT_KE
     torch.set_num_threads(max(1, threads))
     where: dict[str, str] = {**placement(), "device": "cpu"}
     try:
-        run = load_kernel(kernel)
+        run = load_trial_function(trial_function)
         where["device"] = device = task_device(where["node"])
         extra = {} if early_stop is None else {"early_stop": early_stop}
         result = run(base, CompressionConfig.from_dict(compression), max_examples=max_examples,

@@ -140,6 +140,18 @@ def parse_sampler(raw: Any) -> str | None:
     raise SpikepruneError(f"space.sampler: {raw!r} is unknown; use one of {', '.join(SAMPLERS)}")
 
 
+def parse_importance(raw: Any) -> str:
+    """A space's ``importance``: the score that ranks heads and FFN neurons for pruning, ``grad``
+    (the default) or ``activity`` (mean firing rates); ``prepare`` computes both once per base."""
+    if raw is None:
+        return "grad"
+    from spikeprune.models._compress import METHODS  # loads torch: only for a space that names one
+
+    if raw in METHODS:
+        return raw
+    raise SpikepruneError(f"space.importance: {raw!r} is unknown; use one of {', '.join(METHODS)}")
+
+
 @dataclass(frozen=True)
 class EarlyStopping:
     """First look at ``fraction`` of the dev set: stop if another trial's look beats it there by

@@ -18,8 +18,10 @@ dev set for the first look, the metric margin by which a trial must be beaten to
 fractions of later looks, which stop a trial that cannot reach the metric floor or that a fully
 evaluated trial outruns);
 ``reference`` gives the worst value hypervolume counts per objective (``{metric: -0.5}``), which
-is otherwise derived from the dense baseline (``results/_pareto.py``); ``sampler`` names the
-sampler its searches use unless ``--sampler`` names another (``knobs.SAMPLERS``).
+is otherwise derived from the dense baseline (``spikeprune/pareto.py``); ``sampler`` names the
+sampler its searches use unless ``--sampler`` names another (``knobs.SAMPLERS``); ``importance``
+names the score that picks which heads and neurons a config keeps (``grad``, the default, or
+``activity``).
 
 Timesteps may go above the base model's T: the model was trained on equilibrium rates, so more
 steps are legal (a finer rate), just more expensive; the shipped presets stay at or below T.
@@ -38,14 +40,14 @@ from spikeprune.models._config import CompressionConfig, SpikingBertConfig
 from spikeprune.errors import SpikepruneError
 from spikeprune.objectives import METRIC, OBJECTIVES, Objective, parse_reference
 
-from spikeprune.spaces._knobs import EarlyStopping, Knob, check_keys, parse_number, parse_sampler
+from spikeprune.spaces._knobs import EarlyStopping, Knob, check_keys, parse_importance, parse_number, parse_sampler
 
 #: Constraint key -> the objective it limits: a floor for the metric, caps for costs.
 CONSTRAINTS: dict[str, str] = {"metric_min": METRIC, **{f"{k}_max": k for k in OBJECTIVES if k != METRIC}}
 #: Compression knobs in the order of CompressionConfig; the last is not per layer.
 KNOBS: tuple[str, ...] = ("heads", "neurons", "timesteps", "weight_bits", "recovery_steps")
 TOP_KEYS: tuple[str, ...] = ("name", "description", *KNOBS, "objectives", "constraints", "energy", "early_stopping",
-                             "reference", "sampler")
+                             "reference", "sampler", "importance")
 DEFAULT_OBJECTIVES: tuple[str, ...] = (METRIC, "sops")
 DEFAULT_ENERGY = "float45nm"
 #: Levels of the uniform seed configs: how far from the most compressed value towards the base.
@@ -67,6 +69,9 @@ class SearchSpace:
     reference: dict[str, float] = field(default_factory=dict)
     #: The sampler its searches use unless the command line names one (None: ``DEFAULT_SAMPLER``).
     sampler: str | None = None
+    #: The importance score that ranks heads and neurons for pruning (stored with the study, so a
+    #: resume and an export prune alike).
+    importance: str = "grad"
     #: Layer count of the model the space was last checked against; per-layer knobs need it.
     num_layers: int | None = field(default=None, compare=False)
     #: Where the space was read from ("preset joint", a path), to prefix model-check errors.
@@ -116,7 +121,7 @@ class SearchSpace:
                    constraints=_parse_constraints(data.get("constraints")), energy=energy,
                    early_stopping=EarlyStopping.parse(data.get("early_stopping")),
                    reference=parse_reference(data.get("reference"), objectives, "space.reference"),
-                   sampler=parse_sampler(data.get("sampler")))
+                   sampler=parse_sampler(data.get("sampler")), importance=parse_importance(data.get("importance")))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data that ``from_dict`` reads back (stored with the study)."""
@@ -131,6 +136,8 @@ class SearchSpace:
             out["reference"] = dict(self.reference)
         if self.sampler:
             out["sampler"] = self.sampler
+        if self.importance != "grad":   # spaces stored before the field existed read back equal
+            out["importance"] = self.importance
         return out
 
     # --------------------------------------------------------------------- model checking
@@ -246,7 +253,7 @@ class SearchSpace:
         return [o.name for o in self.objectives]
 
     def objective_values(self, measured: Mapping[str, float]) -> list[float]:
-        """Trial values in objective order, from the kernel's ``TrialResult.objectives``."""
+        """Trial values in objective order, from the trial function's ``TrialResult.objectives``."""
         return [float(_measured(measured, o.name)) for o in self.objectives]
 
     def constraint_values(self, measured: Mapping[str, float]) -> dict[str, float]:

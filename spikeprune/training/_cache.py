@@ -36,8 +36,6 @@ def check_preset(p: Preset) -> None:
         if not math.isfinite(value) or not floor_ok:
             raise SpikepruneError(f"preset {name}={value!r} must be a finite number "
                                   f"{'>= 0' if name in MAY_BE_ZERO else '> 0'}; fix the --set value")
-    if p.leak > 1:
-        raise SpikepruneError(f"preset leak={p.leak!r} must be at most 1 (1 = integrate-and-fire)")
     if p.family not in FAMILIES:
         raise SpikepruneError(f"preset family={p.family!r} is unknown; use one of {', '.join(FAMILIES)}")
     if p.residual_thresholds not in RESIDUAL_THRESHOLDS:

@@ -132,9 +132,7 @@ class DistillLoss(nn.Module):
 
 
 def loss_weights(p: Preset) -> dict[str, float]:
-    """DistillLoss weights of a preset; ``labels_only`` trains on gold labels alone."""
-    if p.labels_only:
-        return dict(hidden_weight=0.0, attention_weight=0.0, logit_weight=0.0, label_weight=1.0)
+    """DistillLoss weights of a preset (hidden, attention and logit weights 0: gold labels alone)."""
     return dict(hidden_weight=p.hidden_weight, attention_weight=p.attention_weight,
                 logit_weight=p.logit_weight, label_weight=p.label_weight)
 
@@ -146,16 +144,17 @@ def distill_student(student: SpikingBertForSequenceClassification, teacher: nn.M
                     seed: int = 0) -> SpikingBertForSequenceClassification:
     """Distill ``teacher`` into ``student`` (surrogate gradients); write ``out_dir/student``.
 
-    Loss weights, temperature and ``labels_only`` (plain labels, no teacher) come from the
-    preset; override with ``dataclasses.replace(PRESETS[name], ...)``. Resumes from
+    Loss weights and temperature come from the preset (with only ``label_weight`` above 0 it trains
+    on gold labels and needs no teacher); override with ``dataclasses.replace(PRESETS[name], ...)``. Resumes from
     ``out_dir/checkpoints/student``.
     """
     p = get_preset(preset)
     spec = get_task(task)
     out_dir = Path(out_dir)
     weights = loss_weights(p)
-    if not p.labels_only and teacher is None:
-        raise SpikepruneError("distillation needs a teacher; pass one or use a preset with labels_only=True")
+    if teacher is None and any(weights[k] for k in ("hidden_weight", "attention_weight", "logit_weight")):
+        raise SpikepruneError("distillation needs a teacher; pass one or set hidden_weight, attention_weight and "
+                              "logit_weight to 0 (gold labels alone)")
     teacher_layers = teacher.config.num_hidden_layers if teacher is not None else student.config.num_layers
     layer_map = layer_map or default_layer_map(teacher_layers, student.config.num_layers)
     torch.manual_seed(seed)

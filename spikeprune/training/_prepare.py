@@ -78,8 +78,8 @@ def prepare(task: str, glue_dir: str | Path | None, run_root: str | Path, preset
 
     if not stage_done(out / "student"):
         family = family_of(p.family)
-        student = build_student(teacher, p.timesteps, p.student_layers, threshold=p.threshold,
-                                leak=p.leak, task=spec.name, family=p.family, levels=p.levels,
+        student = build_student(teacher, p.timesteps, p.student_layers, task=spec.name, family=p.family,
+                                levels=p.levels,
                                 residual_thresholds=p.residual_thresholds if family.residual else "population")
         if family.calibrated:
             calibrate_thresholds(student, calibration_batches(), p.calibration_percentile)

@@ -34,10 +34,10 @@ class Preset:
     warmup_ratio: float
     weight_decay: float
     # student
+    #: the student's family (config.FAMILIES); every preset names it
+    family: str
     timesteps: int
     student_layers: int | None
-    threshold: float
-    leak: float
     # distillation
     distill_examples: int | None
     distill_epochs: int
@@ -47,16 +47,14 @@ class Preset:
     logit_weight: float
     label_weight: float
     temperature: float
-    labels_only: bool
     # evaluation and checkpoints
     eval_examples: int | None
     eval_batch_size: int
     checkpoint_every: int
     #: training batches are sorted by length within groups of this many batches (0: plain shuffle)
     length_bucket: int = 0
-    #: the student's family (FAMILIES in models/_config.py) and, for "converted", its levels per sign and the
-    #: percentile of |activation| on calibration batches that sets each population's L·θ
-    family: str = "spikingbert"
+    #: for the "converted" family: its levels per sign and the percentile of |activation| on
+    #: calibration batches that sets each population's L·θ
     levels: int = 8
     calibration_percentile: float = 99.9
     #: "unit": the converted family's residual-stream populations get per-unit θ (models/_config.py);
@@ -66,38 +64,49 @@ class Preset:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preset:
+        """The preset ``to_dict`` wrote. Fields older bases recorded and this version dropped
+        (``threshold``, ``leak``, ``labels_only``: no preset changed them) are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    # Seconds, for tests: a 2-layer random BERT of width 32 on a few dozen examples.
+    # Seconds, for tests: a 2-layer random BERT of width 32 on a few dozen examples, and a student
+    # of the default family (the quick preset's) with 4 levels per sign.
     Preset("tiny", teacher_examples=48, teacher_epochs=1, teacher_lr=1e-3,
            teacher_arch=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                              intermediate_size=64),
            batch_size=8, max_length=32, warmup_ratio=0.1, weight_decay=0.01,
-           timesteps=2, student_layers=None, threshold=1.0, leak=1.0,
+           family="converted", timesteps=2, student_layers=None,
            distill_examples=48, distill_epochs=1, distill_lr=1e-3,
            hidden_weight=1.0, attention_weight=1.0, logit_weight=1.0, label_weight=0.0,
-           temperature=1.0, labels_only=False,
-           eval_examples=32, eval_batch_size=16, checkpoint_every=2),
+           temperature=1.0,
+           eval_examples=32, eval_batch_size=16, checkpoint_every=2,
+           levels=4, residual_thresholds="unit"),
     # Minutes on a 2-core CPU. Teacher: 16,000 sentences at lr 1e-4 in length-bucketed batches.
     # Student: the converted family (8 levels per sign, T = 16, per-unit θ on the residual stream),
     # calibrated, then trained as the quantized network (QAT) on 16,000 sentences. A SpikingBERT-family
     # student: --set family=spikingbert --set timesteps=4 --set distill_examples=8000 --set distill_lr=5e-4.
     Preset("quick", teacher_examples=16000, teacher_epochs=1, teacher_lr=1e-4, teacher_arch=None,
            batch_size=32, max_length=64, warmup_ratio=0.1, weight_decay=0.01,
-           timesteps=16, student_layers=None, threshold=1.0, leak=1.0,
+           family="converted", timesteps=16, student_layers=None,
            distill_examples=16000, distill_epochs=1, distill_lr=5e-5,
            hidden_weight=1.0, attention_weight=0.1, logit_weight=1.0, label_weight=0.0,
-           temperature=1.0, labels_only=False,
+           temperature=1.0,
            eval_examples=None, eval_batch_size=64, checkpoint_every=25, length_bucket=50,
-           family="converted", levels=8, calibration_percentile=99.9, residual_thresholds="unit"),
-    # For a GPU (--device cuda): the whole train set, several epochs, T=16.
+           levels=8, calibration_percentile=99.9, residual_thresholds="unit"),
+    # For a GPU (--device cuda): the quick preset's student (the converted family) on the whole
+    # train set, several epochs.
     Preset("full", teacher_examples=None, teacher_epochs=3, teacher_lr=5e-5, teacher_arch=None,
            batch_size=32, max_length=128, warmup_ratio=0.1, weight_decay=0.01,
-           timesteps=16, student_layers=None, threshold=1.0, leak=1.0,
-           distill_examples=None, distill_epochs=3, distill_lr=1e-4,
-           hidden_weight=1.0, attention_weight=1.0, logit_weight=1.0, label_weight=0.0,
-           temperature=1.0, labels_only=False,
-           eval_examples=None, eval_batch_size=128, checkpoint_every=500, length_bucket=50),
+           family="converted", timesteps=16, student_layers=None,
+           distill_examples=None, distill_epochs=3, distill_lr=5e-5,
+           hidden_weight=1.0, attention_weight=0.1, logit_weight=1.0, label_weight=0.0,
+           temperature=1.0,
+           eval_examples=None, eval_batch_size=128, checkpoint_every=500, length_bucket=50,
+           levels=8, calibration_percentile=99.9, residual_thresholds="unit"),
 )}
 
 

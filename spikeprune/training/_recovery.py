@@ -43,7 +43,7 @@ class RecoverySource:
         record = PreparedRecord.read(prepared)
         teacher = AutoModelForSequenceClassification.from_pretrained(Path(prepared) / "teacher").eval()
         tokenizer = AutoTokenizer.from_pretrained(Path(prepared) / "teacher")
-        return cls(Preset(**record.preset_config), record.layer_map, teacher, tokenizer,
+        return cls(Preset.from_dict(record.preset_config), record.layer_map, teacher, tokenizer,
                    load_glue(record.task, "train", None if glue_dir is None else str(glue_dir)))
 
     def __getstate__(self) -> dict[str, Any]:

@@ -1,9 +1,9 @@
-"""The trial kernel: compress the base student by one config, evaluate it, count what it costs.
+"""The trial function: compress the base student by one config, evaluate it, count what it costs.
 
 Every search trial, every `spikeprune evaluate` and every export re-measurement goes through
 ``run_trial`` so that a number means the same thing wherever it is printed.
 
-Early stopping happens inside the kernel (``EarlyStop``): the model is compressed once, evaluated
+Early stopping happens inside the trial function (``EarlyStop``): the model is compressed once, evaluated
 on the first examples of the dev set, and either stops there (clearly beaten) or goes on with the
 next examples only, up to the next look or the end, so a trial that survives its looks costs
 exactly one full evaluation. At every look the trial races the front of the trials already fully

@@ -1,9 +1,10 @@
-"""Pareto front, hypervolume and noise-aware domination over a study's trials.
+"""Pareto front, hypervolume and the reference point over a study's trials.
 
-Everything here is a pure function of ``FrozenTrial`` lists and objectives, so it is tested on
-hand-made trials without storage; ``analyse_study`` is the one place that reads a ``Study``
-(its ``records.StudyRecord`` and the trials' ``records.TrialRecord``), beside two helpers for
-any study (``load_study``, ``quiet_optuna``).
+Beside the objectives, below everything that reads a study: the search's progress line and early
+stop, the guided sampler and the results all rank trials by the same rules. Functions of
+``FrozenTrial`` lists and objectives (plus ``reference_of`` and ``find_baseline``, which also read
+the study's ``records.StudyRecord``), so they are tested on hand-made trials without storage.
+Needs numpy and Optuna, never torch.
 
 Which trials compete for the front: COMPLETE, feasible (every Optuna constraint <= 0), not
 early-stopped (an early-stopped trial's values come from a partial evaluation, so they are not
@@ -17,8 +18,7 @@ The reference point comes from the user, else the dense baseline, else the trial
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,26 +32,6 @@ from spikeprune.records import StudyRecord, TrialRecord
 #: Status of a trial in the analysis, in the order the report lists them.
 STATUSES: tuple[str, ...] = ("front", "within_noise", "dominated", "infeasible", "early_stopped", "duplicate",
                              "incomplete")
-def load_study(study_name: str, storage: str | optuna.storages.BaseStorage) -> optuna.Study:
-    """Open a stored study; the caller opens the storage (a URL or a storage object)."""
-    try:
-        return optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        names = optuna.get_all_study_names(storage)
-        raise SpikepruneError(
-            f"no study named {study_name!r} in this storage; it holds {names or 'no studies'}") from None
-
-
-@contextmanager
-def quiet_optuna() -> Iterator[None]:
-    """Optuna's INFO lines (a study created, a trial finished) off for the block: the progress
-    line and the report say what happened."""
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(verbosity)
 
 
 def study_objectives(study: optuna.Study) -> list[Objective]:
@@ -356,40 +336,3 @@ def find_baseline(study: optuna.Study, trials: Sequence[FrozenTrial] | None = No
     if t is None:
         return None
     return {o.name: float(v) for o, v in zip(study_objectives(study), t.values)}
-
-
-@dataclass
-class Analysis:
-    """Everything the report, tables and export need from one study, computed once."""
-
-    study_name: str
-    record: StudyRecord
-    objectives: list[Objective]
-    trials: list[FrozenTrial]
-    split: ParetoSplit
-    reference: Reference | None
-    history: list[tuple[int, float]]
-    baseline: FrozenTrial | None
-
-    @property
-    def hypervolume(self) -> float | None:
-        return self.history[-1][1] if self.reference is not None and self.history else None
-
-
-def analyse_study(study: optuna.Study, *, margin: float = 0.1, metric_margin: float = 0.1,
-                  noise: NoiseRule | None = NoiseRule()) -> Analysis:
-    """Read a study once and compute its split, reference point and hypervolume history.
-
-    Without a reference point (no value given, no baseline, no finished trial) ``reference`` is
-    None and the history is empty.
-    """
-    objectives = study_objectives(study)
-    trials = study.get_trials(deepcopy=False)
-    reference = reference_of(study, trials, margin=margin, metric_margin=metric_margin)
-    return Analysis(
-        study_name=study.study_name, record=StudyRecord.read(study),
-        objectives=objectives, trials=sorted(trials, key=lambda t: t.number),
-        split=split_trials(trials, objectives, noise), reference=reference,
-        history=hypervolume_history(trials, reference) if reference is not None else [],
-        baseline=baseline_trial(trials))
-
