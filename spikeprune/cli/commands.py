@@ -33,7 +33,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from spikeprune import BaseBundle, CompressionConfig, format_report, run_trial
+    from spikeprune import BaseBundle, CompressionConfig, format_ann, format_report, run_trial
 
     output_file(args.json, "--json")
     compression = CompressionConfig.load(args.config) if args.config else CompressionConfig()
@@ -41,6 +41,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = run_trial(base, compression, max_examples=args.max_examples,
                        seed=args.seed, energy=args.energy)
     print(format_report(result.report))
+    print(format_ann(result.ann, result.report.energy_uj))
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
     lo, hi = result.metric_ci
     print(f"{base.task} dev ({result.examples} examples): {metrics} (95% CI {lo:.4f}..{hi:.4f})")
