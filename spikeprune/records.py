@@ -16,10 +16,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from spikeprune.errors import SpikepruneError
 from spikeprune.objectives import METRIC, METRIC_NAMES, Objective
+
+if TYPE_CHECKING:
+    from spikeprune.costs._ann import AnnReference
 
 FORMAT = 1
 _KINDS = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list}
@@ -261,14 +264,22 @@ class TrialRecord:
             trial.set_user_attr(key, value)
 
     @property
-    def ann_ratios(self) -> dict[str, float] | None:
-        """The trial's energy as a multiple of each ANN reference's (``costs.ANN_NETWORKS`` keys),
-        None when it holds no ANN reference."""
-        if self.ann is None or not self.report:
+    def ann_reference(self) -> "AnnReference | None":
+        """The stored ANN references, typed (None when the trial holds none)."""
+        if self.ann is None:
             return None
         from spikeprune.costs._ann import AnnReference
 
-        return AnnReference.from_dict(self.ann).ratios(float(self.report["energy_uj"]))
+        return AnnReference.from_dict(self.ann)
+
+    @property
+    def ann_ratios(self) -> dict[str, float] | None:
+        """The trial's energy as a multiple of each ANN reference's (``costs.ANN_NETWORKS`` keys),
+        None when it holds no ANN reference."""
+        reference = self.ann_reference
+        if reference is None or not self.report:
+            return None
+        return reference.ratios(float(self.report["energy_uj"]))
 
     @property
     def fresh(self) -> bool:

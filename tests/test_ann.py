@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import optuna
 import pytest
+from optuna.distributions import IntDistribution
 
 from spikeprune.costs._ann import (ANN_KINDS, ANN_NETWORKS, FLOAT_KINDS, PRODUCT_KINDS, AnnReference, ann_ops,
                                    ann_reference, format_ann)
@@ -18,6 +20,10 @@ from spikeprune.errors import SpikepruneError
 from spikeprune.models._config import SpikingBertConfig
 from spikeprune.models._spiking import SimRecord
 from spikeprune.records import TrialRecord
+from spikeprune.results._report import pareto_figure, write_report
+from spikeprune.results._pareto import analyse_study
+from spikeprune.results._tables import trials_frame
+from spikeprune.search._progress import study_status
 
 from test_ops import IDS, MASK, tiny_config, tiny_model
 
@@ -143,3 +149,59 @@ def test_mismatched_or_empty_inputs_are_refused() -> None:
     with pytest.raises(SpikepruneError, match="empty"):
         ann_reference(DENSE, DENSE, SimRecord())
     assert ENERGY_PRESETS["int45nm"].int_mac_pj(8) == pytest.approx(0.23)   # Horowitz 8-bit mult + add
+
+
+# ------------------------------------------------------------------ where a user sees them
+OBJECTIVES = [{"name": "metric", "direction": "maximize"}, {"name": "energy_uj", "direction": "minimize"}]
+
+
+def ann_study(storage: str | None = None) -> tuple[optuna.Study, AnnReference]:
+    """A study of four trials whose energies are set multiples of the hand network's fp32 teacher
+    (E): the baseline 2E (0.90), trial 1 0.5E (0.88), trial 2 E/4 (0.80), trial 3 3E (0.85, dominated)."""
+    ref = ann_reference(DENSE, TRIAL, RECORD, "int45nm")
+    e = ref.teacher.energy_uj
+    study = optuna.create_study(directions=["maximize", "minimize"], study_name="ann", storage=storage)
+    study.set_user_attr("spikeprune", {"task": "sst2", "objectives": OBJECTIVES, "energy": "int45nm",
+                                       "prepared": "/nowhere", "space": {"objectives": OBJECTIVES}})
+    for k, (metric, energy) in enumerate([(0.90, 2 * e), (0.88, e / 2), (0.80, e / 4), (0.85, 3 * e)]):
+        study.add_trial(optuna.trial.create_trial(
+            values=[metric, energy], params={"x": k}, distributions={"x": IntDistribution(0, 3)},
+            user_attrs={"compression": {"heads": [2, 1], "neurons": [3, 2], "timesteps": [2, 2],
+                                        "weight_bits": [4, 32], "recovery_steps": 0},
+                        "metrics": {"metric": metric}, "report": {"energy_uj": energy, "sops": 1.0},
+                        "ann": ref.to_dict(), "seeded": k == 0, "baseline": k == 0, "fidelity": 1.0},
+            system_attrs={"constraints": [-1.0]}))
+    return study, ref
+
+
+def test_status_trials_and_export_config_show_the_ratios(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'ann.db'}"
+    _, ref = ann_study(url)
+    status = study_status(url, "ann")
+    assert f"ANN teacher on the baseline's examples: fp32 {ref.teacher.energy_uj:.4g} µJ" in status
+    assert "x fp32 ANN  x int twin" in status
+    # Trial 1 is 0.5x the fp32 teacher; the twin costs 2102.36 pJ against the teacher's 4233.2.
+    row = next(line for line in status.splitlines() if line.lstrip().startswith("#1 "))
+    assert f"{0.5:10.3g}  {0.5 * 4233.2 / 2102.36:10.3g}" in row
+    frame = trials_frame(optuna.load_study(study_name="ann", storage=url))
+    assert list(frame["energy_x.teacher"]) == pytest.approx([2, 0.5, 0.25, 3])
+    assert list(frame["energy_x.teacher_int8"]) == pytest.approx(
+        [k * 4233.2 / 2345.36 for k in (2, 0.5, 0.25, 3)])
+    assert frame["ann.twin.energy_uj"][0] == pytest.approx(2102.36 / 1e6)
+    summary = ref.summary(ref.teacher.energy_uj / 2)
+    assert summary["spiking_x"]["teacher"] == pytest.approx(0.5) and summary["energy_uj"]["twin"] == ref.twin.energy_uj
+
+
+def test_report_draws_the_ann_references(tmp_path) -> None:
+    study, ref = ann_study()
+    analysis = analyse_study(study)
+    traces = {t.name: t for t in pareto_figure(analysis).data}
+    e = ref.teacher.energy_uj
+    # x: energy (the only cost), y: the metric; the lines span the trials' metrics 0.80..0.90.
+    assert list(traces["fp32 ANN teacher"].x) == [e, e] and list(traces["fp32 ANN teacher"].y) == [0.80, 0.90]
+    assert list(traces["int8 ANN teacher"].x) == [ref.teacher_int8.energy_uj] * 2
+    # The front is trials 0, 1, 2; each twin at its trial's metric.
+    assert list(traces["integer twins of the front"].y) == [0.90, 0.88, 0.80]
+    assert "fp32 ANN teacher (dev metric)" not in traces     # the base cannot be read from here
+    html = write_report(study, tmp_path / "r.html")[0].read_text()
+    assert "x fp32 ANN" in html and "fp32 ANN teacher" in html

@@ -133,6 +133,19 @@ class AnnReference:
         """A spiking energy per example as a multiple of each reference's (above 1: the ANN costs less)."""
         return {key: energy_uj / getattr(self, key).energy_uj for key in ANN_NETWORKS}
 
+    def headline(self) -> str:
+        """One line: the ANN teacher's energy per example, fp32 and int8, and what it was counted on."""
+        return (f"fp32 {self.teacher.energy_uj:.4g} µJ, int8 {self.teacher_int8.energy_uj:.4g} µJ per example "
+                f"({self.examples} examples of {self.tokens_per_example:.1f} tokens, {self.energy_model})")
+
+    def summary(self, energy_uj: float) -> dict[str, Any]:
+        """The few numbers a reader wants (exported configs): each reference's energy per example
+        and the spiking energy as a multiple of it."""
+        return {"energy_model": self.energy_model, "examples": self.examples,
+                "tokens_per_example": self.tokens_per_example, "spiking_energy_uj": energy_uj,
+                "energy_uj": {key: getattr(self, key).energy_uj for key in ANN_NETWORKS},
+                "spiking_x": self.ratios(energy_uj)}
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

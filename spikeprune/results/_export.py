@@ -3,7 +3,9 @@
 Layout of one export, ``<out_dir>/trial-<number, 5 digits>/``::
 
     config.yaml    study, task, trial number, the resolved compression config (``spikeprune evaluate
-                   --config`` reads this file as it is), search-time values
+                   --config`` reads this file as it is), search-time values, and ``ann``: the
+                   re-measured energy per example of the fp32 teacher, the int8 teacher and the
+                   integer twin (costs/_ann.py) and the spiking energy as a multiple of each
     model/         the compressed model, weights packed at their bit widths (models/_checkpoint.py), and
                    its tokenizer: ``from_pretrained`` and ``AutoTokenizer`` on this folder
     metrics.json   search-time and re-measured objective values, metrics, op report, tolerance, verdict
@@ -198,6 +200,7 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, out_dir: str | Path, p
         "objectives": [{"name": o.name, "direction": o.direction} for o in objectives],
         "search_values": search, "fidelity": _fidelity(trial), "examples": examples, "seed": seed,
         "energy": energy, "prepared": str(prepared_dir), "params": dict(trial.params),
+        "ann": result.ann.summary(result.report.energy_uj),
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     metrics: dict[str, Any] = {"search": search, "measured": measured, **result.to_dict(),
