@@ -19,7 +19,7 @@ from spikeprune.costs._ops import ENERGY_PRESETS, resolve_energy
 from spikeprune.errors import SpikepruneError
 from spikeprune.models._config import SpikingBertConfig
 from spikeprune.models._spiking import SimRecord
-from spikeprune.records import TrialRecord
+from spikeprune.records import PreparedRecord, TrialRecord
 from spikeprune.results._report import pareto_figure, write_report
 from spikeprune.results._pareto import analyse_study
 from spikeprune.results._tables import trials_frame
@@ -155,14 +155,14 @@ def test_mismatched_or_empty_inputs_are_refused() -> None:
 OBJECTIVES = [{"name": "metric", "direction": "maximize"}, {"name": "energy_uj", "direction": "minimize"}]
 
 
-def ann_study(storage: str | None = None) -> tuple[optuna.Study, AnnReference]:
+def ann_study(storage: str | None = None, prepared: str = "/nowhere") -> tuple[optuna.Study, AnnReference]:
     """A study of four trials whose energies are set multiples of the hand network's fp32 teacher
     (E): the baseline 2E (0.90), trial 1 0.5E (0.88), trial 2 E/4 (0.80), trial 3 3E (0.85, dominated)."""
     ref = ann_reference(DENSE, TRIAL, RECORD, "int45nm")
     e = ref.teacher.energy_uj
     study = optuna.create_study(directions=["maximize", "minimize"], study_name="ann", storage=storage)
     study.set_user_attr("spikeprune", {"task": "sst2", "objectives": OBJECTIVES, "energy": "int45nm",
-                                       "prepared": "/nowhere", "space": {"objectives": OBJECTIVES}})
+                                       "prepared": prepared, "space": {"objectives": OBJECTIVES}})
     for k, (metric, energy) in enumerate([(0.90, 2 * e), (0.88, e / 2), (0.80, e / 4), (0.85, 3 * e)]):
         study.add_trial(optuna.trial.create_trial(
             values=[metric, energy], params={"x": k}, distributions={"x": IntDistribution(0, 3)},
@@ -205,3 +205,12 @@ def test_report_draws_the_ann_references(tmp_path) -> None:
     assert "fp32 ANN teacher (dev metric)" not in traces     # the base cannot be read from here
     html = write_report(study, tmp_path / "r.html")[0].read_text()
     assert "x fp32 ANN" in html and "fp32 ANN teacher" in html
+    # With the prepared base readable, the teacher is drawn at its dev metric and the lines reach it.
+    PreparedRecord(task="sst2", preset="tiny", preset_config={"max_length": 8}, seed=0, glue_dir=None, base="b",
+                   timesteps=[2, 2], layer_map=[0, 1], dev_examples=2, teacher_metrics={"metric": 0.95},
+                   student_metrics={"metric": 0.9}).write(tmp_path)
+    study, _ = ann_study(prepared=str(tmp_path))
+    traces = {t.name: t for t in pareto_figure(analyse_study(study)).data}
+    teacher = traces["fp32 ANN teacher (dev metric)"]
+    assert (list(teacher.x), list(teacher.y)) == ([e], [0.95])
+    assert list(traces["fp32 ANN teacher"].y) == [0.80, 0.95]
