@@ -40,6 +40,9 @@ PRODUCT_KINDS: tuple[str, ...] = ("projection", "attention", "pooler", "classifi
 #: Float operations of an ANN (MAC-equivalents, as the spiking counter's), by kind.
 FLOAT_KINDS: tuple[str, ...] = ("embedding", "layernorm", "softmax", "gelu", "tanh", "bias", "residual")
 ANN_KINDS: tuple[str, ...] = (*PRODUCT_KINDS, *FLOAT_KINDS)
+#: Weight width the integer twin gives a layer the trial keeps in float (int8, the integer
+#: network's usual width), so the twin is never a float network that would flatter the spiking one.
+TWIN_FLOAT_LAYER_BITS = 8.0
 #: The reference networks of an ``AnnReference``, by attribute, with the names people read.
 ANN_NETWORKS: dict[str, str] = {"teacher": "fp32 teacher", "teacher_int8": "int8 teacher", "twin": "integer twin"}
 
@@ -115,7 +118,7 @@ def ann_network(name: str, config: SpikingBertConfig, record: "SimRecord", model
 
 def twin_bits(config: SpikingBertConfig) -> list[float]:
     """Weight widths of a config's integer twin: its own, a float layer's at 8 bits."""
-    return [b if b < FLOAT_BITS else ANN_ACTIVATION_BITS for b in config.weight_bits]
+    return [b if b < FLOAT_BITS else TWIN_FLOAT_LAYER_BITS for b in config.weight_bits]
 
 
 @dataclass
@@ -171,8 +174,7 @@ def ann_reference(dense: SpikingBertConfig, config: SpikingBertConfig, record: "
     return AnnReference(
         examples=record.examples, tokens_per_example=record.tokens / record.examples, energy_model=model.name,
         teacher=ann_network(ANN_NETWORKS["teacher"], dense, record, model, None),
-        teacher_int8=ann_network(ANN_NETWORKS["teacher_int8"], dense, record, model,
-                                 [ANN_ACTIVATION_BITS] * dense.num_layers),
+        teacher_int8=ann_network(ANN_NETWORKS["teacher_int8"], dense, record, model, [8.0] * dense.num_layers),
         twin=ann_network(ANN_NETWORKS["twin"], config, record, model, twin_bits(config)))
 
 
