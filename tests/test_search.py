@@ -334,7 +334,8 @@ def test_export_remeasures_with_the_search_seed(tiny_prepared, tmp_path, glue_di
     assert all(TrialRecord.of(t).compression["recovery_steps"] == 2 for t in complete(study))
     capsys.readouterr()
     assert cli_main(["export", "seeded", "--trial", "0", *common]) == 0
-    assert "re-measured" not in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "re-measured" not in printed.err and "x the fp32 ANN teacher" in printed.out
     metrics = json.loads((tmp_path / "seeded" / "export" / "trial-00000" / "metrics.json").read_text())
     assert metrics["ok"] and metrics["measured"] == pytest.approx(metrics["search"], abs=0)
     config = yaml.safe_load((tmp_path / "seeded" / "export" / "trial-00000" / "config.yaml").read_text())

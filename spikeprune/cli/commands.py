@@ -121,7 +121,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         result = export_trial(study, trial, out, prepared, args.glue_dir, overwrite=args.overwrite)
         verdict = "ok" if result.ok else "MISMATCH: " + "; ".join(result.problems)
         values = ", ".join(f"{k} {v:.4g}" for k, v in result.measured.items())
-        print(f"trial {trial.number} -> {result.folder} ({values}) {verdict}")
+        print(f"trial {trial.number} -> {result.folder} ({values}) {verdict}; {result.ann_text}")
         failed += not result.ok
     if failed:
         print(f"error: {failed} export(s) re-measured outside the tolerance", file=sys.stderr)
@@ -168,6 +168,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"report          {report}")
     print(f"best config with metric >= {floor:.4f} (baseline {baseline['metric']:.4f} - {args.max_drop}): "
           f"trial {export.trial}, " + ", ".join(f"{k} {v:.4g}" for k, v in export.measured.items()))
+    print(f"against the ANN {export.ann_text}")
     print(f"export          {export.folder} ({'re-measured ok' if export.ok else 'MISMATCH: ' + '; '.join(export.problems)})")
     print(f"total time      {time.perf_counter() - start:.0f} s")
     return 0 if export.ok else 1
