@@ -18,7 +18,7 @@ from spikeprune.costs._ann import (ANN_KINDS, ANN_NETWORKS, FLOAT_KINDS, PRODUCT
 from spikeprune.costs._ops import ENERGY_PRESETS, resolve_energy
 from spikeprune.errors import SpikepruneError
 from spikeprune.models._config import SpikingBertConfig
-from spikeprune.models._spiking import SimRecord
+from spikeprune.models._record import SimRecord
 from spikeprune.records import PreparedRecord, TrialRecord
 from spikeprune.results._report import pareto_figure, write_report
 from spikeprune.results._pareto import analyse_study

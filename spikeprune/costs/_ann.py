@@ -24,16 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from spikeprune.errors import SpikepruneError
 from spikeprune.models._config import FLOAT_BITS, SpikingBertConfig
+from spikeprune.models._record import SimRecord
 from spikeprune.costs._ops import (ANN_ACTIVATION_BITS, EMBEDDING_ADDS_PER_ELEMENT, GELU_OPS_PER_ELEMENT,
                                    LAYERNORM_OPS_PER_ELEMENT, PJ_PER_UJ, SOFTMAX_OPS_PER_ENTRY, TANH_OPS_PER_ELEMENT,
                                    EnergyModel, _layer_linears, resolve_energy)
-
-if TYPE_CHECKING:
-    from spikeprune.models._spiking import SimRecord
 
 #: Multiply-accumulates of an ANN, by kind.
 PRODUCT_KINDS: tuple[str, ...] = ("projection", "attention", "pooler", "classifier")
@@ -101,7 +99,7 @@ class AnnNetwork:
     energy_by_kind: dict[str, float]     # µJ
 
 
-def ann_network(name: str, config: SpikingBertConfig, record: "SimRecord", model: EnergyModel,
+def ann_network(name: str, config: SpikingBertConfig, record: SimRecord, model: EnergyModel,
                 weight_bits: list[float] | None) -> AnnNetwork:
     """``config``'s architecture as an ANN on ``record``'s tokens: fp32 (``weight_bits`` None) or
     integer with 8-bit activations and ``weight_bits`` per layer."""
@@ -162,7 +160,7 @@ class AnnReference:
             raise SpikepruneError(f"not an ANN reference ({e}); measure the trial again with this spikeprune") from None
 
 
-def ann_reference(dense: SpikingBertConfig, config: SpikingBertConfig, record: "SimRecord",
+def ann_reference(dense: SpikingBertConfig, config: SpikingBertConfig, record: SimRecord,
                   energy: EnergyModel | str | Mapping[str, Any] = "float45nm") -> AnnReference:
     """The fp32 teacher, the int8 teacher and the integer twin of ``config`` (a compression of the
     ``dense`` base) on the real tokens of ``record``, the spike record ``config``'s model produced."""
