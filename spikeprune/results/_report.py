@@ -133,7 +133,8 @@ def ann_references(analysis: Analysis) -> list[plots.ReferenceTrace]:
                                          dict(mode="lines", line=dict(color="#d62728" if key == "teacher" else "#9467bd",
                                                                       dash=dash, width=2)), [hover, hover]))
     if teacher_metric is not None:
-        hover = (f"<b>fp32 ANN teacher</b><br>{metric_name}: {plots.fmt(teacher_metric)}<br>"
+        hover = (f"<b>fp32 ANN teacher</b><br>{metric_name}: {plots.fmt(teacher_metric)} (the whole dev set, "
+                 f"from prepare)<br>"
                  f"energy_uj: {plots.fmt(ann.teacher.energy_uj)}")
         refs.append(plots.ReferenceTrace("fp32 ANN teacher (dev metric)",
                                          {"energy_uj": [ann.teacher.energy_uj], METRIC: [teacher_metric]},
