@@ -36,6 +36,7 @@ _API: dict[str, str] = {
     "SpikingBertConfig": "spikeprune.models", "CompressionConfig": "spikeprune.models",
     "SpikingBertForSequenceClassification": "spikeprune.models",
     "OpReport": "spikeprune.costs", "count_ops": "spikeprune.costs", "format_report": "spikeprune.costs",
+    "AnnReference": "spikeprune.costs", "ann_reference": "spikeprune.costs", "format_ann": "spikeprune.costs",
     # prepare a base
     "prepare": "spikeprune.training", "PRESETS": "spikeprune.training",
     "Preset": "spikeprune.training", "override_preset": "spikeprune.training",

@@ -16,10 +16,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from spikeprune.errors import SpikepruneError
 from spikeprune.objectives import METRIC, METRIC_NAMES, Objective
+
+if TYPE_CHECKING:
+    from spikeprune.costs._ann import AnnReference
 
 FORMAT = 1
 _KINDS = {"str": str, "int": int, "float": (int, float), "bool": bool, "dict": dict, "list": list}
@@ -218,12 +221,15 @@ class TrialRecord:
     """
 
     #: The fields of a measured result, copied whole to a duplicate.
-    RESULT: ClassVar[tuple[str, ...]] = ("metrics", "metric_ci", "report", "timing", "worker", "node", "device",
-                                         "examples", "fidelity", "early_stopped", "partial")
+    RESULT: ClassVar[tuple[str, ...]] = ("metrics", "metric_ci", "report", "ann", "timing", "worker", "node",
+                                         "device", "examples", "fidelity", "early_stopped", "partial")
     compression: dict[str, Any] | None = None
     metrics: dict[str, float] | None = None
     metric_ci: list[float] | None = None
     report: dict[str, Any] | None = None
+    #: ``costs.AnnReference.to_dict()``: the ANN teacher and integer twin on the trial's tokens
+    #: (None in trials measured before spikeprune counted them).
+    ann: dict[str, Any] | None = None
     timing: dict[str, float] | None = None
     worker: str | None = None     # host:pid of the process that evaluated it
     node: str | None = None       # the Ray node that ran it: address/first 8 hex of its node id
@@ -256,6 +262,24 @@ class TrialRecord:
             if key not in known:
                 raise KeyError(f"TrialRecord has no field {key!r}")
             trial.set_user_attr(key, value)
+
+    @property
+    def ann_reference(self) -> "AnnReference | None":
+        """The stored ANN references, typed (None when the trial holds none)."""
+        if self.ann is None:
+            return None
+        from spikeprune.costs._ann import AnnReference
+
+        return AnnReference.from_dict(self.ann)
+
+    @property
+    def ann_ratios(self) -> dict[str, float] | None:
+        """The trial's energy as a multiple of each ANN reference's (``costs.ANN_NETWORKS`` keys),
+        None when it holds no ANN reference."""
+        reference = self.ann_reference
+        if reference is None or not self.report:
+            return None
+        return reference.ratios(float(self.report["energy_uj"]))
 
     @property
     def fresh(self) -> bool:

@@ -66,7 +66,8 @@ def test_cli_benchmarks_and_readme_use_public_names_only():
 def test_counting_imports_no_torch():
     """Operation counting is arithmetic on a spike record: it must load without torch (and the
     family facts it asks come from a torch-free module)."""
-    code = ("import sys; from spikeprune.costs import count_ops, size_bits; from spikeprune.models import FAMILIES, "
+    code = ("import sys; from spikeprune.costs import ann_reference, count_ops, size_bits; "
+            "from spikeprune.models import FAMILIES, "
             "SimRecord, SpikingBertConfig; print(sorted(m for m in ('torch', 'numba', 'ray', 'optuna') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

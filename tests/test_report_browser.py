@@ -20,6 +20,7 @@ import pytest
 
 from spikeprune import write_report
 
+from test_ann import ann_study
 from test_results import make_study, random_study, toy_trials
 
 pytestmark = pytest.mark.integration  # a browser
@@ -177,3 +178,42 @@ def test_static_images_through_kaleido(chromium_path, tmp_path, monkeypatch):
         else:
             svg = p.read_text()
             assert svg.lstrip().startswith("<svg") and "updatemenu-header" not in svg and ">x axis<" not in svg
+
+
+ANN_PROBE = """<script>
+window.addEventListener("load", function () {
+  const out = {errors: window.__errors || []};
+  try {
+    const gd = document.getElementById("pareto");
+    out.names = gd.data.map(t => t.name);
+    out.legend = Array.from(gd.querySelectorAll(".legendtext")).map(t => t.textContent);
+    out.lines = gd.querySelectorAll(".scatterlayer .trace .js-line").length;
+    out.points = gd.querySelectorAll(".scatterlayer .point").length;
+    const line = gd.data[out.names.indexOf("fp32 ANN teacher")];
+    out.line_x = line.x;
+    out.xrange = gd._fullLayout.xaxis.range;
+  } catch (e) { out.errors.push(String(e)); }
+  const pre = document.createElement("pre"); pre.id = "probe";
+  pre.textContent = JSON.stringify(out); document.body.appendChild(pre);
+});
+</script>"""
+
+
+def test_report_shows_the_ann_references_in_chromium(chromium_path, tmp_path):
+    study, ref = ann_study()
+    page = write_report(study, tmp_path / "ann.html")[0]
+    probe = tmp_path / "ann-probe.html"
+    probe.write_text(page.read_text().replace("<head>", "<head>" + CATCH, 1).replace("</body>", ANN_PROBE + "</body>", 1))
+    dom, console = run_chromium(chromium_path, tmp_path, probe, "--dump-dom")
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, flags=re.S)
+    assert found, dom[-2000:]
+    out = json.loads(found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    assert out["errors"] == [] and console == []
+    ann = ["fp32 ANN teacher", "int8 ANN teacher", "integer twins of the front"]
+    assert out["names"][-3:] == ann and set(ann) <= set(out["legend"])
+    # Drawn: the two vertical lines, and the 4 trials + baseline star + 3 twins as points.
+    assert out["lines"] == 2 and out["points"] == 4 + 1 + 3
+    e = ref.teacher.energy_uj
+    assert out["line_x"] == pytest.approx([e, e])
+    # The x axis (energy) reaches from below the int8 teacher to beyond the fp32 teacher.
+    assert out["xrange"][0] < ref.teacher_int8.energy_uj and out["xrange"][1] > 3 * e

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from optuna.trial import TrialState
 
 from spikeprune import SearchSettings, open_storage, run_search, study_status
@@ -73,6 +74,11 @@ def check_trial_record(study: optuna.Study, trial, dev_size: int) -> None:
     if stopped:  # told its look's values; a survivor was told the values over the whole dev set
         assert trial.values == attrs["partial"]["values"]
     assert trial.constraints == pytest.approx({"metric_min": 0.3 - metric})
+    # The ANN references were counted on the same examples and tokens as the spikes.
+    ann = TrialRecord.of(trial).ann_reference
+    assert ann.examples == attrs["examples"] == attrs["report"]["examples"]
+    assert ann.tokens_per_example == attrs["report"]["tokens_per_example"]
+    assert ann.twin.macs <= ann.teacher.macs and ann.teacher_int8.energy_uj <= ann.teacher.energy_uj
 
 
 @pytest.mark.integration
@@ -343,9 +349,13 @@ def test_export_remeasures_with_the_search_seed(tiny_prepared, tmp_path, glue_di
     assert all(TrialRecord.of(t).compression["recovery_steps"] == 2 for t in complete(study))
     capsys.readouterr()
     assert cli_main(["export", "seeded", "--trial", "0", *common]) == 0
-    assert "re-measured" not in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "re-measured" not in printed.err and "x the fp32 ANN teacher" in printed.out
     metrics = json.loads((tmp_path / "seeded" / "export" / "trial-00000" / "metrics.json").read_text())
     assert metrics["ok"] and metrics["measured"] == pytest.approx(metrics["search"], abs=0)
+    config = yaml.safe_load((tmp_path / "seeded" / "export" / "trial-00000" / "config.yaml").read_text())
+    assert config["ann"]["spiking_x"]["teacher"] == pytest.approx(
+        metrics["report"]["energy_uj"] / metrics["ann"]["teacher"]["energy_uj"])
 
 
 @pytest.mark.integration

@@ -113,11 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("evaluate", c.cmd_evaluate, "compress the base student by one config and measure it",
             "Apply a compression config (YAML: heads, neurons, timesteps, weight_bits, recovery_steps;\n"
             "each one value or one per layer) to a prepared student, evaluate it on the dev set and\n"
-            "print the metric with its bootstrap interval, synaptic operations, energy, latency and size.")
+            "print the metric with its bootstrap interval, synaptic operations, energy, latency and size,\n"
+            "and what the fp32 ANN teacher, the int8 teacher and the config's integer twin cost on the\n"
+            "same tokens, with the spiking energy as a multiple of each.")
     p.add_argument("--prepared", required=True, type=Path, help="prepared base folder (from `spikeprune prepare`)")
     p.add_argument("--config", type=Path, default=None, help="compression config YAML (default: no compression)")
     p.add_argument("--max-examples", type=POSITIVE_INT, default=None, help="evaluate on the first N dev examples only")
-    p.add_argument("--energy", default="float45nm", help="energy model preset: float45nm or int45nm (default float45nm)")
+    p.add_argument("--energy", default="float45nm", help="energy model: float45nm, int45nm or a .json file "
+                                                         "(default float45nm)")
     p.add_argument("--seed", type=NATURAL, default=0, help="random seed (default 0)")
     p.add_argument("--json", type=Path, default=None, help="also write the full result as JSON here")
     add_glue_dir(p)

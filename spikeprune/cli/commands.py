@@ -33,7 +33,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from spikeprune import BaseBundle, CompressionConfig, format_report, run_trial
+    from spikeprune import BaseBundle, CompressionConfig, format_ann, format_report, run_trial
 
     output_file(args.json, "--json")
     compression = CompressionConfig.load(args.config) if args.config else CompressionConfig()
@@ -41,6 +41,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = run_trial(base, compression, max_examples=args.max_examples,
                        seed=args.seed, energy=args.energy)
     print(format_report(result.report))
+    print(format_ann(result.ann, result.report.energy_uj))
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
     lo, hi = result.metric_ci
     print(f"{base.task} dev ({result.examples} examples): {metrics} (95% CI {lo:.4f}..{hi:.4f})")
@@ -120,7 +121,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         result = export_trial(study, trial, out, prepared, args.glue_dir, overwrite=args.overwrite)
         verdict = "ok" if result.ok else "MISMATCH: " + "; ".join(result.problems)
         values = ", ".join(f"{k} {v:.4g}" for k, v in result.measured.items())
-        print(f"trial {trial.number} -> {result.folder} ({values}) {verdict}")
+        print(f"trial {trial.number} -> {result.folder} ({values}) {verdict}; {result.ann_text}")
         failed += not result.ok
     if failed:
         print(f"error: {failed} export(s) re-measured outside the tolerance", file=sys.stderr)
@@ -167,6 +168,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"report          {report}")
     print(f"best config with metric >= {floor:.4f} (baseline {baseline['metric']:.4f} - {args.max_drop}): "
           f"trial {export.trial}, " + ", ".join(f"{k} {v:.4g}" for k, v in export.measured.items()))
+    print(f"against the ANN {export.ann_text}")
     print(f"export          {export.folder} ({'re-measured ok' if export.ok else 'MISMATCH: ' + '; '.join(export.problems)})")
     print(f"total time      {time.perf_counter() - start:.0f} s")
     return 0 if export.ok else 1

@@ -83,57 +83,86 @@ FP32_ADD_PJ = 0.9
 FP32_MAC_PJ = 4.6   # fp32 mult 3.7 + fp32 add 0.9
 INT8_ADD_PJ = 0.03
 INT32_ADD_PJ = 0.1
+INT8_MULT_PJ = 0.2
+#: Activation width of the integer ANN twin (costs/_ann.py): the weights multiply 8-bit activations.
+ANN_ACTIVATION_BITS = 8.0
 PJ_PER_UJ = 1e6
+
+
+def _interpolate(points: Mapping[float, float], bits: float) -> float:
+    """Piecewise-linear in ``bits`` through ``points`` (width -> pJ), extrapolated linearly beyond
+    the end points (adder and, at a fixed activation width, multiplier energy grow linearly with
+    the weight width)."""
+    ordered = sorted(points.items())
+    # The segment containing ``bits``, or the first/last one to extrapolate from.
+    i = next((k for k in range(1, len(ordered) - 1) if bits < ordered[k][0]), len(ordered) - 1)
+    (b0, e0), (b1, e1) = ordered[i - 1], ordered[i]
+    return e0 + (bits - b0) * (e1 - e0) / (b1 - b0)
 
 
 @dataclass(frozen=True)
 class EnergyModel:
     """Energy per operation in pJ. ``int_add_pj`` maps integer operand widths to add energy; when
     set, an accumulate of a b-bit weight (b < 32) costs the piecewise-linear interpolation of those
-    points in b (extrapolated linearly beyond the end points, as adder energy grows linearly with
-    width), while 32-bit (float) weights and float adds (attention, residual) cost ``ac_pj``. Empty
-    ``int_add_pj`` makes every accumulate cost ``ac_pj`` whatever the bit width. MACs always cost
-    ``mac_pj`` (activations stay float)."""
+    points in b (extrapolated linearly beyond the end points), while 32-bit (float) weights and
+    float adds (attention, residual) cost ``ac_pj``. Empty ``int_add_pj`` makes every accumulate
+    cost ``ac_pj`` whatever the bit width. MACs of the spiking network always cost ``mac_pj``
+    (activations stay float). ``int_mult_pj`` maps weight widths to the energy of multiplying an
+    8-bit activation by a weight of that width; it prices the integer ANN twin's multiply-
+    accumulates (``costs/_ann.py``), and when empty an integer MAC costs ``mac_pj`` like a float one."""
 
     name: str
     ac_pj: float
     mac_pj: float
     int_add_pj: dict[float, float] = field(default_factory=dict)
+    int_mult_pj: dict[float, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.ac_pj < 0 or self.mac_pj < 0 or any(v < 0 for v in self.int_add_pj.values()):
+        tables = {"int_add_pj": self.int_add_pj, "int_mult_pj": self.int_mult_pj}
+        if self.ac_pj < 0 or self.mac_pj < 0 or any(v < 0 for t in tables.values() for v in t.values()):
             raise SpikepruneError(f"energy model {self.name!r} has a negative energy; give pJ values >= 0")
-        if len(self.int_add_pj) == 1:
-            raise SpikepruneError(f"energy model {self.name!r}: int_add_pj needs at least two widths to interpolate, or none")
+        for key, table in tables.items():
+            if len(table) == 1:
+                raise SpikepruneError(f"energy model {self.name!r}: {key} needs at least two widths to interpolate, or none")
 
     def weight_ac_pj(self, bits: float) -> float:
         """Energy of accumulating one weight of ``bits`` width."""
         if bits >= FLOAT_BITS or not self.int_add_pj:
             return self.ac_pj
-        points = sorted(self.int_add_pj.items())
-        # The segment containing ``bits``, or the first/last one to extrapolate from.
-        i = next((k for k in range(1, len(points) - 1) if bits < points[k][0]), len(points) - 1)
-        (b0, e0), (b1, e1) = points[i - 1], points[i]
-        return e0 + (bits - b0) * (e1 - e0) / (b1 - b0)
+        return _interpolate(self.int_add_pj, bits)
+
+    def int_mac_pj(self, bits: float) -> float:
+        """Energy of one integer multiply-accumulate of an 8-bit activation by a ``bits``-wide weight:
+        the multiply, plus an add as wide as the wider operand (an 8-bit MAC is an 8-bit multiply
+        and an 8-bit add, as the spiking side's accumulate is an add as wide as its weight; neither
+        side models the accumulator's growth). Float weights, or a model without ``int_mult_pj``,
+        cost ``mac_pj``."""
+        if bits >= FLOAT_BITS or not self.int_mult_pj:
+            return self.mac_pj
+        return _interpolate(self.int_mult_pj, bits) + self.weight_ac_pj(max(bits, ANN_ACTIVATION_BITS))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "ac_pj": self.ac_pj, "mac_pj": self.mac_pj,
-                "int_add_pj": {str(b): e for b, e in sorted(self.int_add_pj.items())}}
+                "int_add_pj": {str(b): e for b, e in sorted(self.int_add_pj.items())},
+                "int_mult_pj": {str(b): e for b, e in sorted(self.int_mult_pj.items())}}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "EnergyModel":
         """Build from a dict such as ``{"name": "mychip", "ac_pj": 0.5, "mac_pj": 2.0,
-        "int_add_pj": {"4": 0.01, "8": 0.02}}`` (JSON object keys may be strings)."""
-        known = {"name", "ac_pj", "mac_pj", "int_add_pj"}
+        "int_add_pj": {"4": 0.01, "8": 0.02}, "int_mult_pj": {"4": 0.1, "8": 0.2}}`` (JSON object
+        keys may be strings)."""
+        known = {"name", "ac_pj", "mac_pj", "int_add_pj", "int_mult_pj"}
         if not isinstance(data, Mapping) or not {"ac_pj", "mac_pj"} <= set(data) or set(data) - known:
             got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
-            raise SpikepruneError(f"an energy model needs keys ac_pj and mac_pj (optional: name, int_add_pj), got {got}")
+            raise SpikepruneError(f"an energy model needs keys ac_pj and mac_pj (optional: name, int_add_pj, "
+                                  f"int_mult_pj), got {got}")
         try:
             ac, mac = float(data["ac_pj"]), float(data["mac_pj"])
-            int_add = {float(b): float(e) for b, e in dict(data.get("int_add_pj") or {}).items()}
+            int_add, int_mult = ({float(b): float(e) for b, e in dict(data.get(key) or {}).items()}
+                                 for key in ("int_add_pj", "int_mult_pj"))
         except (TypeError, ValueError) as e:
             raise SpikepruneError(f"energy model values must be numbers in pJ ({e})") from None
-        return cls(name=str(data.get("name", "custom")), ac_pj=ac, mac_pj=mac, int_add_pj=int_add)
+        return cls(name=str(data.get("name", "custom")), ac_pj=ac, mac_pj=mac, int_add_pj=int_add, int_mult_pj=int_mult)
 
 
 #: Named energy presets; pass a name, an ``EnergyModel``, a dict or a JSON file path to ``count_ops``.
@@ -144,8 +173,13 @@ ENERGY_PRESETS: dict[str, EnergyModel] = {
     # Horowitz's 8-bit (0.03 pJ) and 32-bit (0.1 pJ) points: 0.03 + (b - 8)·0.07/24 pJ, e.g.
     # 1 bit 0.0096, 1.58 bits 0.0113, 2 bits 0.0125, 4 bits 0.0183, 8 bits 0.03 pJ. The
     # accumulator's own width is not modelled. Float (32-bit) layers and float adds cost 0.9 pJ.
+    # The integer ANN twin multiplies an 8-bit activation by a b-bit weight; an array multiplier's
+    # energy grows with the product of its operand widths (Horowitz: 8x8 0.2 pJ, 32x32 3.1 pJ,
+    # about 16x), so an 8 x b multiply costs b/8 of the 8x8 one: the line through 8 bits 0.2 pJ
+    # and 32 bits 0.8 pJ, e.g. 4 bits 0.1, 2 bits 0.05, 1 bit 0.025 pJ.
     "int45nm": EnergyModel("int45nm", ac_pj=FP32_ADD_PJ, mac_pj=FP32_MAC_PJ,
-                           int_add_pj={8.0: INT8_ADD_PJ, 32.0: INT32_ADD_PJ}),
+                           int_add_pj={8.0: INT8_ADD_PJ, 32.0: INT32_ADD_PJ},
+                           int_mult_pj={8.0: INT8_MULT_PJ, 32.0: INT8_MULT_PJ * 4}),
 }
 
 

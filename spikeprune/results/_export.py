@@ -3,7 +3,9 @@
 Layout of one export, ``<out_dir>/trial-<number, 5 digits>/``::
 
     config.yaml    study, task, trial number, the resolved compression config (``spikeprune evaluate
-                   --config`` reads this file as it is), search-time values
+                   --config`` reads this file as it is), search-time values, and ``ann``: the
+                   re-measured energy per example of the fp32 teacher, the int8 teacher and the
+                   integer twin (costs/_ann.py) and the spiking energy as a multiple of each
     model/         the compressed model, weights packed at their bit widths (models/_checkpoint.py), and
                    its tokenizer: ``from_pretrained`` and ``AutoTokenizer`` on this folder
     metrics.json   search-time and re-measured objective values, metrics, op report, tolerance, verdict
@@ -124,10 +126,19 @@ class ExportResult:
     search: dict[str, float]
     measured: dict[str, float]
     problems: list[str] = field(default_factory=list)
+    #: ``AnnReference.summary`` of the re-measured model: the ANN references and the ratios to them.
+    ann: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def ann_text(self) -> str:
+        """The re-measured energy against the ANN, for one line of output."""
+        x = self.ann["spiking_x"]
+        return (f"energy {self.ann['spiking_energy_uj']:.4g} µJ = {x['teacher']:.3g}x the fp32 ANN teacher, "
+                f"{x['twin']:.3g}x its integer twin")
 
 
 def compare_values(search: Mapping[str, float], measured: Mapping[str, float],
@@ -197,15 +208,17 @@ def export_trial(study: optuna.Study, trial: FrozenTrial, out_dir: str | Path, p
     measured = {o.name: float(result.objectives[o.name]) for o in objectives}
     problems = compare_values(search, measured, tolerance)
 
+    ann = result.ann.summary(result.report.energy_uj)
     config = {
         "study": study.study_name, "task": study_record.task, "trial": trial.number,
         "compression": resolved.to_dict(),
         "objectives": [{"name": o.name, "direction": o.direction} for o in objectives],
         "search_values": search, "fidelity": _fidelity(trial), "examples": examples, "seed": seed,
         "energy": energy, "prepared": str(prepared_dir), "params": dict(trial.params),
+        "ann": ann,
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     metrics: dict[str, Any] = {"search": search, "measured": measured, **result.to_dict(),
                                "tolerance": dict(tolerance), "ok": not problems, "problems": problems}
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    return ExportResult(trial.number, folder, search, measured, problems)
+    return ExportResult(trial.number, folder, search, measured, problems, ann)

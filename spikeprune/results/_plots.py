@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -73,9 +74,21 @@ def _default_axes(objectives: Sequence[Objective]) -> tuple[int, int]:
     return x, y
 
 
+@dataclass
+class ReferenceTrace:
+    """Points that are not trials (the ANN references): values by objective name, one list per
+    objective it has a value for; on an axis of another objective its points are left out."""
+
+    name: str
+    values: dict[str, list[float]]
+    style: dict[str, Any]       # go.Scatter arguments: mode, marker, line
+    hover: list[str]
+
+
 def scatter_with_axis_menus(groups: Sequence[tuple[str, list[FrozenTrial], dict, list[str]]],
-                            objectives: Sequence[Objective], title: str) -> go.Figure:
-    """Scatter of trial groups with x / y dropdowns over the objectives.
+                            objectives: Sequence[Objective], title: str,
+                            references: Sequence[ReferenceTrace] = ()) -> go.Figure:
+    """Scatter of trial groups, and any ``references``, with x / y dropdowns over the objectives.
 
     ``groups`` holds (legend name, trials, marker style, hover texts). Each dropdown button
     re-assigns the x (or y) data of every trace, so any pair of objectives can be viewed.
@@ -89,6 +102,12 @@ def scatter_with_axis_menus(groups: Sequence[tuple[str, list[FrozenTrial], dict,
         fig.add_trace(go.Scatter(
             x=cols[xi], y=cols[yi], mode="markers", name=name, marker=marker, text=hover,
             customdata=[t.number for t in trials], hovertemplate="%{text}<extra></extra>"))
+    for ref in references:
+        size = len(ref.hover)
+        cols = [ref.values.get(o.name, [None] * size) for o in objectives]
+        columns.append(cols)
+        fig.add_trace(go.Scatter(x=cols[xi], y=cols[yi], name=ref.name, text=ref.hover,
+                                 hovertemplate="%{text}<extra></extra>", **ref.style))
 
     def buttons(axis: str) -> list[dict]:
         return [dict(label=o.shown, method="update",

@@ -1,9 +1,12 @@
 """The study report: one self-contained, offline HTML file, plus static images on request.
 
 Sections: summary, Pareto front (axis dropdowns over the objectives; front, noise-level ties,
-dominated, infeasible and early-stopped trials styled apart; hover shows the per-layer config),
+dominated, infeasible and early-stopped trials styled apart; hover shows the per-layer config;
+on the metric-energy plane the ANN references: lines at the fp32 and int8 teacher's energy, the
+teacher at its metric and the integer twins of the front),
 hypervolume history, per-layer configs of the Pareto trials, operations per layer of a chosen
-trial, parameter importance per objective, and a sortable table of all trials.
+trial, parameter importance per objective, and a sortable table of all trials (with each trial's
+energy as a multiple of the fp32 ANN teacher's and of its integer twin's).
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import importlib.util
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 import plotly.graph_objects as go
@@ -19,12 +23,16 @@ import plotly.io as pio
 from optuna.trial import TrialState
 
 from spikeprune.errors import SpikepruneError
+from spikeprune.objectives import METRIC
 from spikeprune.pareto import STATUSES, NoiseRule, is_duplicate, is_early_stopped
-from spikeprune.records import TrialRecord
+from spikeprune.records import PreparedRecord, TrialRecord
 from spikeprune.search._study import quiet_optuna
 
 from spikeprune.results import _plots as plots
 from spikeprune.results._analysis import Analysis, analyse_study
+
+if TYPE_CHECKING:
+    from spikeprune.costs import AnnReference
 
 IMAGE_FORMATS = ("png", "svg", "pdf")
 #: Below this many fully evaluated trials, importances are mostly noise and are not shown.
@@ -76,12 +84,76 @@ def _summary(analysis: Analysis) -> str:
         items["hypervolume"] = "not computed: no finished trial yet (and no --reference given)"
     if analysis.baseline is not None:
         items["baseline trial"] = str(analysis.baseline.number)
+    ann = _ann_source(analysis)
+    if ann is not None:
+        items["ANN teacher"] = ann.headline() + "; the table gives each trial's energy as a multiple of it (fp32) " \
+                               "and of its integer twin (same structure and weight bits, float layers at 8, 8-bit activations)"
     rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items.items())
     return f"<h1>spikeprune study {html.escape(analysis.study_name)}</h1><dl>{rows}</dl>"
 
 
 def _reference_point(analysis: Analysis) -> str:
     return ", ".join(f"{o.shown} {w:.4g}" for o, w in zip(analysis.reference.objectives, analysis.reference.worst))
+
+
+def _ann_source(analysis: Analysis) -> AnnReference | None:
+    """The ANN references counted on the baseline's examples, else on the first front trial's."""
+    for t in [*([analysis.baseline] if analysis.baseline else []), *analysis.split.front]:
+        if (ann := TrialRecord.of(t).ann_reference) is not None:
+            return ann
+    return None
+
+
+def _teacher_metric(analysis: Analysis) -> float | None:
+    """The fp32 teacher's dev metric from the prepared base, when it can be read from here."""
+    try:
+        return float(PreparedRecord.read(analysis.record.prepared).teacher_metrics[METRIC])
+    except (SpikepruneError, TypeError, KeyError):
+        return None
+
+
+def ann_references(analysis: Analysis) -> list[plots.ReferenceTrace]:
+    """The ANN reference points of the metric-energy plane: a line at the fp32 teacher's energy
+    and one at the int8 teacher's, the fp32 teacher at its measured metric, and the integer twin
+    of each front trial at that trial's metric (the twin computes the trial's quantized network;
+    exactly, unless the trial keeps a layer in float, which the twin runs at 8 bits)."""
+    names = [o.name for o in analysis.objectives]
+    ann = _ann_source(analysis)
+    if ann is None or METRIC not in names or "energy_uj" not in names:
+        return []
+    m, e = names.index(METRIC), names.index("energy_uj")
+    teacher_metric = _teacher_metric(analysis)
+    seen = [t.values[m] for t in analysis.trials if t.values is not None] + \
+        ([teacher_metric] if teacher_metric is not None else [])
+    span = [min(seen), max(seen)]
+    metric_name = analysis.record.metric_name
+    refs = []
+    for key, label, dash in (("teacher", "fp32 ANN teacher", "dash"), ("teacher_int8", "int8 ANN teacher", "dot")):
+        energy = getattr(ann, key).energy_uj
+        hover = f"<b>{label}</b><br>energy_uj: {plots.fmt(energy)} per example ({ann.energy_model})"
+        refs.append(plots.ReferenceTrace(label, {"energy_uj": [energy, energy], METRIC: span},
+                                         dict(mode="lines", line=dict(color="#d62728" if key == "teacher" else "#9467bd",
+                                                                      dash=dash, width=2)), [hover, hover]))
+    if teacher_metric is not None:
+        hover = (f"<b>fp32 ANN teacher</b><br>{metric_name}: {plots.fmt(teacher_metric)} (the whole dev set, "
+                 f"from prepare)<br>"
+                 f"energy_uj: {plots.fmt(ann.teacher.energy_uj)}")
+        refs.append(plots.ReferenceTrace("fp32 ANN teacher (dev metric)",
+                                         {"energy_uj": [ann.teacher.energy_uj], METRIC: [teacher_metric]},
+                                         dict(mode="markers", marker=dict(color="#d62728", size=13, symbol="diamond")),
+                                         [hover]))
+    twins = [(t, r) for t in analysis.split.front if (r := TrialRecord.of(t).ann_reference) is not None]
+    if twins:
+        hover = [f"<b>integer twin of trial {t.number}</b><br>weight bits: "
+                 f"{' '.join(f'{b:g}' for b in r.twin.weight_bits)}, 8-bit activations<br>"
+                 f"energy_uj: {plots.fmt(r.twin.energy_uj)} (the trial: {plots.fmt(t.values[e] / r.twin.energy_uj)}x)"
+                 for t, r in twins]
+        refs.append(plots.ReferenceTrace("integer twins of the front",
+                                         {"energy_uj": [r.twin.energy_uj for _, r in twins],
+                                          METRIC: [t.values[m] for t, _ in twins]},
+                                         dict(mode="markers", marker=dict(color="#9467bd", size=9, symbol="square-open",
+                                                                          line=dict(width=2))), hover))
+    return refs
 
 
 def pareto_figure(analysis: Analysis) -> go.Figure:
@@ -95,20 +167,22 @@ def pareto_figure(analysis: Analysis) -> go.Figure:
         b = analysis.baseline
         groups.append(("dense baseline", [b], dict(color="black", size=14, symbol="star-open", line=dict(width=2)),
                        [plots.trial_hover(b, analysis.objectives, status[b.number])]))
-    return plots.scatter_with_axis_menus(groups, analysis.objectives, "Pareto front")
+    return plots.scatter_with_axis_menus(groups, analysis.objectives, "Pareto front", ann_references(analysis))
 
 
 def _table(analysis: Analysis) -> str:
     status = analysis.split.status()
-    columns = ["trial", "status", *[o.shown for o in analysis.objectives], f"{analysis.record.metric_name} CI",
+    columns = ["trial", "status", *[o.shown for o in analysis.objectives], "x fp32 ANN", "x int twin",
+               f"{analysis.record.metric_name} CI",
                *plots.LAYER_FIELDS.values(), "recovery", "fidelity", "duration s", "node", "worker", "error"]
     rows, classes = [], []
     for t in analysis.trials:
         r = TrialRecord.of(t)
         comp, ci = r.compression or {}, r.metric_ci
         values = list(t.values) if t.values is not None else [None] * len(analysis.objectives)
+        ratios = r.ann_ratios or {}
         rows.append([
-            t.number, status[t.number], *values,
+            t.number, status[t.number], *values, ratios.get("teacher"), ratios.get("twin"),
             f"{ci[0]:.4g}..{ci[1]:.4g}" if ci else None,
             *[" ".join(f"{v:g}" for v in comp[f]) if comp.get(f) is not None else None for f in plots.LAYER_FIELDS],
             comp.get("recovery_steps"), r.fidelity,

@@ -1,8 +1,10 @@
 """Trials as a pandas table (CSV / Parquet / JSON) and an overlay of several studies' fronts.
 
 One row per trial. Nested user attributes are flattened to dotted columns (``compression.heads.0``,
-``report.sops``, ``metrics.accuracy``, ``timing.total_s``, ``param.heads_l0``, ``constraint.sops_max``)
-so every format holds plain scalars.
+``report.sops``, ``metrics.accuracy``, ``timing.total_s``, ``param.heads_l0``, ``constraint.sops_max``,
+``ann.teacher.energy_uj``) so every format holds plain scalars; ``energy_x.teacher``,
+``energy_x.teacher_int8`` and ``energy_x.twin`` give the trial's energy as a multiple of the fp32
+ANN teacher's, the int8 teacher's and its integer twin's.
 """
 from __future__ import annotations
 
@@ -71,9 +73,11 @@ def analysis_frame(analysis: Analysis) -> pd.DataFrame:
         constraints = t.constraints
         for name, v in zip(constraint_names(analysis.record, len(constraints)), constraints.values()):
             row[f"constraint.{name}"] = v
-        for group in ("compression", "metrics", "report", "timing"):
+        for group in ("compression", "metrics", "report", "ann", "timing"):
             if isinstance(getattr(r, group), dict):
                 _flatten(group, getattr(r, group), row)
+        for key, ratio in (r.ann_ratios or {}).items():   # the energy as a multiple of each ANN's
+            row[f"energy_x.{key}"] = ratio
         for name, v in t.params.items():
             row[f"param.{name}"] = v
         rows.append(row)
@@ -87,8 +91,8 @@ def analysis_frame(analysis: Analysis) -> pd.DataFrame:
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: number, state, status (front / within_noise / dominated / infeasible /
     early_stopped / incomplete), feasibility, Pareto flag, values by objective name, metric CI,
-    fidelity, node, worker and device, timing, constraints, the flattened per-layer config, metrics, op counts and
-    Optuna params."""
+    fidelity, node, worker and device, timing, constraints, the flattened per-layer config, metrics, op counts,
+    ANN references and the energy's ratios to them, and Optuna params."""
     return analysis_frame(analyse_study(study))
 
 

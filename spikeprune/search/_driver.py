@@ -369,8 +369,8 @@ class Driver:
             self.follow(trial, leader, flight.followers)
             return
         stopped = bool(result.get("early_stopped"))
-        TrialRecord.set(trial, **{k: result[k] for k in ("metrics", "metric_ci", "report", "timing", "worker", "node",
-                                                         "device", "examples")},
+        TrialRecord.set(trial, **{k: result[k] for k in ("metrics", "metric_ci", "report", "ann", "timing", "worker",
+                                                         "node", "device", "examples")},
                         fidelity=result["examples"] / self.dev_size, early_stopped=stopped, format=FORMAT)
         values = self.space.objective_values(result["objectives"])
         # The reference is written before the tell: a driver killed between the two then leaves a

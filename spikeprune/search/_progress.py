@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from spikeprune.errors import SpikepruneError
 from spikeprune.records import StudyRecord, TrialRecord
-from spikeprune.pareto import front_hypervolume, reference_of, split_trials, study_objectives
+from spikeprune.pareto import baseline_trial, front_hypervolume, reference_of, split_trials, study_objectives
 
 from spikeprune.search._resume import Resume
 from spikeprune.search._settings import check_study_name
@@ -83,12 +83,26 @@ def front_lines(study: optuna.Study, trials: list) -> list[str]:
     front = split_trials(trials, objectives, noise=None).front
     if not front:
         return []
-    lines = ["Pareto front:", "  trial  " + "  ".join(f"{o.shown:>10s}" for o in objectives) + "  config"]
+    # The energy as a multiple of the fp32 ANN teacher's and of the trial's integer twin's.
+    lines = ["Pareto front:", "  trial  " + "  ".join(f"{o.shown:>10s}" for o in objectives)
+             + f"  {'x fp32 ANN':>10s}  {'x int twin':>10s}  config"]
     for t in sorted(front, key=lambda t: t.values[0]):
-        config = TrialRecord.of(t).compression or {}
+        record = TrialRecord.of(t)
+        config = record.compression or {}
         shown = " ".join(f"{k}={config[k]}" for k in ("heads", "neurons", "timesteps", "weight_bits") if k in config)
-        lines.append(f"  #{t.number:<5d} " + "  ".join(f"{v:10.4g}" for v in t.values) + f"  {shown}")
+        ratios = record.ann_ratios or {}
+        x = "  ".join(f"{ratios[k]:10.3g}" if k in ratios else f"{'-':>10s}" for k in ("teacher", "twin"))
+        lines.append(f"  #{t.number:<5d} " + "  ".join(f"{v:10.4g}" for v in t.values) + f"  {x}  {shown}")
     return lines
+
+
+def ann_line(trials: list) -> str | None:
+    """The ANN teacher's energy per example, fp32 and int8, on the dense baseline's examples."""
+    baseline = baseline_trial(trials)
+    ann = TrialRecord.of(baseline).ann_reference if baseline is not None else None
+    if ann is None:
+        return None
+    return f"ANN teacher on the baseline's examples: {ann.headline()}"
 
 
 def study_status(storage: str, study_name: str | None = None) -> str:
@@ -114,6 +128,8 @@ def study_status(storage: str, study_name: str | None = None) -> str:
     if fresh and full:
         evaluated = sum(TrialRecord.of(t).examples or 0 for t in fresh)
         lines.append(f"dev examples evaluated: {evaluated} of {full * len(fresh)} for full evaluations")
+    if (line := ann_line(trials)) is not None:
+        lines.append(line)
     lines.extend(front_lines(study, trials))
     for t in trials:
         if t.state == TrialState.RUNNING:

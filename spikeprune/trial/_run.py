@@ -25,6 +25,7 @@ from spikeprune.models._compress import prune, select_units, set_timesteps
 from spikeprune.models._config import CompressionConfig
 from spikeprune.models._evaluation import Evaluation, evaluate_model, merge_evaluations
 from spikeprune.data._metrics import bootstrap_ci
+from spikeprune.costs._ann import AnnReference, ann_reference
 from spikeprune.costs._ops import OpReport, count_ops
 from spikeprune.models._compress import quantize_model
 from spikeprune.models._record import SimRecord
@@ -88,6 +89,7 @@ class TrialResult:
     metrics: dict[str, float]
     metric_ci: tuple[float, float]
     report: OpReport
+    ann: AnnReference                                      # the ANN teacher and twin on the same tokens
     timing: dict[str, float]
     examples: int
     worker: str
@@ -102,7 +104,7 @@ class TrialResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"compression": self.compression.to_dict(), "metrics": self.metrics,
-                "metric_ci": list(self.metric_ci), "report": self.report.to_dict(),
+                "metric_ci": list(self.metric_ci), "report": self.report.to_dict(), "ann": self.ann.to_dict(),
                 "timing": self.timing, "examples": self.examples, "worker": self.worker,
                 "objectives": self.objectives, "early_stopped": self.early_stopped, "partial": self.partial}
 
@@ -145,9 +147,10 @@ def measure(base: BaseBundle, model: SpikingBertForSequenceClassification, compr
     def result(evaluation: Evaluation) -> TrialResult:
         t0 = time.perf_counter()
         report = count_ops(model.config, evaluation.record, energy)
+        ann = ann_reference(base.student.config, model.config, evaluation.record, energy)
         timing["count_s"] += time.perf_counter() - t0
         ci = bootstrap_ci(base.task, evaluation.predictions, evaluation.labels, seed=seed)
-        return TrialResult(compression=compression, metrics=evaluation.metrics, metric_ci=ci, report=report,
+        return TrialResult(compression=compression, metrics=evaluation.metrics, metric_ci=ci, report=report, ann=ann,
                            timing=dict(timing), examples=evaluation.record.examples,
                            worker=worker_name(), record=evaluation.record)
 
