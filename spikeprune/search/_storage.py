@@ -22,6 +22,7 @@ For several drivers on several machines use a database server: any SQLAlchemy UR
 from __future__ import annotations
 
 import abc
+import errno
 import fcntl
 import logging
 import os
@@ -31,11 +32,10 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
 
 from spikeprune.errors import SpikepruneError
 
-from spikeprune.search._journal import check_on_open
+from spikeprune.search._journal import JournalBackend, check_on_open
 from spikeprune.search._settings import check_study_name
 
 JOURNAL_NAME = "journal.log"
@@ -108,7 +108,7 @@ def open_storage(url_or_path: str | Path) -> BaseStorage:
             path.parent.mkdir(parents=True, exist_ok=True)
             lock = FlockLock(path)
             check_on_open(path, lock)
-            backend = JournalFileBackend(str(path), lock_obj=lock)
+            backend = JournalBackend(path, lock)
         except OSError as e:
             raise SpikepruneError(f"cannot open journal storage {path}: {e.strerror}; pick a writable path") from None
         try:
@@ -158,6 +158,13 @@ def _unreachable(error: BaseException) -> bool:
     return False
 
 
+def _full_disk(error: BaseException) -> bool:
+    """Whether the innermost error is the OS saying the disk (or the user's quota) is full."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 def _reason(error: BaseException) -> str:
     """The innermost error's first line: what the database driver or the OS said."""
     while error.__cause__ is not None:
@@ -180,6 +187,11 @@ class RetryingStorage(optuna.storages.BaseStorage):
         self._inner, self._where, self._patience = inner, where, patience
         self._gave_up = False
 
+    @property
+    def gave_up(self) -> bool:
+        """Whether an outage outlasted the patience (later calls then fail at once)."""
+        return self._gave_up
+
     def _call(self, name: str, args: tuple, kwargs: dict) -> Any:
         method = getattr(self._inner, name)
         first_failure: float | None = None
@@ -195,16 +207,19 @@ class RetryingStorage(optuna.storages.BaseStorage):
                 if self._gave_up or not _unreachable(e):
                     raise
                 now = time.monotonic()
+                # A journal's full disk is named by its folder: that is where space must be freed.
+                full = f"the disk of {Path(self._where).parent} is full" if _full_disk(e) else None
                 if first_failure is None:
                     first_failure = now
-                    LOG.warning("storage %s is unreachable (%s); retrying for up to %g s",
-                                self._where, _reason(e), self._patience)
+                    LOG.warning("%s (%s); retrying for up to %g s", full or f"storage {self._where} is unreachable",
+                                _reason(e), self._patience)
                 waited = now - first_failure
                 if waited >= self._patience:
                     self._gave_up = True
-                    raise SpikepruneError(
-                        f"storage {self._where} unreachable for {waited:.0f} s ({_reason(e)}); finished trials "
-                        f"are saved: start the storage and rerun the same command to resume") from None
+                    what, fix = (f"{full} ({_reason(e)}) for {waited:.0f} s", "free space there") if full else \
+                        (f"storage {self._where} unreachable for {waited:.0f} s ({_reason(e)})", "start the storage")
+                    raise SpikepruneError(f"{what}; finished trials are saved: {fix} and rerun the same command "
+                                          f"to resume") from None
                 time.sleep(min(delay, self._patience - waited))
                 delay = min(2 * delay, RETRY_DELAYS_S[1])
                 continue
