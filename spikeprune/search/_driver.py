@@ -398,19 +398,22 @@ class Driver:
         self.stats.finished += 1
 
     def abandon(self, reason: str) -> None:
-        """On the way out (Ctrl-C, an error): fail the trials in flight and queue them again."""
+        """On the way out (Ctrl-C, an error): fail the trials in flight and queue them again. Not
+        when the storage is out of reach for good: the next run's ``recover`` does it then."""
         import ray
 
+        reachable = not getattr(self.storage, "gave_up", False)
         for ref, flight in list(self.flights.items()):
             try:
                 ray.cancel(ref, force=True)
-                self.resume.requeue(flight.trial.number, flight.trial.params, flight.trial.user_attrs, reason)
-                for follower in flight.followers:  # the leader's re-queued parameters cover them
-                    TrialRecord.set(follower, error=f"{reason}; same parameters as trial #{flight.trial.number}")
-                    self.study.tell(follower, state=TrialState.FAIL)
+                if reachable:
+                    self.resume.requeue(flight.trial.number, flight.trial.params, flight.trial.user_attrs, reason)
+                    for follower in flight.followers:  # the leader's re-queued parameters cover them
+                        TrialRecord.set(follower, error=f"{reason}; same parameters as trial #{flight.trial.number}")
+                        self.study.tell(follower, state=TrialState.FAIL)
             except Exception as e:  # storage gone too: the next run's recover() cleans up
                 LOG.warning("could not re-queue trial %d: %s", flight.trial.number, e)
-        for number, group in self.foreign.items():
+        for number, group in self.foreign.items() if reachable else ():
             for follower in group:
                 try:
                     TrialRecord.set(follower, error=f"{reason}; same parameters as trial #{number}")
