@@ -54,6 +54,7 @@ from spikeprune.records import FORMAT, StudyRecord, TrialRecord
 from spikeprune.search._progress import Progress
 from spikeprune.search._resume import HEARTBEAT_EVERY_S, Resume
 from spikeprune.search._settings import SearchSettings
+from spikeprune.search._storage import StorageOutage
 
 #: Times Ray re-runs a task whose worker process died before the trial fails (see the module doc).
 TASK_RETRIES = 1
@@ -180,6 +181,8 @@ class Driver:
         baseline = TrialRecord.of(trial).baseline
         try:
             config = self.space.suggest(trial).resolve(self.model)
+        except StorageOutage:   # not the config's fault, and there is nowhere to record it
+            raise
         except SpikepruneError as e:
             TrialRecord.set(trial, error=str(e))
             self.study.tell(trial, state=TrialState.FAIL)

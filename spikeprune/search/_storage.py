@@ -173,12 +173,16 @@ def _reason(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+class StorageOutage(SpikepruneError):
+    """The storage stayed out of reach past the patience: the run must stop (nothing to record it in)."""
+
+
 class RetryingStorage(optuna.storages.BaseStorage):
     """Any Optuna storage, with every call retried while the storage is out of reach.
 
     A call that fails for a connection reason (``_unreachable``) is repeated with doubling delays
     (``RETRY_DELAYS_S``) for up to ``patience`` seconds; then the outage becomes one
-    ``SpikepruneError`` and later calls fail at once (so the way out does not wait again). Each
+    ``StorageOutage`` (a ``SpikepruneError``) and later calls fail at once (so the way out does not wait again). Each
     storage call is one transaction, so retrying it alone is safe; the one call that is not
     idempotent, finishing a trial, is recognised when a retry finds the first attempt did commit.
     """
@@ -218,7 +222,7 @@ class RetryingStorage(optuna.storages.BaseStorage):
                     self._gave_up = True
                     what, fix = (f"{full} ({_reason(e)}) for {waited:.0f} s", "free space there") if full else \
                         (f"storage {self._where} unreachable for {waited:.0f} s ({_reason(e)})", "start the storage")
-                    raise SpikepruneError(f"{what}; finished trials are saved: {fix} and rerun the same command "
+                    raise StorageOutage(f"{what}; finished trials are saved: {fix} and rerun the same command "
                                           f"to resume") from None
                 time.sleep(min(delay, self._patience - waited))
                 delay = min(2 * delay, RETRY_DELAYS_S[1])
