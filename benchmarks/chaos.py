@@ -509,7 +509,7 @@ def half_written(root: Path) -> dict[str, Any]:
     import yaml
     from safetensors import safe_open
 
-    from spikeprune import check_storage
+    from spikeprune.search import check_storage
 
     bad, kinds, backups = [], Counter(), []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -586,6 +586,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     base = opts.prepared or prepare("sst2", opts.glue_dir, work / "base", preset="tiny")
     rng = random.Random(opts.seed)
     node_names = itertools.count(opts.nodes)
+    out = opts.out or work.parent / f"chaos-{opts.seed}.json"
     disk = SmallDisk(work / "run", opts.disk_mb)
     cluster = RayCluster(work)
     results: dict[str, Any] = {"seed": opts.seed, "options": {k: str(v) if isinstance(v, Path) else v
@@ -606,12 +607,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     results["phases"].append(run_phase(opts, storage, rng, cluster, disk, pg, Path(base), logs, node_names))
             else:
                 results["phases"].append(run_phase(opts, storage, rng, cluster, disk, None, Path(base), logs, node_names))
+            out.write_text(json.dumps(results, indent=2, default=str))   # each storage's figures as soon as they exist
     finally:
         cluster.stop()
         subprocess.run(["cp", "-a", str(disk.path), str(work / "run-copy")], capture_output=True)
         disk.unmount()
     results["ok"] = all(p["ok"] for p in results["phases"])
-    out = opts.out or work.parent / f"chaos-{opts.seed}.json"
     out.write_text(json.dumps(results, indent=2, default=str))
     print_summary(results)
     print(f"figures: {out}")

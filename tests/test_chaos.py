@@ -37,6 +37,7 @@ SPACE = "name: tiny" + TINY_KNOBS
 def chaos_module():
     spec = importlib.util.spec_from_file_location("benchmarks_chaos", REPO / "benchmarks" / "chaos.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
