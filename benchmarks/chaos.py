@@ -37,6 +37,7 @@ import itertools
 import json
 import os
 import random
+import re
 import secrets
 import signal
 import subprocess
@@ -481,7 +482,8 @@ def check(phase: Phase, history: History, opts: argparse.Namespace, base: Path) 
 
 
 def _reason(error: str) -> str:
-    return error.split(";")[0].split(":")[0][:60] if error else "(no error recorded)"
+    """A failed trial's error without its particulars (host:pid, numbers), to count them by kind."""
+    return re.sub(r"\S+:\d+|#?\d+", "N", error.split(";")[0])[:80] if error else "(no error recorded)"
 
 
 def run_commands(phase: Phase, base: Path) -> dict[str, dict[str, Any]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import optuna
@@ -122,3 +123,38 @@ def test_a_disk_filling_while_parameters_are_drawn_stops_the_driver(tiny_prepare
     (trial,) = optuna.load_study(study_name="draw", storage=open_storage(journal)).get_trials(
         deepcopy=False, states=(TrialState.RUNNING,))
     assert "error" not in trial.user_attrs   # not mistaken for a config the model cannot hold
+
+
+@pytest.mark.integration
+def test_a_connection_lost_while_trials_are_read_is_waited_out(postgres_url):
+    """PostgreSQL drops the connection in the middle of reading the trials: Optuna's RDB storage
+    retries the query in the broken transaction and reports the rollback error that follows. That
+    is an outage like any other: retried, not a traceback that stops the driver."""
+    import psycopg2
+    from sqlalchemy import event
+    from sqlalchemy.engine import make_url
+
+    name = f"lost-read-{uuid.uuid4().hex[:8]}"
+    rdb = optuna.storages.RDBStorage(postgres_url, engine_kwargs={"pool_pre_ping": True})
+    study = optuna.create_study(storage=rdb, study_name=name, directions=["maximize"])
+    for value in range(3):
+        study.tell(study.ask({"x": optuna.distributions.IntDistribution(0, 9)}), [value])
+    url = make_url(postgres_url)
+    dropped: list[int] = []
+
+    def drop_connection(conn, cursor, statement, *args) -> None:
+        """The server ends this connection just before the trials' parameters are read."""
+        if statement.lstrip().startswith("SELECT trial_params") and not dropped:
+            dropped.append(cursor.connection.info.backend_pid)
+            admin = psycopg2.connect(host=url.host, port=url.port, user=url.username, dbname=url.database)
+            try:
+                admin.cursor().execute("SELECT pg_terminate_backend(%s)", (dropped[0],))
+                admin.commit()
+            finally:
+                admin.close()
+
+    event.listen(rdb.engine, "before_cursor_execute", drop_connection)
+    storage = RetryingStorage(rdb, "the test database", patience=60.0)
+    trials = storage.get_all_trials(rdb.get_study_id_from_name(name))
+    assert dropped, "the connection was not dropped while the trials were read"
+    assert [t.values for t in trials] == [[0.0], [1.0], [2.0]]

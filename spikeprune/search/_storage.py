@@ -141,36 +141,43 @@ def open_storage(url_or_path: str | Path) -> BaseStorage:
 
 
 # --------------------------------------------------------------------------- outages
+def _chain(error: BaseException) -> list[BaseException]:
+    """The error and what led to it, outermost first: its cause, else the error being handled when
+    it was raised (Optuna's RDB storage retries a query in a transaction the lost connection broke,
+    and reports the rollback error that follows, raised while handling the connection error)."""
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
 def _unreachable(error: BaseException) -> bool:
     """Whether a storage error means the storage is out of reach for now (worth waiting for): a
     lost or refused database connection, or an I/O error on the journal's disk or share."""
     import sqlalchemy.exc
 
-    cause: BaseException | None = error
-    while cause is not None:
+    for cause in _chain(error):
         if isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
                               sqlalchemy.exc.DisconnectionError)):
             return True
         if isinstance(cause, OSError) and not isinstance(cause, (PermissionError, FileNotFoundError,
                                                                  IsADirectoryError, NotADirectoryError)):
             return True
-        cause = cause.__cause__
     return False
 
 
 def _full_disk(error: BaseException) -> bool:
     """Whether the innermost error is the OS saying the disk (or the user's quota) is full."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    innermost = _chain(error)[-1]
+    return isinstance(innermost, OSError) and innermost.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _reason(error: BaseException) -> str:
     """The innermost error's first line: what the database driver or the OS said."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    text = str(getattr(error, "orig", None) or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    innermost = _chain(error)[-1]
+    text = str(getattr(innermost, "orig", None) or innermost).strip()
+    return text.splitlines()[0] if text else type(innermost).__name__
 
 
 class StorageOutage(SpikepruneError):
