@@ -192,3 +192,24 @@ def test_an_append_that_fills_the_disk_leaves_no_partial_record(tmp_path, small_
     study.tell(trial, [0.9, 1.0])
     reread = optuna.load_study(study_name="st", storage=open_storage(journal))
     assert reread.trials[3].user_attrs["big"] == big and reread.trials[3].values == [0.9, 1.0]
+
+
+@pytest.mark.integration
+def test_opening_a_torn_journal_on_a_full_disk_says_so_and_changes_nothing(small_disk):
+    """Recovering a torn tail saves it to a backup first; on a full disk that cannot be written:
+    opening says the disk is full (naming the folder), leaves no half-written backup, and cuts nothing."""
+    journal = small_disk.path / "st" / "journal.log"
+    journal.parent.mkdir()
+    make_journal(journal)
+    last = journal.read_bytes().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    with open(journal, "ab") as f:
+        f.write(last[:len(last) // 2])
+    data = journal.read_bytes()
+    small_disk.fill()
+    with pytest.raises(SpikepruneError, match=f"the disk of {journal.parent} is full .*free space there"):
+        open_storage(journal)
+    assert journal.read_bytes() == data
+    assert sorted(p.name for p in journal.parent.iterdir()) == ["journal.log", "journal.log.flock"]
+    small_disk.free()
+    assert len(complete_values(journal)) == 3   # the torn bytes are cut, as on any open; nothing else
+    assert len(list(journal.parent.glob("journal.log.torn-*"))) == 1

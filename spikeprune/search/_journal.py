@@ -117,7 +117,13 @@ def _backup(path: Path, kind: str, data: bytes) -> Path:
     while backup.exists():   # one process may cut twice in a second: keep both
         number += 1
         backup = path.with_name(f"{path.name}.{kind}-{stamp}-{number}")
-    backup.write_bytes(data)
+    partial = backup.with_name(backup.name + ".partial")
+    try:   # complete or absent: a full disk must not leave half a backup
+        partial.write_bytes(data)
+        os.replace(partial, backup)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return backup
 
 

@@ -110,6 +110,9 @@ def open_storage(url_or_path: str | Path) -> BaseStorage:
             check_on_open(path, lock)
             backend = JournalBackend(path, lock)
         except OSError as e:
+            if _full_disk(e):
+                raise StorageOutage(f"cannot open journal storage {path}: the disk of {path.parent} is full "
+                                    f"({e.strerror}); free space there and rerun the same command") from None
             raise SpikepruneError(f"cannot open journal storage {path}: {e.strerror}; pick a writable path") from None
         try:
             return JournalStorage(backend)
