@@ -111,11 +111,11 @@ def test_a_disk_filling_while_parameters_are_drawn_stops_the_driver(tiny_prepare
     base = BaseBundle.load(tiny_prepared, glue_dir)
     journal = default_storage(small_disk.path, "draw")
     storage = RetryingStorage(open_storage(journal), str(journal), settings.storage_patience)
-    study = open_study(settings, space, storage, base.task, Path(tiny_prepared), base.student.config, "float45nm",
-                       base.dev_size, sampler_for=lambda seed: FillingSampler(small_disk))
+    study, resume = open_study(settings, space, storage, base.task, Path(tiny_prepared), base.student.config,
+                               "float45nm", base.dev_size, sampler_for=lambda seed: FillingSampler(small_disk))
     for trial in study.get_trials(deepcopy=False):   # draw a trial of the sampler, not a queued seed
         study.tell(study.ask(), state=TrialState.FAIL)
-    driver = Driver(settings, space, study, storage, base.student.config, base.dev_size, "float45nm")
+    driver = Driver(settings, space, study, storage, base.student.config, base.dev_size, "float45nm", resume)
     with pytest.raises(StorageOutage, match=f"the disk of {journal.parent} is full"):
         driver.launch()
     assert inspect_journal(journal, replay=True).ok

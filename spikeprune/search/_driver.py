@@ -103,7 +103,8 @@ class Driver:
     """Runs one search: owns the study, the Ray tasks in flight and the progress display."""
 
     def __init__(self, settings: SearchSettings, space: SearchSpace, study: optuna.Study,
-                 storage: optuna.storages.BaseStorage, model: SpikingBertConfig, dev_size: int, energy: str) -> None:
+                 storage: optuna.storages.BaseStorage, model: SpikingBertConfig, dev_size: int, energy: str,
+                 resume: Resume) -> None:
         self.s, self.space, self.study, self.storage = settings, space, study, storage
         self.model, self.dev_size, self.energy = model, dev_size, energy
         self.full_examples = min(settings.max_examples or dev_size, dev_size)
@@ -116,7 +117,7 @@ class Driver:
         self.metric_index = space.objective_names.index(METRIC) if METRIC in space.objective_names else None
         #: The objectives as the progress line names them (the task's metric by its own name).
         self.shown = [o.shown for o in StudyRecord.read(study).objective_list]
-        self.resume = Resume(study, storage, settings.stale_after_s)
+        self.resume = resume
         self.study_id = self.resume.study_id
         self.flights: dict[Any, _Flight] = {}
         #: Our trials waiting for a trial another driver evaluates, by that trial's number.
