@@ -518,6 +518,8 @@ def half_written(root: Path) -> dict[str, Any]:
         name = path.name
         kinds[path.suffix or name] += 1
         try:
+            if name.endswith(".partial") or (".torn-" in name or ".corrupt-" in name) and not path.stat().st_size:
+                raise ValueError("a recovery backup that was not written whole")
             if ".torn-" in name or ".corrupt-" in name:
                 backups.append(str(path.relative_to(root)))   # what recovery cut, kept on purpose
             elif name == FILL:
