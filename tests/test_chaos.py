@@ -6,7 +6,9 @@ faults it found, each reproduced on its own:
 - a full disk stops a search with one line that names the folder, keeps every finished trial, and
   rerunning once there is space finishes the study;
 - the disk filling while a trial's parameters are drawn stops the driver with that line too (it
-  used to be taken for a bad config, whose error could not be recorded either: a raw OSError).
+  used to be taken for a bad config, whose error could not be recorded either: a raw OSError);
+- a PostgreSQL connection lost while the trials are read is waited out (it stopped a driver with
+  a traceback).
 """
 from __future__ import annotations
 
@@ -46,13 +48,13 @@ def chaos_module():
 @pytest.mark.integration
 def test_a_short_search_under_random_faults_loses_nothing(tiny_prepared, tmp_path, postgres_url):
     chaos = chaos_module()
-    result = chaos.main(["--seed", "7", "--n-trials", "8", "--drivers", "2", "--nodes", "1", "--fault-every", "6",
+    result = chaos.main(["--seed", "7", "--n-trials", "8", "--drivers", "2", "--nodes", "1", "--fault-every", "3",
                          "--kinds", "worker", "driver", "node", "postgres", "disk", "tear",
                          "--prepared", str(tiny_prepared), "--work-dir", str(tmp_path), "--deadline", "600"])
     for phase in result["phases"]:
         assert phase["ok"], {k: phase[k] for k in ("invariants", "driver_errors", "files", "lost", "changes")}
         assert phase["complete"] == 8 and not phase["lost"] and not phase["running"]
-    assert sum(p["faults_total"] for p in result["phases"]) >= 4
+    assert sum(p["faults_total"] for p in result["phases"]) >= 3
     assert {p["storage"] for p in result["phases"]} == {"journal", "postgres"}
 
 
