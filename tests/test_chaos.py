@@ -13,7 +13,6 @@ faults it found, each reproduced on its own:
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -22,7 +21,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from spikeprune import BaseBundle, SearchSettings, SearchSpace, run_search
+from spikeprune import BaseBundle, SearchSettings, SearchSpace
 from spikeprune.search._driver import Driver
 from spikeprune.search._journal import inspect_journal
 from spikeprune.search._storage import RetryingStorage, StorageOutage, default_storage, open_storage
