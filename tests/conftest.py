@@ -113,3 +113,18 @@ def tiny_prepared(tmp_path_factory, glue_dir) -> Path:
     from spikeprune.training._prepare import prepare
 
     return prepare("sst2", glue_dir, tmp_path_factory.mktemp("prepared"), preset="tiny")
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator["SmallDisk"]:
+    """A 4 MB filesystem of its own at ``tmp_path / "disk"`` (tests/smalldisk.py), to fill for real."""
+    from smalldisk import SmallDisk
+
+    if os.geteuid() != 0:
+        pytest.fail("a filesystem of its own needs root to mount (tests/smalldisk.py)", pytrace=False)
+    disk = SmallDisk(tmp_path / "disk", 4)
+    disk.mount()
+    try:
+        yield disk
+    finally:
+        disk.unmount()

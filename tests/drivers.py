@@ -10,10 +10,16 @@ REPO = Path(__file__).resolve().parents[1]
 DEADLINE_S = 400.0
 
 
-def start(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``spikeprune search`` with ``args``, from the repository, output captured."""
-    return subprocess.Popen([sys.executable, "-m", "spikeprune", "search", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start(args: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen:
+    """``spikeprune search`` with ``args``, from the repository, output captured (or appended to
+    ``log``, for drivers that run longer than a pipe's buffer holds)."""
+    out = subprocess.PIPE if log is None else open(log, "a")
+    try:
+        return subprocess.Popen([sys.executable, "-m", "spikeprune", "search", *args], cwd=REPO, env=env,
+                                stdout=out, stderr=subprocess.STDOUT if log else subprocess.PIPE, text=True)
+    finally:
+        if log is not None:
+            out.close()
 
 
 def finish(*drivers: subprocess.Popen, code: int = 0, timeout: float = DEADLINE_S) -> list[str]:

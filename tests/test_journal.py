@@ -4,6 +4,7 @@ in the middle is refused with its line number, and `spikeprune check --repair` c
 search whose journal lost half its last record resumes and finishes."""
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from optuna.trial import TrialState
 
 from spikeprune import SearchSettings, open_storage, run_search
 from spikeprune.errors import SpikepruneError
+from spikeprune.search._journal import inspect_journal
 
 from helpers import run_cli
 from tiny_spaces import TINY_KNOBS
@@ -138,3 +140,70 @@ def test_a_search_resumes_after_its_last_record_was_torn(tiny_prepared, tmp_path
     for number, values in before.items():  # every finished trial kept, not re-run
         assert after[number].state == TrialState.COMPLETE and after[number].values == values
     assert run_cli(["check", "t", "--run-dir", str(tmp_path)]) == 0
+
+
+def test_a_live_writer_recovers_a_tail_torn_by_a_dead_writer(tmp_path, caplog):
+    """Two drivers share a journal; one dies inside ``write``: the other's next append must not be
+    glued onto the torn bytes (that made a corrupt line in the middle that no driver could open)."""
+    journal = tmp_path / "st" / "journal.log"
+    journal.parent.mkdir()
+    make_journal(journal)
+    study = optuna.load_study(study_name="st", storage=open_storage(journal))   # the live driver
+    everything = complete_values(journal)
+    last = journal.read_bytes().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    with open(journal, "ab") as f:                                               # the dead driver
+        f.write(last[:len(last) // 2])
+    with caplog.at_level(logging.WARNING):
+        study.tell(study.ask({"x": optuna.distributions.IntDistribution(0, 9)}), [0.9, 1.0])
+    assert any("torn record" in r.getMessage() for r in caplog.records)
+    assert inspect_journal(journal, replay=True).ok
+    (backup,) = journal.parent.glob("journal.log.torn-*")
+    assert backup.read_bytes() == last[:len(last) // 2]
+    assert complete_values(journal) == {**everything, 3: [0.9, 1.0]}
+
+
+@pytest.mark.integration
+def test_an_append_that_fills_the_disk_leaves_no_partial_record(tmp_path, small_disk):
+    """A record that does not fit on the disk is not half-written: the retry after space is freed
+    appends it whole, and the journal stays readable by every driver."""
+    journal = small_disk.path / "st" / "journal.log"
+    journal.parent.mkdir()
+    make_journal(journal)
+    storage = open_storage(journal)
+    study = optuna.load_study(study_name="st", storage=storage)
+    trial = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    if journal.stat().st_size % 4096 == 0:   # not a whole number of pages: some bytes still fit
+        trial.set_user_attr("pad", 1)
+    size = journal.stat().st_size
+    small_disk.fill()
+    big = "x" * 10_000   # longer than the slack in the journal's last page
+    with pytest.raises(OSError) as error:
+        trial.set_user_attr("big", big)
+    assert error.value.errno == errno.ENOSPC
+    assert journal.stat().st_size == size and journal.read_bytes().endswith(b"\n")
+    small_disk.free()
+    trial.set_user_attr("big", big)
+    study.tell(trial, [0.9, 1.0])
+    reread = optuna.load_study(study_name="st", storage=open_storage(journal))
+    assert reread.trials[3].user_attrs["big"] == big and reread.trials[3].values == [0.9, 1.0]
+
+
+@pytest.mark.integration
+def test_opening_a_torn_journal_on_a_full_disk_says_so_and_changes_nothing(small_disk):
+    """Recovering a torn tail saves it to a backup first; on a full disk that cannot be written:
+    opening says the disk is full (naming the folder), leaves no half-written backup, and cuts nothing."""
+    journal = small_disk.path / "st" / "journal.log"
+    journal.parent.mkdir()
+    make_journal(journal)
+    last = journal.read_bytes().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    with open(journal, "ab") as f:
+        f.write(last[:len(last) // 2])
+    data = journal.read_bytes()
+    small_disk.fill()
+    with pytest.raises(SpikepruneError, match=f"the disk of {journal.parent} is full .*free space there"):
+        open_storage(journal)
+    assert journal.read_bytes() == data
+    assert sorted(p.name for p in journal.parent.iterdir()) == ["journal.log", "journal.log.flock"]
+    small_disk.free()
+    assert len(complete_values(journal)) == 3   # the torn bytes are cut, as on any open; nothing else
+    assert len(list(journal.parent.glob("journal.log.torn-*"))) == 1

@@ -9,16 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
-import subprocess
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -32,6 +26,7 @@ from spikeprune.search._storage import RetryingStorage
 import drivers
 from helpers import free_port
 from faulty_kernels import KERNEL, claimed, copy_base
+from pgserver import private_postgres
 from tiny_spaces import TINY_KNOBS
 
 pytestmark = pytest.mark.integration  # every test here starts Ray, PostgreSQL or a cluster
@@ -169,59 +164,6 @@ def test_two_drivers_on_one_postgres_study(tiny_prepared, tmp_path, ray_local, p
 
 
 # ------------------------------------------------------------------------------ storage
-@dataclass
-class PrivatePostgres:
-    """A throw-away PostgreSQL cluster of this test alone, so stopping it disturbs no other test."""
-
-    bindir: Path
-    root: Path
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/outage"
-
-    def run(self, *command: str) -> None:
-        owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        done = subprocess.run(owner + list(command), cwd="/", capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-2000:]
-
-    def start(self) -> None:
-        self.run(str(self.bindir / "pg_ctl"), "start", "-D", str(self.root / "data"), "-l", str(self.root / "log"),
-                 "-w", "-t", "120")
-
-    def stop(self) -> None:
-        self.run(str(self.bindir / "pg_ctl"), "stop", "-D", str(self.root / "data"), "-m", "fast", "-w", "-t", "120")
-
-
-@contextmanager
-def private_postgres(postgres_url: str) -> Iterator[PrivatePostgres]:
-    """Needs the PostgreSQL server binaries, which the postgres_url fixture (services.sh) installs."""
-    initdbs = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
-    if not initdbs:
-        pytest.fail("no PostgreSQL server binaries under /usr/lib/postgresql; run scripts/services.sh start")
-    port = free_port()
-    root = Path(tempfile.mkdtemp(prefix="spikeprune-outage-"))
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres", "postgres")
-    pg = PrivatePostgres(initdbs[-1].parent, root, port)
-    try:
-        pg.run(str(pg.bindir / "initdb"), "-D", str(root / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-               "--locale=C")
-        with open(root / "data" / "postgresql.conf", "a") as conf:
-            conf.write(f"listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{root}'\n"
-                       f"fsync = off\nsynchronous_commit = off\n")
-        pg.start()
-        pg.run(str(pg.bindir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-qc",
-               "create database outage", "postgres")
-        yield pg
-    finally:
-        subprocess.run((["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else [])
-                       + [str(pg.bindir / "pg_ctl"), "stop", "-D", str(root / "data"), "-m", "immediate"],
-                       cwd="/", capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
-
-
 class _Seen(logging.Handler):
     """Sets an event when the driver logs a message containing ``text``."""
 
@@ -243,7 +185,7 @@ def test_storage_outage_is_waited_out(tiny_prepared, tmp_path, ray_local, postgr
     logger = logging.getLogger("spikeprune.search._storage")
     seen = _Seen("is unreachable")
     logger.addHandler(seen)
-    with private_postgres(postgres_url) as pg:
+    with private_postgres() as pg:
         failure: list[BaseException] = []
 
         def outage() -> None:

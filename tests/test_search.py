@@ -391,17 +391,35 @@ def test_drivers_joining_a_running_study_draw_their_own_configs(tiny_prepared, s
     storage = optuna.storages.get_storage(open_storage(tmp_path / "join.log"))
 
     def join() -> float:
-        study = open_study(s, SearchSpace.load(space_file), storage, "sst2", tiny_prepared, model, "45nm", 64)
+        study, _ = open_study(s, SearchSpace.load(space_file), storage, "sst2", tiny_prepared, model, "45nm", 64)
         return study.sampler.sample_independent(study, None, "x", optuna.distributions.FloatDistribution(0, 1))
 
+    def exit_drivers() -> None:
+        """The drivers that opened the study so far end (their heartbeats name a process that is gone)."""
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        for key in storage.get_study_system_attrs(study_id):
+            if key.startswith(HEARTBEAT_KEY):
+                storage.set_study_system_attr(study_id, key, {"time": 0.0, "host": socket.gethostname(),
+                                                              "pid": gone.pid})
+
     creator = join()
-    lone = [join(), join()]
-    assert lone[0] == lone[1] != creator   # a lone resume: reproducible, not the creator's draws
     study_id = storage.get_study_id_from_name("s")
+    exit_drivers()
+    lone = [join()]
+    exit_drivers()
+    lone.append(join())
+    exit_drivers()
+    assert lone[0] == lone[1] != creator   # a lone resume: reproducible, not the creator's draws
     storage.set_study_system_attr(study_id, HEARTBEAT_KEY + "running",
                                   {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid()})
     joined = [join(), join()]
     assert len({creator, *lone, *joined}) == 4
+    # Drivers starting together, none running before: the heartbeat each writes on opening the
+    # study is there before the next one counts the others, so they draw apart.
+    exit_drivers()
+    together = [join(), join()]
+    assert together[0] != together[1]
 
 
 def test_only_trials_with_cpus_of_their_own_spin(monkeypatch):

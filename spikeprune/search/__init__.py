@@ -14,6 +14,7 @@ _API: dict[str, str] = {
     "default_storage": "spikeprune.search._storage",
     "study_status": "spikeprune.search._progress",
     "check_storage": "spikeprune.search._check",
+    "FlockLock": "spikeprune.search._storage",
     "ray_session": "spikeprune.search._cluster",
 }
 __all__ = sorted(_API)

@@ -54,6 +54,7 @@ from spikeprune.records import FORMAT, StudyRecord, TrialRecord
 from spikeprune.search._progress import Progress
 from spikeprune.search._resume import HEARTBEAT_EVERY_S, Resume
 from spikeprune.search._settings import SearchSettings
+from spikeprune.search._storage import StorageOutage
 
 #: Times Ray re-runs a task whose worker process died before the trial fails (see the module doc).
 TASK_RETRIES = 1
@@ -102,7 +103,8 @@ class Driver:
     """Runs one search: owns the study, the Ray tasks in flight and the progress display."""
 
     def __init__(self, settings: SearchSettings, space: SearchSpace, study: optuna.Study,
-                 storage: optuna.storages.BaseStorage, model: SpikingBertConfig, dev_size: int, energy: str) -> None:
+                 storage: optuna.storages.BaseStorage, model: SpikingBertConfig, dev_size: int, energy: str,
+                 resume: Resume) -> None:
         self.s, self.space, self.study, self.storage = settings, space, study, storage
         self.model, self.dev_size, self.energy = model, dev_size, energy
         self.full_examples = min(settings.max_examples or dev_size, dev_size)
@@ -115,7 +117,7 @@ class Driver:
         self.metric_index = space.objective_names.index(METRIC) if METRIC in space.objective_names else None
         #: The objectives as the progress line names them (the task's metric by its own name).
         self.shown = [o.shown for o in StudyRecord.read(study).objective_list]
-        self.resume = Resume(study, storage, settings.stale_after_s)
+        self.resume = resume
         self.study_id = self.resume.study_id
         self.flights: dict[Any, _Flight] = {}
         #: Our trials waiting for a trial another driver evaluates, by that trial's number.
@@ -181,6 +183,8 @@ class Driver:
         baseline = TrialRecord.of(trial).baseline
         try:
             config = self.space.suggest(trial).resolve(self.model)
+        except StorageOutage:   # not the config's fault, and there is nowhere to record it
+            raise
         except SpikepruneError as e:
             TrialRecord.set(trial, error=str(e))
             self.study.tell(trial, state=TrialState.FAIL)
@@ -399,19 +403,22 @@ class Driver:
         self.stats.finished += 1
 
     def abandon(self, reason: str) -> None:
-        """On the way out (Ctrl-C, an error): fail the trials in flight and queue them again."""
+        """On the way out (Ctrl-C, an error): fail the trials in flight and queue them again. Not
+        when the storage is out of reach for good: the next run's ``recover`` does it then."""
         import ray
 
+        reachable = not getattr(self.storage, "gave_up", False)
         for ref, flight in list(self.flights.items()):
             try:
                 ray.cancel(ref, force=True)
-                self.resume.requeue(flight.trial.number, flight.trial.params, flight.trial.user_attrs, reason)
-                for follower in flight.followers:  # the leader's re-queued parameters cover them
-                    TrialRecord.set(follower, error=f"{reason}; same parameters as trial #{flight.trial.number}")
-                    self.study.tell(follower, state=TrialState.FAIL)
+                if reachable:
+                    self.resume.requeue(flight.trial.number, flight.trial.params, flight.trial.user_attrs, reason)
+                    for follower in flight.followers:  # the leader's re-queued parameters cover them
+                        TrialRecord.set(follower, error=f"{reason}; same parameters as trial #{flight.trial.number}")
+                        self.study.tell(follower, state=TrialState.FAIL)
             except Exception as e:  # storage gone too: the next run's recover() cleans up
                 LOG.warning("could not re-queue trial %d: %s", flight.trial.number, e)
-        for number, group in self.foreign.items():
+        for number, group in self.foreign.items() if reachable else ():
             for follower in group:
                 try:
                     TrialRecord.set(follower, error=f"{reason}; same parameters as trial #{number}")

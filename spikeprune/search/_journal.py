@@ -14,6 +14,11 @@ Optuna's ``JournalFileBackend`` replays every line as JSON. Two kinds of damage 
   so opening refuses with the line number, and ``spikeprune check --repair`` cuts the journal
   before that line (saving the rest to ``<journal>.corrupt-<time>``); the trials it recorded
   after that point run again on resume.
+
+Several drivers may append to one journal, so a torn tail must not wait for the next opener:
+the next append would be glued onto it and make it a corrupt line in the middle. ``JournalBackend``
+appends the way Optuna's backend does, but under the lock it first recovers a tail a dead writer
+left, and a write that fails part-way (a full disk) is cut back, so a retry appends a whole record.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from optuna.storages.journal import JournalFileBackend
 
 from spikeprune.errors import SpikepruneError
 
@@ -104,9 +111,19 @@ def inspect_journal(path: str | Path, replay: bool = False) -> JournalHealth:
 
 
 def _backup(path: Path, kind: str, data: bytes) -> Path:
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    backup = path.with_name(f"{path.name}.{kind}-{stamp}-{os.getpid()}")
-    backup.write_bytes(data)
+    stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    backup = path.with_name(f"{path.name}.{kind}-{stamp}")
+    number = 1
+    while backup.exists():   # one process may cut twice in a second: keep both
+        number += 1
+        backup = path.with_name(f"{path.name}.{kind}-{stamp}-{number}")
+    partial = backup.with_name(backup.name + ".partial")
+    try:   # complete or absent: a full disk must not leave half a backup
+        partial.write_bytes(data)
+        os.replace(partial, backup)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return backup
 
 
@@ -167,3 +184,35 @@ def check_on_open(path: Path, lock: Any) -> None:
         lock.release()
     if message:
         LOG.warning("%s", message)
+
+
+class JournalBackend(JournalFileBackend):
+    """Optuna's journal file backend whose appends leave only whole records (see the module doc).
+    ``lock`` is the journal's ``FlockLock``."""
+
+    def __init__(self, path: str | Path, lock: Any) -> None:
+        super().__init__(str(path), lock_obj=lock)
+        self._path, self._writer_lock = Path(path), lock
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8")
+        self._writer_lock.acquire()
+        try:
+            fd = os.open(self._path, os.O_RDWR | os.O_APPEND)
+            try:
+                end = os.fstat(fd).st_size
+                if end and os.pread(fd, 1, end - 1) != b"\n":   # a writer died mid-append
+                    LOG.warning("%s", fix_tail(inspect_journal(self._path)))
+                    end = os.fstat(fd).st_size
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                except BaseException:
+                    os.ftruncate(fd, end)   # no partial record stays: a retry appends it whole
+                    raise
+            finally:
+                os.close(fd)
+        finally:
+            self._writer_lock.release()

@@ -100,9 +100,9 @@ def run_search(settings: SearchSettings) -> SearchResult:
     storage = RetryingStorage(optuna.storages.get_storage(open_storage(location)), describe(location),
                               settings.storage_patience)
     with quiet_optuna():
-        study = open_study(settings, space, storage, base.task, Path(settings.prepared).resolve(), model,
-                           energy, base.dev_size, sampler_for)
-        driver = Driver(settings, space, study, storage, model, base.dev_size, energy)
+        study, resume = open_study(settings, space, storage, base.task, Path(settings.prepared).resolve(),
+                                   model, energy, base.dev_size, sampler_for)
+        driver = Driver(settings, space, study, storage, model, base.dev_size, energy, resume)
         with ray_session(settings):
             import ray
 

@@ -22,6 +22,7 @@ For several drivers on several machines use a database server: any SQLAlchemy UR
 from __future__ import annotations
 
 import abc
+import errno
 import fcntl
 import logging
 import os
@@ -31,11 +32,10 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
 
 from spikeprune.errors import SpikepruneError
 
-from spikeprune.search._journal import check_on_open
+from spikeprune.search._journal import JournalBackend, check_on_open
 from spikeprune.search._settings import check_study_name
 
 JOURNAL_NAME = "journal.log"
@@ -108,8 +108,11 @@ def open_storage(url_or_path: str | Path) -> BaseStorage:
             path.parent.mkdir(parents=True, exist_ok=True)
             lock = FlockLock(path)
             check_on_open(path, lock)
-            backend = JournalFileBackend(str(path), lock_obj=lock)
+            backend = JournalBackend(path, lock)
         except OSError as e:
+            if _full_disk(e):
+                raise StorageOutage(f"cannot open journal storage {path}: the disk of {path.parent} is full "
+                                    f"({e.strerror}); free space there and rerun the same command") from None
             raise SpikepruneError(f"cannot open journal storage {path}: {e.strerror}; pick a writable path") from None
         try:
             return JournalStorage(backend)
@@ -141,29 +144,47 @@ def open_storage(url_or_path: str | Path) -> BaseStorage:
 
 
 # --------------------------------------------------------------------------- outages
+def _chain(error: BaseException) -> list[BaseException]:
+    """The error and what led to it, outermost first: its cause, else the error being handled when
+    it was raised (Optuna's RDB storage retries a query in a transaction the lost connection broke,
+    and reports the rollback error that follows, raised while handling the connection error)."""
+    chain = []
+    while error is not None and error not in chain:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
 def _unreachable(error: BaseException) -> bool:
     """Whether a storage error means the storage is out of reach for now (worth waiting for): a
     lost or refused database connection, or an I/O error on the journal's disk or share."""
     import sqlalchemy.exc
 
-    cause: BaseException | None = error
-    while cause is not None:
+    for cause in _chain(error):
         if isinstance(cause, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
                               sqlalchemy.exc.DisconnectionError)):
             return True
         if isinstance(cause, OSError) and not isinstance(cause, (PermissionError, FileNotFoundError,
                                                                  IsADirectoryError, NotADirectoryError)):
             return True
-        cause = cause.__cause__
     return False
+
+
+def _full_disk(error: BaseException) -> bool:
+    """Whether the innermost error is the OS saying the disk (or the user's quota) is full."""
+    innermost = _chain(error)[-1]
+    return isinstance(innermost, OSError) and innermost.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _reason(error: BaseException) -> str:
     """The innermost error's first line: what the database driver or the OS said."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    text = str(getattr(error, "orig", None) or error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    innermost = _chain(error)[-1]
+    text = str(getattr(innermost, "orig", None) or innermost).strip()
+    return text.splitlines()[0] if text else type(innermost).__name__
+
+
+class StorageOutage(SpikepruneError):
+    """The storage stayed out of reach past the patience: the run must stop (nothing to record it in)."""
 
 
 class RetryingStorage(optuna.storages.BaseStorage):
@@ -171,7 +192,7 @@ class RetryingStorage(optuna.storages.BaseStorage):
 
     A call that fails for a connection reason (``_unreachable``) is repeated with doubling delays
     (``RETRY_DELAYS_S``) for up to ``patience`` seconds; then the outage becomes one
-    ``SpikepruneError`` and later calls fail at once (so the way out does not wait again). Each
+    ``StorageOutage`` (a ``SpikepruneError``) and later calls fail at once (so the way out does not wait again). Each
     storage call is one transaction, so retrying it alone is safe; the one call that is not
     idempotent, finishing a trial, is recognised when a retry finds the first attempt did commit.
     """
@@ -179,6 +200,11 @@ class RetryingStorage(optuna.storages.BaseStorage):
     def __init__(self, inner: optuna.storages.BaseStorage, where: str, patience: float) -> None:
         self._inner, self._where, self._patience = inner, where, patience
         self._gave_up = False
+
+    @property
+    def gave_up(self) -> bool:
+        """Whether an outage outlasted the patience (later calls then fail at once)."""
+        return self._gave_up
 
     def _call(self, name: str, args: tuple, kwargs: dict) -> Any:
         method = getattr(self._inner, name)
@@ -195,16 +221,19 @@ class RetryingStorage(optuna.storages.BaseStorage):
                 if self._gave_up or not _unreachable(e):
                     raise
                 now = time.monotonic()
+                # A journal's full disk is named by its folder: that is where space must be freed.
+                full = f"the disk of {Path(self._where).parent} is full" if _full_disk(e) else None
                 if first_failure is None:
                     first_failure = now
-                    LOG.warning("storage %s is unreachable (%s); retrying for up to %g s",
-                                self._where, _reason(e), self._patience)
+                    LOG.warning("%s (%s); retrying for up to %g s", full or f"storage {self._where} is unreachable",
+                                _reason(e), self._patience)
                 waited = now - first_failure
                 if waited >= self._patience:
                     self._gave_up = True
-                    raise SpikepruneError(
-                        f"storage {self._where} unreachable for {waited:.0f} s ({_reason(e)}); finished trials "
-                        f"are saved: start the storage and rerun the same command to resume") from None
+                    what, fix = (f"{full} ({_reason(e)}) for {waited:.0f} s", "free space there") if full else \
+                        (f"storage {self._where} unreachable for {waited:.0f} s ({_reason(e)})", "start the storage")
+                    raise StorageOutage(f"{what}; finished trials are saved: {fix} and rerun the same command "
+                                          f"to resume") from None
                 time.sleep(min(delay, self._patience - waited))
                 delay = min(2 * delay, RETRY_DELAYS_S[1])
                 continue

@@ -32,11 +32,12 @@ SETUP_POLL_S = 0.2
 
 def open_study(settings: SearchSettings, space: SearchSpace, storage: optuna.storages.BaseStorage,
                task: str, prepared: Path, model: SpikingBertConfig, energy: str, dev_size: int,
-               sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None) -> optuna.Study:
+               sampler_for: Callable[[int], optuna.samplers.BaseSampler] | None = None) -> tuple[optuna.Study, Resume]:
     """The study of ``settings.study_name``: created and seeded, or loaded and checked. The sampler
     is ``settings.sampler``'s, or what ``sampler_for(seed)`` makes (the guided sampler needs the
     base). A driver that did not create the study gets a sampler seeded by ``resume_seed``: with the
-    original seed a history-blind sampler (random) would draw the first configs again, as duplicates."""
+    original seed a history-blind sampler (random) would draw the first configs again, as duplicates.
+    Returns the study and this driver's ``Resume`` (its heartbeat is written here)."""
     make = sampler_for or (lambda seed: make_sampler(settings.sampler, seed, settings.population_size))
     try:
         storage.create_new_study([StudyDirection[d.upper()] for d in space.directions], settings.study_name)
@@ -46,6 +47,10 @@ def open_study(settings: SearchSettings, space: SearchSpace, storage: optuna.sto
     # A joiner's sampler is made below, once its seed is known (Optuna's default stands in until then).
     study = optuna.load_study(study_name=settings.study_name, storage=storage,
                               sampler=make(settings.seed) if created else None)
+    # The heartbeat goes first, before a creator's record and before a joiner counts the others:
+    # drivers starting together then see each other (they would otherwise draw the same configs).
+    resume = Resume(study, storage, settings.stale_after_s)
+    resume.heartbeat(force=True)
     wanted = StudyRecord(task=task, objectives=[{"name": o.name, "direction": o.direction} for o in space.objectives],
                          space=space.to_dict(), prepared=str(prepared), energy=energy, dev_examples=dev_size,
                          max_examples=settings.max_examples, seed=settings.seed,
@@ -57,7 +62,7 @@ def open_study(settings: SearchSettings, space: SearchSpace, storage: optuna.sto
         time.sleep(SETUP_POLL_S)  # another driver created the study a moment ago and is setting it up
         record = StudyRecord.find(study)
     if not created:   # counted after the setup, so a driver joining its creator does not replay its draws
-        shared = set_up_by_another or Resume(study, storage, settings.stale_after_s).others_alive()
+        shared = set_up_by_another or resume.others_alive()
         study.sampler = make(resume_seed(settings.seed, len(study.get_trials(deepcopy=False)), shared))
     if record is None:
         trials = study.get_trials(deepcopy=False)
@@ -71,7 +76,7 @@ def open_study(settings: SearchSettings, space: SearchSpace, storage: optuna.sto
             flags = {"seeded": True, **({"baseline": True} if i == 0 else {})}
             study.enqueue_trial(space.params(config, model), user_attrs=flags)
         wanted.write(study)
-        return study
+        return study, resume
     differs = record.conflict(wanted)
     if differs is not None:
         raise SpikepruneError(f"study {settings.study_name!r} was made with another {differs} "
@@ -80,7 +85,7 @@ def open_study(settings: SearchSettings, space: SearchSpace, storage: optuna.sto
     if wanted.reference_given and wanted.reference_given != record.reference_given:
         record.reference_given = wanted.reference_given  # a reference given on resume applies from now on
         record.write(study)
-    return study
+    return study, resume
 
 
 def load_study(study_name: str, storage: str | optuna.storages.BaseStorage) -> optuna.Study:
