@@ -65,7 +65,7 @@ SOP_BUCKETS: tuple[str, ...] = ("query", "key", "value", "attention", "attn_out"
 WEIGHT_BUCKETS: frozenset[str] = frozenset({"query", "key", "value", "attn_out", "intermediate", "output"})
 
 # ----------------------------------------------------------------------------- size accounting
-#: Bits of the per-tensor float scale every quantized weight tensor carries.
+#: Bits of the float scale every output channel of a quantized weight tensor carries.
 SCALE_BITS = 32
 #: Information content of a ternary weight {-1, 0, 1}: log2(3) ≈ 1.58496 bits.
 TERNARY_BITS = math.log2(3)
@@ -199,13 +199,14 @@ def count_parameters(config: SpikingBertConfig) -> int:
 
 def size_bits(config: SpikingBertConfig, packed: bool = False) -> float:
     """Model size in bits: encoder Linear weights at their layer's width plus a 32-bit scale per
-    quantized tensor; everything else (biases, LayerNorm, embeddings, pooler, classifier) float."""
+    output channel of a quantized tensor; everything else (biases, LayerNorm, embeddings, pooler,
+    classifier) float."""
     total = float(_float_parameters(config) * FLOAT_BITS)
     for l, bits in enumerate(config.weight_bits):
         linears = _layer_linears(config, l)
         total += sum(i * o for i, o in linears) * bits_per_weight(bits, packed)
         if bits < FLOAT_BITS:
-            total += len(linears) * SCALE_BITS
+            total += sum(o for _, o in linears) * SCALE_BITS
     return total
 
 
