@@ -5,6 +5,9 @@ readout standardised to its rates, so distillation starts from the teacher's fun
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import math
 from collections.abc import Iterable
 
 import torch
@@ -159,3 +162,51 @@ def standardize_readout(student: SpikingBertForSequenceClassification, batches: 
     weight = student.pooler.weight * scale
     student.pooler.bias -= weight @ mean
     student.pooler.weight.copy_(weight)
+
+
+#: Multipliers of λ/L' tried per population by ``relevel``: log-spaced over [0.1, 2].
+RELEVEL_FACTORS = torch.logspace(-1, math.log10(2.0), 48)
+
+
+@torch.no_grad()
+def relevel(student: SpikingBertForSequenceClassification, batches: Iterable[dict[str, Tensor]],
+            levels: int) -> SpikingBertForSequenceClassification:
+    """A copy of a converted student quantized to ``levels`` per side, no training: each
+    population's θ becomes c·λ/levels (λ = L·θ, the trained clip) with the factor c of least
+    squared error over RELEVEL_FACTORS; the trained per-unit scales are kept.
+
+    Why least error and not the clip: at few levels the best step is set by where most values
+    lie, not by the largest ones. Layer by layer, like ``calibrate_thresholds``: a layer's
+    activations are measured in float on the re-levelled output of the layers before it.
+    """
+    cfg = student.config
+    if cfg.family != "converted":
+        raise SpikepruneError(f"only a converted student has levels to change; this one is {cfg.family}")
+    model = copy.deepcopy(student)
+    model.config = dataclasses.replace(cfg, levels=levels)
+    data = [(b["input_ids"], b["attention_mask"], b["token_type_ids"]) for b in batches]
+    masks = [m.to(torch.float32)[..., None] for _, m, _ in data]
+    key_masks = [((1.0 - m.to(torch.float32)) * torch.finfo(torch.float32).min)[:, None, None, :] for _, m, _ in data]
+
+    def best_factor(values: list[Tensor], theta: Tensor) -> float:
+        """The factor c whose θ·c quantizer has the least squared error on the real tokens."""
+        errors = torch.zeros(len(RELEVEL_FACTORS), dtype=torch.float64)
+        for value, mask in zip(values, masks):
+            for i, c in enumerate(RELEVEL_FACTORS):
+                errors[i] += float(((quantize_ste(value, theta * c, levels) - value) * mask).square().sum())
+        return float(RELEVEL_FACTORS[int(torch.argmin(errors))])
+
+    embedded = [model.embeddings(ids, types) for ids, _, types in data]
+    model.encoder_threshold.mul_(cfg.levels / levels)
+    model.encoder_threshold.mul_(best_factor(embedded, model.encoder_theta()))
+    xs = [quantize_ste(e, model.encoder_theta(), levels) * m for e, m in zip(embedded, masks)]
+    for layer in model.layers:
+        layer.levels = levels
+        layer.thresholds.mul_(cfg.levels / levels)
+        seen: dict[str, list[Tensor]] = {name: [] for name in POPULATIONS}
+        for x, key_mask in zip(xs, key_masks):
+            layer.quantized(x, key_mask, observe=lambda name, value: seen[name].append(value))
+        for i, name in enumerate(POPULATIONS):
+            layer.thresholds[i] *= best_factor(seen[name], layer.theta(name))
+        xs = [layer.quantized(x, key_mask)[0]["output"] * m for x, key_mask, m in zip(xs, key_masks, masks)]
+    return model.eval()
