@@ -10,16 +10,19 @@ bits  levels (× s)                                scale of a channel
 ====  ==========================================  ================================================
 1     {-1, +1} (sign; w = 0 counts as +)          mean |w| (the least-squares scale of sign(w))
 1.58  {-1, 0, +1}; 0 where |w| <= 0.7·mean |w|    mean |w| of the non-zero weights (TWN)
-2     {-3/2, -1/2, +1/2, +3/2} (mid-rise)         least squared error over clipping ranges
-4, 8  integers in [-n, n], n = 2^(b-1) - 1        least squared error over clipping ranges
+2     {-2, -1, 0, +1} (two's complement)          least squared error, see below
+4, 8  integers in [-n, n], n = 2^(b-1) - 1        least squared error, see below
 32    float, untouched
 ====  ==========================================  ================================================
 
-Clipping by error: the outer level is r·max|w| of the channel for r = 1, 63/64, ... 1/64 and the
-scale with the least squared error wins (ties: the largest r). A grid set by max |w| alone leaves
-bell-shaped weights with a few outliers mostly on the 0 and ±1 codes, which made 4-bit worse
-than 2-bit. Why 2 bits is mid-rise: a symmetric grid with a zero level has only {-1, 0, 1} at 2
-bits, the ternary levels again; four levels use every code.
+Scales by error: a channel's candidates are the clipping ranges r·max|w| (the outer level on
+the side of the largest weight, r = 1, 63/64, ... 1/64, searched coarse to fine) and the scale the next narrower width
+chose (2 bits: the ternary one; 4: the 2-bit one; 8: the 4-bit one); the one with the least
+squared error wins (ties: the first, r = 1). Each grid holds the next narrower one's levels at
+the same scale ({-1, 0, 1} ⊂ {-2..1} ⊂ {-7..7} ⊂ {-127..127}) and codes are the nearest level, so
+every width's error is at most the next narrower one's, channel by channel. A grid set by max |w|
+alone leaves bell-shaped weights with a few outliers mostly on the 0 and ±1 codes (4-bit was
+worse than 2-bit that way); a 2-bit grid without a zero level (±1/2, ±3/2) was worse than ternary.
 
 Every scale is rounded to 16 significant bits. Each level (an integer or half-integer of at most
 127 in size, times s) is then exact in float32, and quantization is idempotent bit for bit:
@@ -49,7 +52,7 @@ from spikeprune.models._config import FLOAT_BITS, SpikingBertConfig, check_bits
 #: The Linear modules of an encoder layer whose weights are quantized.
 QUANTIZED_LINEARS: tuple[str, ...] = ("query", "key", "value", "attn_out", "intermediate", "output")
 #: level = (gain·code - offset)·scale for each width (see the table in the module docstring).
-_LEVELS: dict[float, tuple[float, float]] = {1.0: (2.0, 1.0), 1.58: (1.0, 1.0), 2.0: (1.0, 1.5),
+_LEVELS: dict[float, tuple[float, float]] = {1.0: (2.0, 1.0), 1.58: (1.0, 1.0), 2.0: (1.0, 2.0),
                                              4.0: (1.0, 7.0), 8.0: (1.0, 127.0)}
 #: Packed field width in bits per weight.
 _FIELD_BITS: dict[float, int] = {1.0: 1, 1.58: 2, 2.0: 2, 4.0: 4, 8.0: 8}
@@ -76,31 +79,49 @@ def _dequantize(codes: Tensor, scale: Tensor, bits: float) -> Tensor:
     return (codes.to(torch.float32) * gain - offset) * scale[:, None]
 
 
+#: The integer levels (lowest, highest) of the widths whose scale is fitted by error.
+_GRID: dict[float, tuple[int, int]] = {2.0: (-2, 1), 4.0: (-7, 7), 8.0: (-127, 127)}
+#: The next narrower width, whose chosen scale is one more candidate.
+_NARROWER: dict[float, float] = {2.0: 1.58, 4.0: 2.0, 8.0: 4.0}
+
+
 def _grid_codes(w: Tensor, scale: Tensor, bits: float) -> Tensor:
     """Nearest codes of rows ``w`` [C, K] on the grid of per-channel ``scale`` [C] (2, 4, 8 bits).
-
-    2-bit is mid-rise: (c - 3/2)·s for c = 0..3, bin edges at -s, 0, s. An all-zero channel
-    (scale 0) maps anywhere: its divisor is 1."""
+    An all-zero channel (scale 0) maps anywhere: its divisor is 1."""
+    lo, hi = _GRID[bits]
     step = torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]
-    if bits == 2.0:
-        return torch.clamp(torch.floor(w / step) + 2, 0, 3).to(torch.uint8)
-    n = _LEVELS[bits][1]
-    return (torch.clamp(torch.round(w / step), -n, n) + n).to(torch.uint8)
+    return (torch.clamp(torch.round(w / step), lo, hi) - lo).to(torch.uint8)
 
 
-def _fit_clipping(w: Tensor, bits: float) -> Tensor:
+def _fit_scale(w: Tensor, bits: float) -> Tensor:
     """Per channel of ``w`` [C, K], the grid scale with the least squared error among the
-    clipping ranges r·max|w| (r = k/_CLIP_CANDIDATES); ties go to the largest r."""
-    outer = _LEVELS[bits][1]                                   # the outermost level in units of s
-    largest = w.abs().amax(dim=1).to(torch.float64)
+    clipping ranges and the next narrower width's scale (module docstring). The ranges are
+    searched coarse to fine: r = k/64 for k = 64, 56, ... 8, then the 14 neighbours of the best."""
+    lo, hi = _GRID[bits]
+    reference = torch.maximum(-w.amin(dim=1) / -lo, w.amax(dim=1) / hi).clamp(min=0).to(torch.float64)
     best_scale = torch.zeros(w.shape[0], dtype=torch.float32)
     best_error = torch.full((w.shape[0],), math.inf, dtype=torch.float64)
-    for k in range(_CLIP_CANDIDATES, 0, -1):                   # largest r first: ties keep it
-        scale = _round_scale(largest * k / _CLIP_CANDIDATES / outer)
-        error = (_dequantize(_grid_codes(w, scale, bits), scale, bits) - w).square().sum(dim=1, dtype=torch.float64)
-        better = error < best_error
+    best_k = torch.full((w.shape[0],), _CLIP_CANDIDATES, dtype=torch.int64)
+
+    def consider(scale: Tensor, k: Tensor | None) -> None:
+        nonlocal best_scale, best_error, best_k
+        step = torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]
+        levels = torch.clamp(torch.round(w / step), lo, hi) * scale[:, None]   # = the dequantized codes
+        error = (levels - w).square().sum(dim=1, dtype=torch.float64)
+        better = error < best_error                            # ties keep the earlier candidate
         best_error = torch.where(better, error, best_error)
         best_scale = torch.where(better, scale, best_scale)
+        if k is not None:
+            best_k = torch.where(better, k, best_k)
+
+    coarse = _CLIP_CANDIDATES // 8
+    for k in range(_CLIP_CANDIDATES, 0, -coarse):               # r = 1 first
+        consider(_round_scale(reference * k / _CLIP_CANDIDATES), torch.full_like(best_k, k))
+    centre = best_k.clone()
+    for offset in [sign * d for d in range(1, coarse) for sign in (1, -1)]:
+        k = (centre + offset).clamp(1, _CLIP_CANDIDATES)
+        consider(_round_scale(reference * k / _CLIP_CANDIDATES), k)
+    consider(_codes(w, _NARROWER[bits])[1], None)
     return best_scale
 
 
@@ -115,7 +136,7 @@ def _codes(w: Tensor, bits: float) -> tuple[Tensor, Tensor]:
         kept = keep.sum(dim=1)
         scale = _round_scale(torch.where(kept > 0, (magnitude * keep).sum(dim=1) / kept.clamp(min=1), 0.0))
         return (torch.sign(w) * keep + 1).to(torch.uint8), scale
-    scale = _fit_clipping(w, bits)
+    scale = _fit_scale(w, bits)
     return _grid_codes(w, scale, bits), scale
 
 
