@@ -8,13 +8,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
 from spikeprune.models._config import SpikingBertConfig
 from spikeprune.models._converted import POPULATIONS, RESIDUAL, encoder_theta, quantize_ste
+from spikeprune.models._elastic import MAX_STEPS, check_steps
 from spikeprune.models._families import family_of
 from spikeprune.models._model import SpikingBertForSequenceClassification
 from spikeprune.errors import SpikepruneError
@@ -198,8 +199,8 @@ def relevel(student: SpikingBertForSequenceClassification, batches: Iterable[dic
 
     embedded = [model.embeddings(ids, types) for ids, _, types in data]
     model.encoder_threshold.mul_(cfg.levels / levels)
-    model.encoder_threshold.mul_(best_factor(embedded, model.encoder_theta()))
-    xs = [quantize_ste(e, model.encoder_theta(), levels) * m for e, m in zip(embedded, masks)]
+    model.encoder_threshold.mul_(best_factor(embedded, encoder_theta(model)))
+    xs = [quantize_ste(e, encoder_theta(model), levels) * m for e, m in zip(embedded, masks)]
     for layer in model.layers:
         layer.levels = levels
         layer.thresholds.mul_(cfg.levels / levels)
@@ -210,3 +211,27 @@ def relevel(student: SpikingBertForSequenceClassification, batches: Iterable[dic
             layer.thresholds[i] *= best_factor(seen[name], layer.theta(name))
         xs = [layer.quantized(x, key_mask)[0]["output"] * m for x, key_mask, m in zip(xs, key_masks, masks)]
     return model.eval()
+
+
+@torch.no_grad()
+def elastic_from_converted(student: SpikingBertForSequenceClassification, batches: Iterable[dict[str, Tensor]],
+                           progress: Callable[[int], None] | None = None) -> SpikingBertForSequenceClassification:
+    """The time-elastic model (``family="elastic"``) of a converted student, no training: the
+    same weights and per-unit scales, and a θ table whose row T is ``relevel``'s θ at T levels
+    (T = 1..16); ``progress(T)`` is called after each row."""
+    cfg = student.config
+    check_steps(cfg.timesteps)
+    batches = list(batches)
+    elastic = SpikingBertForSequenceClassification(dataclasses.replace(cfg, family="elastic"))
+    state = {k: v for k, v in student.state_dict().items() if not k.endswith(("thresholds", "encoder_threshold"))}
+    missing, unexpected = elastic.load_state_dict(state, strict=False)
+    if unexpected or any(not k.endswith(("thresholds", "encoder_threshold")) for k in missing):
+        raise SpikepruneError(f"the converted student's weights do not fit an elastic model: {unexpected[:3]} {missing[:3]}")
+    for steps in range(1, MAX_STEPS + 1):
+        levelled = relevel(student, batches, steps)
+        elastic.encoder_threshold[steps - 1] = levelled.encoder_threshold
+        for target, source in zip(elastic.layers, levelled.layers):
+            target.thresholds[steps - 1] = source.thresholds
+        if progress is not None:
+            progress(steps)
+    return elastic.eval()
