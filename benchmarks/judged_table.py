@@ -5,9 +5,11 @@ Rows: the dense student, uniform T = 4 and T = 2, 768 FFN neurons per layer, 6 h
 student's, Σ T and energy (int45nm, µJ per sentence) against the fp32 ANN teacher's
 (``--ann-energy-uj``: the issue's measured 1,245 µJ on the same tokens, until the ANN counter
 lands). Trials of an elastic base evaluate its exact twin; ``--simulate`` also times the dense
-row through the step-by-step simulation, which must give the same metric and counts.
+row through the step-by-step simulation, which must give the same metric and counts, and
+``--converted`` the dense trial of the converted base it was made from (today's trial, simulated).
 
-    python benchmarks/judged_table.py --prepared runs/prepared/sst2-elastic --simulate
+    python benchmarks/judged_table.py --prepared runs/prepared/sst2-elastic --simulate \
+        --converted runs/prepared/sst2-quick
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ann-energy-uj", type=float, default=1245.0,
                    help="the fp32 ANN teacher's energy per sentence, µJ (default 1245, the issue's figure)")
     p.add_argument("--simulate", action="store_true", help="also run the dense row by full simulation")
+    p.add_argument("--converted", type=Path, default=None, help="time the dense trial of this converted base too")
     p.add_argument("--out", type=Path, default=Path("runs/benchmarks/judged_table.json"))
     args = p.parse_args(argv)
 
@@ -71,6 +74,16 @@ def main(argv: list[str] | None = None) -> dict:
             figures["simulated_dense"] = {"eval_s": simulated.timing["eval_s"], "identical": same}
             print(f"dense by simulation: {simulated.metrics[name]:.4f}, eval {simulated.timing['eval_s']:.0f} s "
                   f"(twin {result.timing['eval_s']:.0f} s); metric and every count identical: {same}", flush=True)
+    if args.converted is not None:
+        converted = BaseBundle.load(args.converted, args.glue_dir)
+        model, resolved, timing = build_compressed(converted, CompressionConfig())
+        old = measure(converted, model, resolved, timing, max_examples=args.max_examples, energy="int45nm")
+        twin_s = figures["rows"]["dense"]["eval_s"]
+        figures["converted_dense"] = {"metric": old.metrics[name], "sops": old.report.sops,
+                                      "energy_uj": old.report.energy_uj, "eval_s": old.timing["eval_s"]}
+        print(f"converted base, dense (T = {resolved.timesteps}): {old.metrics[name]:.4f}, SOPs {old.report.sops:.3g}, "
+              f"{old.report.energy_uj:.0f} µJ, eval {old.timing['eval_s']:.0f} s = {old.timing['eval_s'] / twin_s:.1f}x "
+              f"the elastic twin's {twin_s:.0f} s", flush=True)
     print(f"{base.task} dev, {args.max_examples or base.dev_size} examples, no recovery; teacher {name} {teacher:.4f}; "
           f"energy int45nm against the fp32 ANN teacher's {args.ann_energy_uj:g} µJ")
     print(benchlib.table([ "config", name, "vs teacher", "SOPs", "x dense", "ΣT", "energy µJ", "x ANN", "eval s"], rows))

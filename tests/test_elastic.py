@@ -124,3 +124,26 @@ def test_more_steps_than_the_table_is_refused():
         SpikingBertForSequenceClassification(SpikingBertConfig(
             vocab_size=40, hidden_size=16, num_layers=1, head_dim=4, heads=4, intermediate_sizes=32,
             max_position_embeddings=16, family="converted"))(**tiny_batch(), mode="twin")
+
+
+def test_elastic_from_converted_keeps_the_weights_and_fills_the_table():
+    from spikeprune.training._convert import elastic_from_converted
+
+    torch.manual_seed(3)
+    config = SpikingBertConfig(vocab_size=40, hidden_size=16, num_layers=2, head_dim=4, heads=4,
+                               intermediate_sizes=32, timesteps=16, max_position_embeddings=16,
+                               family="converted", readout="cls", residual_thresholds="unit")
+    converted = SpikingBertForSequenceClassification(config).eval()
+    with torch.no_grad():
+        converted.encoder_threshold.fill_(0.4)
+        for layer in converted.layers:
+            layer.thresholds.fill_(0.3)
+    batch = tiny_batch()
+    batch["labels"] = torch.zeros(3, dtype=torch.long)
+    elastic = elastic_from_converted(converted, [batch])
+    assert elastic.config.family == "elastic" and elastic.config.timesteps == [16, 16]
+    weights = {k: v for k, v in converted.state_dict().items() if not k.endswith(("thresholds", "encoder_threshold"))}
+    assert all(torch.equal(v, elastic.state_dict()[k]) for k, v in weights.items())
+    for layer in elastic.layers:
+        assert (layer.thresholds > 0).all() and (layer.thresholds[0] > layer.thresholds[-1]).all()
+    assert elastic.encoder_threshold[0] > elastic.encoder_threshold[-1] > 0

@@ -167,6 +167,8 @@ def standardize_readout(student: SpikingBertForSequenceClassification, batches: 
 
 #: Multipliers of λ/L' tried per population by ``relevel``: log-spaced over [0.1, 2].
 RELEVEL_FACTORS = torch.logspace(-1, math.log10(2.0), 48)
+#: Tokens sampled per population for ``relevel``'s error.
+RELEVEL_TOKENS = 2048
 
 
 @torch.no_grad()
@@ -188,14 +190,16 @@ def relevel(student: SpikingBertForSequenceClassification, batches: Iterable[dic
     data = [(b["input_ids"], b["attention_mask"], b["token_type_ids"]) for b in batches]
     masks = [m.to(torch.float32)[..., None] for _, m, _ in data]
     key_masks = [((1.0 - m.to(torch.float32)) * torch.finfo(torch.float32).min)[:, None, None, :] for _, m, _ in data]
+    generator = torch.Generator().manual_seed(0)
 
     def best_factor(values: list[Tensor], theta: Tensor) -> float:
-        """The factor c whose θ·c quantizer has the least squared error on the real tokens."""
-        errors = torch.zeros(len(RELEVEL_FACTORS), dtype=torch.float64)
-        for value, mask in zip(values, masks):
-            for i, c in enumerate(RELEVEL_FACTORS):
-                errors[i] += float(((quantize_ste(value, theta * c, levels) - value) * mask).square().sum())
-        return float(RELEVEL_FACTORS[int(torch.argmin(errors))])
+        """The factor c whose θ·c quantizer has the least squared error on (up to
+        RELEVEL_TOKENS sampled) real tokens."""
+        rows = torch.cat([v[m[..., 0] > 0] for v, m in zip(values, masks)])
+        if rows.shape[0] > RELEVEL_TOKENS:
+            rows = rows[torch.randperm(rows.shape[0], generator=generator)[:RELEVEL_TOKENS]]
+        errors = [float((quantize_ste(rows, theta * c, levels) - rows).square().sum()) for c in RELEVEL_FACTORS]
+        return float(RELEVEL_FACTORS[min(range(len(errors)), key=errors.__getitem__)])
 
     embedded = [model.embeddings(ids, types) for ids, _, types in data]
     model.encoder_threshold.mul_(cfg.levels / levels)
