@@ -51,6 +51,7 @@ Fire = Callable[[str, Tensor, Tensor, int], tuple[Tensor, Tensor | None]]
 
 
 def check_steps(timesteps: list[int]) -> None:
+    """Refuse steps beyond the θ table: a layer has a threshold for 1..MAX_STEPS steps only."""
     if any(t > MAX_STEPS for t in timesteps):
         raise SpikepruneError(f"the elastic family runs 1..{MAX_STEPS} steps per layer, got {timesteps}; "
                               f"pick timesteps <= {MAX_STEPS}")
