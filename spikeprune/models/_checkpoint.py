@@ -3,7 +3,7 @@
 ``SpikingBertForSequenceClassification.save_pretrained`` and ``from_pretrained`` go through here,
 as do exports. A model whose layers are quantized can be saved *packed*: each quantized Linear
 weight ``<name>.weight`` is replaced by ``<name>.weight.packed`` (uint8 codes at the layer's bit
-width, _quantize.py), ``<name>.weight.scale`` (float32 scalar) and ``<name>.weight.shape`` (int64).
+width, _quantize.py), ``<name>.weight.scale`` (float32, one per output channel) and ``<name>.weight.shape`` (int64).
 Loading unpacks to exactly the float weights that were saved, so a packed export evaluates
 bit-identically to the model it came from.
 """

@@ -35,7 +35,8 @@ def evaluate_model(model: nn.Module, batches: Iterable[dict[str, Tensor]], task:
                    mode: str = "batched") -> Evaluation:
     """Evaluate a spiking (``mode="batched"``, spikes recorded) or a Hugging Face model. A spiking
     model in ``mode="surrogate"`` runs its training surrogate instead (no spikes, no record): the
-    quantized network of the converted family, a cheap stand-in for sensitivity probes."""
+    quantized network of the converted family, a cheap stand-in for sensitivity probes. The elastic
+    family's ``mode="twin"`` records the same spike counts as ``batched`` without stepping neurons."""
     spiking = isinstance(model, SpikingBertForSequenceClassification)
     regression = get_task(task).is_regression
     device = next(model.parameters()).device

@@ -42,6 +42,12 @@ class Family:
     readout: str
     #: Its thresholds are trainable parameters, calibrated from the teacher's activations at prepare.
     calibrated: bool
+    #: A layer integrates its whole input before its populations fire (one population after the
+    #: other): LayerNorm, softmax and GELU run once per token, not once per step, and the context
+    #: is one float product of the probabilities and the accumulated V.
+    sequential: bool = False
+    #: Thresholds kept per population: one, or one per timestep count 1..rows (a θ table).
+    threshold_rows: int = 1
 
     def threshold_parameters(self, config: SpikingBertConfig) -> int:
         """Float parameters that are thresholds: the encoder's θ and every population's, with the
@@ -49,7 +55,8 @@ class Family:
         if not self.calibrated:
             return 0
         scales = config.hidden_size if config.residual_thresholds == "unit" else 0
-        return 1 + scales + config.num_layers * (len(self.populations) + len(self.residual) * scales)
+        populations = 1 + config.num_layers * len(self.populations)
+        return self.threshold_rows * populations + scales * (1 + config.num_layers * len(self.residual))
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
@@ -62,6 +69,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            products=("query", "key", "value"), running_sums=("query", "key", "value"),
            residual=("attn_out", "output"), signed=True, bias_every_step=False, incremental=True,
            readout="cls", calibrated=True),
+    # Time-elastic: the spike value follows the layer's steps (θ(T)/T-style table), so any
+    # per-layer T is a (2T+1)-level quantized network; layers run one after the other.
+    Family("elastic", populations=("query", "key", "value", "context", "attn_out", "intermediate", "output"),
+           products=("query",), running_sums=("key", "value"), residual=("attn_out", "output"), signed=True,
+           bias_every_step=False, incremental=False, readout="cls", calibrated=True, sequential=True,
+           threshold_rows=16),
 )}
 
 

@@ -8,8 +8,9 @@ presets use. Both share the layer weights (``_layer.py``), so conversion, prunin
 and the saved format act on either alike.
 
 Modes: ``batched`` (default: layer by layer, whole trains per matmul), ``lockstep`` (the
-reference: every layer one step at a time, the same spikes as ``batched``) and ``surrogate``
-(training: the family's differentiable stand-in). The saved format is ``_checkpoint.py``'s.
+reference: every layer one step at a time, the same spikes as ``batched``), ``surrogate``
+(training: the family's differentiable stand-in) and ``twin`` (the time-elastic family's quantized
+twin: the simulation's values and spike counts without stepping the neurons, ``_elastic.py``). The saved format is ``_checkpoint.py``'s.
 """
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ from spikeprune.errors import SpikepruneError
 from spikeprune.models import _checkpoint as checkpoint
 from spikeprune.models._config import SpikingBertConfig
 from spikeprune.models._converted import ConvertedSimulation
+from spikeprune.models._elastic import ElasticSimulation
 from spikeprune.models._layer import LayerRun
 from spikeprune.models._record import SimRecord
 from spikeprune.models._spikingbert import SpikingBertSimulation
 
 #: Each family's simulation, by ``config.family``.
-SIMULATIONS = {sim.family.name: sim for sim in (SpikingBertSimulation(), ConvertedSimulation())}
-MODES: tuple[str, ...] = ("batched", "lockstep", "surrogate")
+SIMULATIONS = {sim.family.name: sim for sim in (SpikingBertSimulation(), ConvertedSimulation(), ElasticSimulation())}
+MODES: tuple[str, ...] = ("batched", "lockstep", "surrogate", "twin")
 
 
 @dataclass
@@ -99,7 +101,9 @@ class SpikingBertForSequenceClassification(nn.Module):
         embedded = self.embeddings(input_ids, token_type_ids)
 
         if mode not in MODES:
-            raise SpikepruneError(f"unknown simulation mode {mode!r}; use batched, lockstep or surrogate")
+            raise SpikepruneError(f"unknown simulation mode {mode!r}; use batched, lockstep, surrogate or twin")
+        if mode == "twin" and not self.simulation.family.sequential:
+            raise SpikepruneError(f"the {self.config.family} family has no exact quantized twin; use mode='batched'")
         if mode == "surrogate":
             rates, scores, layer_counts = self.simulation.run(self, mode, embedded, token_mask, key_mask, record)
         else:

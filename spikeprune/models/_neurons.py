@@ -142,3 +142,30 @@ class SignedIFNeuron(Neuron):
         self.u = u - spikes * theta
         self.count = self.count + spikes
         return spikes
+
+
+class ElasticIFNeuron(Neuron):
+    """Signed integrate-and-fire neurons whose membrane is kept in units of θ, starting at 1/2.
+
+    A step adds current/θ, fires +1 when the membrane reaches 1 and -1 when it is below 0, and
+    moves it by the spike. Fed its whole input at the first step and run T steps, a neuron sends
+    clamp(floor(I/θ + 1/2), -T, T) spikes, all of one sign: one spike per step bounds the count
+    by T, no counter needed. In θ units every update after the first is exact in float32 (adding
+    or removing 1 from a membrane of at least 1, or from one below 0 reached from I/θ + 1/2), so
+    that count is bit for bit what the quantized twin computes (``_elastic.py``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.u: Tensor | None = None
+
+    def reset(self) -> None:
+        self.u = None
+
+    def step(self, current: Tensor, theta: Threshold | None = None) -> Tensor:
+        if theta is None:
+            raise ValueError("an elastic IF population needs its θ at every step")
+        u = (current / theta + 0.5) if self.u is None else self.u + current / theta
+        spikes = (u >= 1).to(current.dtype) - (u < 0).to(current.dtype)
+        self.u = u - spikes
+        return spikes

@@ -2,32 +2,38 @@
 
 Only the encoder Linear weights of a layer (query, key, value, attn_out, intermediate, output) are
 quantized, at that layer's ``weight_bits``; biases, LayerNorm, embeddings, pooler and classifier
-stay float. Each tensor gets one float32 scale ``s`` and integer codes:
+stay float. Every output channel (row of a Linear weight) gets its own float32 scale ``s`` and
+integer codes, so one large row does not coarsen the grid of all the others:
 
 ====  ==========================================  ================================================
-bits  levels (× s)                                scale
+bits  levels (× s)                                scale of a channel
 ====  ==========================================  ================================================
-1     {-1, +1} (sign; w = 0 counts as +)          mean |w|
+1     {-1, +1} (sign; w = 0 counts as +)          mean |w| (the least-squares scale of sign(w))
 1.58  {-1, 0, +1}; 0 where |w| <= 0.7·mean |w|    mean |w| of the non-zero weights (TWN)
-2     {-3/2, -1/2, +1/2, +3/2} (mid-rise)         least squared error over clipping ranges
-4, 8  integers in [-n, n], n = 2^(b-1) - 1        max |w| / n
+2     {-2, -1, 0, +1} (two's complement)          least squared error, see below
+4, 8  integers in [-n, n], n = 2^(b-1) - 1        least squared error, see below
 32    float, untouched
 ====  ==========================================  ================================================
 
-Why 2 bits is mid-rise: a symmetric grid with a zero level has only {-1, 0, 1} at 2 bits, the
-ternary levels again but with the poor scale max |w| (most weights round to 0). Four symmetric
-levels use every code; with s = max|w|/1.5 the grid would be too coarse for bell-shaped weights
-(worse than 1 bit), so s is the best of 128 clipping ranges (outer level 3s/2 = r·max|w| for
-r = 1, 127/128, ... 1/128) by squared error. The largest weight always lands on ±3/2.
+Scales by error: a channel's candidates are the clipping ranges r·max|w| (the outer level on
+the side of the largest weight, r = 1, 63/64, ... 1/64, searched coarse to fine) and the scale the next narrower width
+chose (2 bits: the ternary one; 4: the 2-bit one; 8: the 4-bit one); the one with the least
+squared error wins (ties: the first, r = 1). Each grid holds the next narrower one's levels at
+the same scale ({-1, 0, 1} ⊂ {-2..1} ⊂ {-7..7} ⊂ {-127..127}) and codes are the nearest level, so
+every width's error is at most the next narrower one's, channel by channel. A grid set by max |w|
+alone leaves bell-shaped weights with a few outliers mostly on the 0 and ±1 codes (4-bit was
+worse than 2-bit that way); a 2-bit grid without a zero level (±1/2, ±3/2) was worse than ternary.
 
 Every scale is rounded to 16 significant bits. Each level (an integer or half-integer of at most
 127 in size, times s) is then exact in float32, and quantization is idempotent bit for bit:
-quantize(quantize(w)) == quantize(w). That is what lets ``save_pretrained(packed=True)`` pack the weights of an
-already quantized model and ``from_pretrained`` reload exactly them (_checkpoint.py).
+quantize(quantize(w)) == quantize(w) (on grid weights r = 1 has zero error and every smaller r
+clips the largest weight). That is what lets ``save_pretrained(packed=True)`` pack the weights of
+an already quantized model and ``from_pretrained`` reload exactly them (_checkpoint.py).
 
 Packed codes: unsigned, packed little-end first into bytes at 1 bit (1-bit), 2 bits
 (1.58 and 2-bit: ternary uses 3 of the 4 values of a 2-bit field, matching ops.TERNARY_PACKED_BITS),
-4 or 8 bits per weight. How they are laid out in a checkpoint is _checkpoint.py's business.
+4 or 8 bits per weight; the scales are a float32 vector, one per output channel (dim 0; a 1-d
+tensor is one channel). How they are laid out in a checkpoint is _checkpoint.py's business.
 """
 from __future__ import annotations
 
@@ -46,80 +52,92 @@ from spikeprune.models._config import FLOAT_BITS, SpikingBertConfig, check_bits
 #: The Linear modules of an encoder layer whose weights are quantized.
 QUANTIZED_LINEARS: tuple[str, ...] = ("query", "key", "value", "attn_out", "intermediate", "output")
 #: level = (gain·code - offset)·scale for each width (see the table in the module docstring).
-_LEVELS: dict[float, tuple[float, float]] = {1.0: (2.0, 1.0), 1.58: (1.0, 1.0), 2.0: (1.0, 1.5),
+_LEVELS: dict[float, tuple[float, float]] = {1.0: (2.0, 1.0), 1.58: (1.0, 1.0), 2.0: (1.0, 2.0),
                                              4.0: (1.0, 7.0), 8.0: (1.0, 127.0)}
 #: Packed field width in bits per weight.
 _FIELD_BITS: dict[float, int] = {1.0: 1, 1.58: 2, 2.0: 2, 4.0: 4, 8.0: 8}
-#: Clipping ranges the 2-bit scale is chosen from.
-_CLIP_CANDIDATES = 128
+#: Clipping ranges a 2-, 4- or 8-bit channel scale is chosen from.
+_CLIP_CANDIDATES = 64
 #: Significant bits kept in a scale (levels up to 127·s stay exact in float32's 24 bits).
 _SCALE_BITS = 16
 
 
-def _round_scale(value: float) -> Tensor:
-    """Round a positive scale to _SCALE_BITS significant bits (exactly, in float64)."""
-    mantissa, exponent = math.frexp(value)
-    return torch.tensor(math.ldexp(round(mantissa * 2**_SCALE_BITS) / 2**_SCALE_BITS, exponent),
-                        dtype=torch.float32)
+def channels(shape: tuple[int, ...]) -> int:
+    """Output channels (scales) of a weight of this shape: its rows, or 1 for a 1-d tensor."""
+    return shape[0] if len(shape) >= 2 else 1
+
+
+def _round_scale(value: Tensor) -> Tensor:
+    """Round positive scales to _SCALE_BITS significant bits (exactly, in float64), as float32."""
+    mantissa, exponent = torch.frexp(value.to(torch.float64))
+    return torch.ldexp(torch.round(mantissa * 2**_SCALE_BITS) / 2**_SCALE_BITS, exponent).to(torch.float32)
 
 
 def _dequantize(codes: Tensor, scale: Tensor, bits: float) -> Tensor:
+    """Float levels of codes [C, K] with per-channel scales [C]."""
     gain, offset = _LEVELS[bits]
-    return (codes.to(torch.float32) * gain - offset) * scale
+    return (codes.to(torch.float32) * gain - offset) * scale[:, None]
 
 
-def _step(scale: Tensor) -> Tensor:
-    """The divisor that maps weights onto the grid; an all-zero tensor (scale 0) maps anywhere."""
-    return scale if scale > 0 else torch.ones_like(scale)
+#: The integer levels (lowest, highest) of the widths whose scale is fitted by error.
+_GRID: dict[float, tuple[int, int]] = {2.0: (-2, 1), 4.0: (-7, 7), 8.0: (-127, 127)}
+#: The next narrower width, whose chosen scale is one more candidate.
+_NARROWER: dict[float, float] = {2.0: 1.58, 4.0: 2.0, 8.0: 4.0}
 
 
-def _mid_rise_codes(w: Tensor, scale: Tensor) -> Tensor:
-    """Nearest of the four 2-bit levels (c - 3/2)·s, c = 0..3; bin edges at -s, 0, s."""
-    return torch.clamp(torch.floor(w / _step(scale)) + 2, 0, 3).to(torch.uint8)
+def _grid_codes(w: Tensor, scale: Tensor, bits: float) -> Tensor:
+    """Nearest codes of rows ``w`` [C, K] on the grid of per-channel ``scale`` [C] (2, 4, 8 bits).
+    An all-zero channel (scale 0) maps anywhere: its divisor is 1."""
+    lo, hi = _GRID[bits]
+    step = torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]
+    return (torch.clamp(torch.round(w / step), lo, hi) - lo).to(torch.uint8)
 
 
-def _fit_mid_rise(magnitude: Tensor, largest: float) -> Tensor:
-    """The 2-bit scale with the least squared error among the clipping ranges r·max|w|.
+def _fit_scale(w: Tensor, bits: float) -> Tensor:
+    """Per channel of ``w`` [C, K], the grid scale with the least squared error among the
+    clipping ranges and the next narrower width's scale (module docstring). The ranges are
+    searched coarse to fine: r = k/64 for k = 64, 56, ... 8, then the 14 neighbours of the best."""
+    lo, hi = _GRID[bits]
+    reference = torch.maximum(-w.amin(dim=1) / -lo, w.amax(dim=1) / hi).clamp(min=0).to(torch.float64)
+    best_scale = torch.zeros(w.shape[0], dtype=torch.float32)
+    best_error = torch.full((w.shape[0],), math.inf, dtype=torch.float64)
+    best_k = torch.full((w.shape[0],), _CLIP_CANDIDATES, dtype=torch.int64)
 
-    Magnitudes below s go to s/2, the rest to 3s/2, so each candidate's error follows from the
-    count, sum and sum of squares of the magnitudes below it: one bucketing pass for all of them.
-    On weights already on a 2-bit grid, r = 1 gives that grid back with zero error while every
-    smaller r clips the largest weight, which keeps quantization idempotent.
-    """
-    scales = torch.stack([_round_scale(largest * k / _CLIP_CANDIDATES / 1.5)
-                          for k in range(1, _CLIP_CANDIDATES + 1)])          # ascending
-    s = scales.to(torch.float64)
-    a = magnitude.to(torch.float64)
-    bucket = torch.bucketize(a, s, right=True)                                  # candidates <= |w|
+    def consider(scale: Tensor, k: Tensor | None) -> None:
+        nonlocal best_scale, best_error, best_k
+        step = torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]
+        levels = torch.clamp(torch.round(w / step), lo, hi) * scale[:, None]   # = the dequantized codes
+        error = (levels - w).square().sum(dim=1, dtype=torch.float64)
+        better = error < best_error                            # ties keep the earlier candidate
+        best_error = torch.where(better, error, best_error)
+        best_scale = torch.where(better, scale, best_scale)
+        if k is not None:
+            best_k = torch.where(better, k, best_k)
 
-    def below(weights: Tensor | None) -> Tensor:
-        """Per candidate, the count (or weighted sum) of the magnitudes below it."""
-        return torch.bincount(bucket, weights, minlength=_CLIP_CANDIDATES + 1).cumsum(0)[:-1].to(torch.float64)
-
-    count, sum1, sum2 = below(None), below(a), below(a * a)
-    n, total1, total2 = a.numel(), a.sum(), (a * a).sum()
-    error = (sum2 - s * sum1 + 0.25 * s * s * count
-             + (total2 - sum2) - 3 * s * (total1 - sum1) + 2.25 * s * s * (n - count))
-    return scales[_CLIP_CANDIDATES - 1 - int(torch.argmin(error.flip(0)))]    # ties: the largest r
+    coarse = _CLIP_CANDIDATES // 8
+    for k in range(_CLIP_CANDIDATES, 0, -coarse):               # r = 1 first
+        consider(_round_scale(reference * k / _CLIP_CANDIDATES), torch.full_like(best_k, k))
+    centre = best_k.clone()
+    for offset in [sign * d for d in range(1, coarse) for sign in (1, -1)]:
+        k = (centre + offset).clamp(1, _CLIP_CANDIDATES)
+        consider(_round_scale(reference * k / _CLIP_CANDIDATES), k)
+    consider(_codes(w, _NARROWER[bits])[1], None)
+    return best_scale
 
 
 def _codes(w: Tensor, bits: float) -> tuple[Tensor, Tensor]:
-    """Unsigned integer codes and the float32 scale of ``w`` at ``bits`` (< 32)."""
-    w = w.detach().to(torch.float32)
+    """Unsigned integer codes [C, K] and the float32 per-channel scales [C] of ``w`` at ``bits`` (< 32)."""
+    w = w.detach().to(torch.float32).reshape(channels(tuple(w.shape)), -1)
     magnitude = w.abs().to(torch.float64)
     if bits == 1.0:
-        return (w >= 0).to(torch.uint8), _round_scale(magnitude.mean().item())
+        return (w >= 0).to(torch.uint8), _round_scale(magnitude.mean(dim=1))
     if bits == 1.58:
-        keep = magnitude > 0.7 * magnitude.mean()
-        scale = _round_scale(magnitude[keep].mean().item() if keep.any() else 0.0)
+        keep = magnitude > 0.7 * magnitude.mean(dim=1, keepdim=True)
+        kept = keep.sum(dim=1)
+        scale = _round_scale(torch.where(kept > 0, (magnitude * keep).sum(dim=1) / kept.clamp(min=1), 0.0))
         return (torch.sign(w) * keep + 1).to(torch.uint8), scale
-    largest = magnitude.max().item()
-    if bits == 2.0:
-        scale = _fit_mid_rise(w.abs().flatten(), largest)
-        return _mid_rise_codes(w, scale), scale
-    n = _LEVELS[bits][1]
-    scale = _round_scale(largest / n)
-    return (torch.clamp(torch.round(w / _step(scale)), -n, n) + n).to(torch.uint8), scale
+    scale = _fit_scale(w, bits)
+    return _grid_codes(w, scale, bits), scale
 
 
 def quantize(w: Tensor, bits: float) -> Tensor:
@@ -128,11 +146,11 @@ def quantize(w: Tensor, bits: float) -> Tensor:
     if bits == FLOAT_BITS:
         return w
     codes, scale = _codes(w, bits)
-    return _dequantize(codes, scale, bits).to(w.dtype)
+    return _dequantize(codes, scale, bits).reshape(w.shape).to(w.dtype)
 
 
 def quantization_scale(w: Tensor, bits: float) -> Tensor:
-    """The per-tensor scale ``quantize`` uses (for error bounds and reports)."""
+    """The per-channel scales [C] ``quantize`` uses (for error bounds and reports)."""
     bits = check_bits(bits)
     if bits == FLOAT_BITS:
         raise SpikepruneError("32-bit weights are float and have no quantization scale; pick 1, 1.58, 2, 4 or 8")
@@ -140,7 +158,7 @@ def quantization_scale(w: Tensor, bits: float) -> Tensor:
 
 
 def pack(w: Tensor, bits: float) -> tuple[Tensor, Tensor, tuple[int, ...]]:
-    """Quantize ``w`` and pack its codes: (uint8 bytes, float32 scale, shape)."""
+    """Quantize ``w`` and pack its codes: (uint8 bytes, float32 per-channel scales [C], shape)."""
     bits = check_bits(bits)
     if bits == FLOAT_BITS:
         raise SpikepruneError("32-bit weights stay float and are not packed; pick 1, 1.58, 2, 4 or 8")
@@ -165,9 +183,14 @@ def unpack(packed: Tensor, scale: Tensor, shape: tuple[int, ...], bits: float) -
         raise SpikepruneError(f"packed {bits:g}-bit weights of shape {tuple(shape)} need {-(-numel // per_byte)} "
                               f"uint8 bytes, got {packed.numel()} {packed.dtype}; the checkpoint's config and "
                               f"weights disagree, re-export it")
+    rows = channels(tuple(shape))
+    if scale.dim() != 1 or scale.numel() != rows:
+        raise SpikepruneError(f"packed {bits:g}-bit weights of shape {tuple(shape)} need {rows} per-channel "
+                              f"scales, got shape {tuple(scale.shape)}; re-export the model")
     shifts = torch.arange(per_byte, dtype=torch.int32) * field
     codes = (packed.to(torch.int32)[:, None] >> shifts) & ((1 << field) - 1)
-    return _dequantize(codes.reshape(-1)[:numel].reshape(shape), scale.to(torch.float32), bits)
+    codes = codes.reshape(-1)[:numel].reshape(rows, -1)
+    return _dequantize(codes, scale.to(torch.float32), bits).reshape(shape)
 
 
 # ------------------------------------------------------------------------------------ models

@@ -9,6 +9,8 @@ _API: dict[str, str] = {
     "Preset": "spikeprune.training._presets",
     "override_preset": "spikeprune.training._presets",
     "build_student": "spikeprune.training._convert",
+    "relevel": "spikeprune.training._convert",
+    "elastic_from_converted": "spikeprune.training._convert",
 }
 __all__ = sorted(_API)
 __getattr__, __dir__ = lazy_names(__name__, _API)

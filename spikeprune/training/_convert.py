@@ -5,13 +5,17 @@ readout standardised to its rates, so distillation starts from the teacher's fun
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+import dataclasses
+import math
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
 
 from spikeprune.models._config import SpikingBertConfig
 from spikeprune.models._converted import POPULATIONS, RESIDUAL, encoder_theta, quantize_ste
+from spikeprune.models._elastic import MAX_STEPS, check_steps
 from spikeprune.models._families import family_of
 from spikeprune.models._model import SpikingBertForSequenceClassification
 from spikeprune.errors import SpikepruneError
@@ -159,3 +163,79 @@ def standardize_readout(student: SpikingBertForSequenceClassification, batches: 
     weight = student.pooler.weight * scale
     student.pooler.bias -= weight @ mean
     student.pooler.weight.copy_(weight)
+
+
+#: Multipliers of λ/L' tried per population by ``relevel``: log-spaced over [0.1, 2].
+RELEVEL_FACTORS = torch.logspace(-1, math.log10(2.0), 48)
+#: Tokens sampled per population for ``relevel``'s error.
+RELEVEL_TOKENS = 2048
+
+
+@torch.no_grad()
+def relevel(student: SpikingBertForSequenceClassification, batches: Iterable[dict[str, Tensor]],
+            levels: int) -> SpikingBertForSequenceClassification:
+    """A copy of a converted student quantized to ``levels`` per side, no training: each
+    population's θ becomes c·λ/levels (λ = L·θ, the trained clip) with the factor c of least
+    squared error over RELEVEL_FACTORS; the trained per-unit scales are kept.
+
+    Why least error and not the clip: at few levels the best step is set by where most values
+    lie, not by the largest ones. Layer by layer, like ``calibrate_thresholds``: a layer's
+    activations are measured in float on the re-levelled output of the layers before it.
+    """
+    cfg = student.config
+    if cfg.family != "converted":
+        raise SpikepruneError(f"only a converted student has levels to change; this one is {cfg.family}")
+    model = copy.deepcopy(student)
+    model.config = dataclasses.replace(cfg, levels=levels)
+    data = [(b["input_ids"], b["attention_mask"], b["token_type_ids"]) for b in batches]
+    masks = [m.to(torch.float32)[..., None] for _, m, _ in data]
+    key_masks = [((1.0 - m.to(torch.float32)) * torch.finfo(torch.float32).min)[:, None, None, :] for _, m, _ in data]
+    generator = torch.Generator().manual_seed(0)
+
+    def best_factor(values: list[Tensor], theta: Tensor) -> float:
+        """The factor c whose θ·c quantizer has the least squared error on (up to
+        RELEVEL_TOKENS sampled) real tokens."""
+        rows = torch.cat([v[m[..., 0] > 0] for v, m in zip(values, masks)])
+        if rows.shape[0] > RELEVEL_TOKENS:
+            rows = rows[torch.randperm(rows.shape[0], generator=generator)[:RELEVEL_TOKENS]]
+        errors = [float((quantize_ste(rows, theta * c, levels) - rows).square().sum()) for c in RELEVEL_FACTORS]
+        return float(RELEVEL_FACTORS[min(range(len(errors)), key=errors.__getitem__)])
+
+    embedded = [model.embeddings(ids, types) for ids, _, types in data]
+    model.encoder_threshold.mul_(cfg.levels / levels)
+    model.encoder_threshold.mul_(best_factor(embedded, encoder_theta(model)))
+    xs = [quantize_ste(e, encoder_theta(model), levels) * m for e, m in zip(embedded, masks)]
+    for layer in model.layers:
+        layer.levels = levels
+        layer.thresholds.mul_(cfg.levels / levels)
+        seen: dict[str, list[Tensor]] = {name: [] for name in POPULATIONS}
+        for x, key_mask in zip(xs, key_masks):
+            layer.quantized(x, key_mask, observe=lambda name, value: seen[name].append(value))
+        for i, name in enumerate(POPULATIONS):
+            layer.thresholds[i] *= best_factor(seen[name], layer.theta(name))
+        xs = [layer.quantized(x, key_mask)[0]["output"] * m for x, key_mask, m in zip(xs, key_masks, masks)]
+    return model.eval()
+
+
+@torch.no_grad()
+def elastic_from_converted(student: SpikingBertForSequenceClassification, batches: Iterable[dict[str, Tensor]],
+                           progress: Callable[[int], None] | None = None) -> SpikingBertForSequenceClassification:
+    """The time-elastic model (``family="elastic"``) of a converted student, no training: the
+    same weights and per-unit scales, and a θ table whose row T is ``relevel``'s θ at T levels
+    (T = 1..16); ``progress(T)`` is called after each row."""
+    cfg = student.config
+    check_steps(cfg.timesteps)
+    batches = list(batches)
+    elastic = SpikingBertForSequenceClassification(dataclasses.replace(cfg, family="elastic"))
+    state = {k: v for k, v in student.state_dict().items() if not k.endswith(("thresholds", "encoder_threshold"))}
+    missing, unexpected = elastic.load_state_dict(state, strict=False)
+    if unexpected or any(not k.endswith(("thresholds", "encoder_threshold")) for k in missing):
+        raise SpikepruneError(f"the converted student's weights do not fit an elastic model: {unexpected[:3]} {missing[:3]}")
+    for steps in range(1, MAX_STEPS + 1):
+        levelled = relevel(student, batches, steps)
+        elastic.encoder_threshold[steps - 1] = levelled.encoder_threshold
+        for target, source in zip(elastic.layers, levelled.layers):
+            target.thresholds[steps - 1] = source.thresholds
+        if progress is not None:
+            progress(steps)
+    return elastic.eval()

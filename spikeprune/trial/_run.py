@@ -136,12 +136,17 @@ def build_compressed(base: BaseBundle, compression: CompressionConfig, seed: int
 
 def measure(base: BaseBundle, model: SpikingBertForSequenceClassification, compression: CompressionConfig,
             timing: dict[str, float], *, max_examples: int | None = None, seed: int = 0,
-            energy: Any = "float45nm", early_stop: EarlyStop | None = None) -> TrialResult:
+            energy: Any = "float45nm", early_stop: EarlyStop | None = None, simulate: bool = False) -> TrialResult:
     """Evaluate a compressed model on (the first ``max_examples`` of) the dev set and count its
     operations; ``timing`` holds the compress/recover seconds already spent on it. With
     ``early_stop`` the first ``early_stop.examples`` are evaluated first, and the rest (in steps,
-    at its ``later`` looks) only while the trial is not clearly beaten."""
+    at its ``later`` looks) only while the trial is not clearly beaten.
+
+    A family with an exact quantized twin (the elastic one) is evaluated through the twin, whose
+    metric and spike counts equal the simulation's bit for bit (``tests/test_elastic.py``);
+    ``simulate`` steps the neurons anyway (what export does)."""
     full = base.dev_size if max_examples is None else min(max_examples, base.dev_size)
+    mode = "twin" if model.simulation.family.sequential and not simulate else "batched"
     timing = {**timing, "eval_s": 0.0, "count_s": 0.0}
 
     def result(evaluation: Evaluation) -> TrialResult:
@@ -156,7 +161,7 @@ def measure(base: BaseBundle, model: SpikingBertForSequenceClassification, compr
 
     def evaluate(start: int, stop: int) -> Evaluation:
         t0 = time.perf_counter()
-        evaluation = evaluate_model(model, base.dev_batches(stop, start=start), base.task)
+        evaluation = evaluate_model(model, base.dev_batches(stop, start=start), base.task, mode=mode)
         timing["eval_s"] += time.perf_counter() - t0
         return evaluation
 
