@@ -81,9 +81,10 @@ def test_counting_imports_no_torch():
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("_lazy", "errors", "threads"),
     ("objectives", "data"),
-    ("records",),
-    ("pareto", "models"),
+    ("models",),
     ("costs",),
+    ("records",),
+    ("pareto",),
     ("training", "spaces"),
     ("trial",),
     ("samplers",),
