@@ -183,7 +183,7 @@ def relevel(student: SpikingBertForSequenceClassification, batches: Iterable[dic
     activations are measured in float on the re-levelled output of the layers before it.
     """
     cfg = student.config
-    if cfg.family != "converted":
+    if not family_of(cfg.family).incremental:
         raise SpikepruneError(f"only a converted student has levels to change; this one is {cfg.family}")
     model = copy.deepcopy(student)
     model.config = dataclasses.replace(cfg, levels=levels)
