@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from helpers import free_port
 
 
 @dataclass
@@ -47,9 +48,7 @@ def private_postgres(database: str = "outage") -> Iterator[PrivatePostgres]:
     initdbs = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
     if not initdbs:
         raise RuntimeError("no PostgreSQL server binaries under /usr/lib/postgresql; run scripts/services.sh start")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     root = Path(tempfile.mkdtemp(prefix="spikeprune-pg-"))
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
