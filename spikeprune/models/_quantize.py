@@ -93,9 +93,9 @@ def _grid_codes(w: Tensor, scale: Tensor, bits: float) -> Tensor:
     return (torch.clamp(torch.round(w / step), lo, hi) - lo).to(torch.uint8)
 
 
-def _fit_scale(w: Tensor, bits: float) -> Tensor:
+def _fit_scale(w: Tensor, bits: float, narrower: Tensor) -> Tensor:
     """Per channel of ``w`` [C, K], the grid scale with the least squared error among the
-    clipping ranges and the next narrower width's scale (module docstring). The ranges are
+    clipping ranges and ``narrower``, the next narrower width's scale (module docstring). The ranges are
     searched coarse to fine: r = k/64 for k = 64, 56, ... 8, then the 14 neighbours of the best."""
     lo, hi = _GRID[bits]
     reference = torch.maximum(-w.amin(dim=1) / -lo, w.amax(dim=1) / hi).clamp(min=0).to(torch.float64)
@@ -121,7 +121,7 @@ def _fit_scale(w: Tensor, bits: float) -> Tensor:
     for offset in [sign * d for d in range(1, coarse) for sign in (1, -1)]:
         k = (centre + offset).clamp(1, _CLIP_CANDIDATES)
         consider(_round_scale(reference * k / _CLIP_CANDIDATES), k)
-    consider(_codes(w, _NARROWER[bits])[1], None)
+    consider(narrower, None)
     return best_scale
 
 
@@ -136,7 +136,7 @@ def _codes(w: Tensor, bits: float) -> tuple[Tensor, Tensor]:
         kept = keep.sum(dim=1)
         scale = _round_scale(torch.where(kept > 0, (magnitude * keep).sum(dim=1) / kept.clamp(min=1), 0.0))
         return (torch.sign(w) * keep + 1).to(torch.uint8), scale
-    scale = _fit_scale(w, bits)
+    scale = _fit_scale(w, bits, _codes(w, _NARROWER[bits])[1])
     return _grid_codes(w, scale, bits), scale
 
 
@@ -147,6 +147,29 @@ def quantize(w: Tensor, bits: float) -> Tensor:
         return w
     codes, scale = _codes(w, bits)
     return _dequantize(codes, scale, bits).reshape(w.shape).to(w.dtype)
+
+
+def quantize_with_scale(w: Tensor, scale: Tensor, bits: float) -> Tensor:
+    """``w`` on the grid of given per-channel scales (2, 4 or 8 bits), with straight-through
+    gradients: how training sees weights whose scales it fitted a few steps ago, since fitting
+    them (``quantization_scale``) costs far more than a forward pass."""
+    if bits not in _GRID:
+        raise SpikepruneError(f"training quantizes weights to 2, 4 or 8 bits, not {bits:g}")
+    lo, hi = _GRID[bits]
+    rows = w.reshape(channels(tuple(w.shape)), -1)
+    step = torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]
+    levels = torch.clamp(torch.round(rows.detach() / step), lo, hi) * scale[:, None]
+    return (rows + (levels - rows).detach()).reshape(w.shape)
+
+
+def grid_scales(w: Tensor) -> dict[float, Tensor]:
+    """The per-channel scales ``quantize`` uses at 2, 4 and 8 bits, fitted in one pass down the
+    chain of narrower widths (``quantization_scale`` at 8 bits fits 4 and 2 on its way too)."""
+    rows = w.detach().to(torch.float32).reshape(channels(tuple(w.shape)), -1)
+    scales, narrower = {}, _codes(rows, 1.58)[1]
+    for bits in (2.0, 4.0, 8.0):
+        scales[bits] = narrower = _fit_scale(rows, bits, narrower)
+    return scales
 
 
 def quantization_scale(w: Tensor, bits: float) -> Tensor:
