@@ -43,7 +43,7 @@ def importance_shapes(config: SpikingBertConfig, methods: Iterable[str] = METHOD
 
 
 @contextlib.contextmanager
-def _pre_hooks(hooks: dict[nn.Module, Callable[[Tensor], Tensor | None]]) -> Iterator[None]:
+def pre_hooks(hooks: dict[nn.Module, Callable[[Tensor], Tensor | None]]) -> Iterator[None]:
     """Run each function on its module's input while the block runs (a returned tensor replaces it)."""
     def wrap(fn: Callable[[Tensor], Tensor | None]) -> Callable:
         def hook(module: nn.Module, args: tuple) -> tuple | None:
@@ -92,7 +92,7 @@ def compute_importance(model: SpikingBertForSequenceClassification,
                 f"activity.head.{l}", (s != 0).float().mean(dim=0).unflatten(-1, heads).mean(dim=-1).sum(dim=(0, 1)))
             activity[layer.output] = lambda s, l=l: accumulate(
                 f"activity.neuron.{l}", (s != 0).float().mean(dim=0).sum(dim=(0, 1)))
-        with torch.no_grad(), _pre_hooks(activity):
+        with torch.no_grad(), pre_hooks(activity):
             model(**inputs, mode="batched")
 
         # Gradient: a per-example mask of ones on each head's context and each FFN neuron. The loss
@@ -104,7 +104,7 @@ def compute_importance(model: SpikingBertForSequenceClassification,
         for layer, head_mask, neuron_mask in zip(layers, head_masks, neuron_masks):
             masking[layer.attn_out] = lambda x, m=head_mask, d=layer.head_dim: x * m.repeat_interleave(d, 1)[:, None]
             masking[layer.output] = lambda x, m=neuron_mask: x * m[:, None]
-        with torch.enable_grad(), _pre_hooks(masking):
+        with torch.enable_grad(), pre_hooks(masking):
             out = model(**inputs, labels=batch["labels"], mode="surrogate")
             grads = torch.autograd.grad(out.loss * size, head_masks + neuron_masks)
         for l in range(cfg.num_layers):
@@ -136,10 +136,14 @@ def check_importance(scores: dict[str, Tensor], config: SpikingBertConfig,
 
 
 def save_importance(scores: dict[str, Tensor], path: str | Path) -> Path:
+    """Write the scores whole or not at all (a temporary file renamed): a killed prepare leaves
+    no torn file that a rerun would take as done."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().to(torch.float32).contiguous() for k, v in scores.items()}, str(path),
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().to(torch.float32).contiguous() for k, v in scores.items()}, str(tmp),
               metadata={"spikeprune": "importance"})
+    tmp.replace(path)
     return path
 
 

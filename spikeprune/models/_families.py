@@ -48,6 +48,9 @@ class Family:
     sequential: bool = False
     #: Thresholds kept per population: one, or one per timestep count 1..rows (a θ table).
     threshold_rows: int = 1
+    #: The family ``prepare`` converts the teacher to first, when a student of this one is made
+    #: from another's (the elastic one: from a trained converted student), else None.
+    made_from: str | None = None
 
     def threshold_parameters(self, config: SpikingBertConfig) -> int:
         """Float parameters that are thresholds: the encoder's θ and every population's, with the
@@ -74,7 +77,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("elastic", populations=("query", "key", "value", "context", "attn_out", "intermediate", "output"),
            products=("query",), running_sums=("key", "value"), residual=("attn_out", "output"), signed=True,
            bias_every_step=False, incremental=False, readout="cls", calibrated=True, sequential=True,
-           threshold_rows=16),
+           threshold_rows=16, made_from="converted"),
 )}
 
 

@@ -22,7 +22,7 @@ from spikeprune.training._presets import Preset
 
 #: Preset fields that may be 0 (loss weights, ratios); every other number must be > 0.
 MAY_BE_ZERO = ("warmup_ratio", "weight_decay", "hidden_weight", "attention_weight", "logit_weight", "label_weight",
-               "length_bucket", "distill_examples")
+               "length_bucket", "distill_examples", "elastic_examples", "elastic_sampled")
 #: Bookkeeping files that are not part of the base (the records themselves, stage summaries).
 NOT_HASHED = (PreparedRecord.FILE, PreparedRecord.KEY_FILE)
 
@@ -36,6 +36,9 @@ def check_preset(p: Preset) -> None:
         if not math.isfinite(value) or not floor_ok:
             raise SpikepruneError(f"preset {name}={value!r} must be a finite number "
                                   f"{'>= 0' if name in MAY_BE_ZERO else '> 0'}; fix the --set value")
+    if not 0 < p.elastic_min_width <= 1:
+        raise SpikepruneError(f"preset elastic_min_width={p.elastic_min_width!r} is the smallest share of heads and "
+                              f"neurons trained for; pick a value in (0, 1]")
     if p.family not in FAMILIES:
         raise SpikepruneError(f"preset family={p.family!r} is unknown; use one of {', '.join(FAMILIES)}")
     if p.residual_thresholds not in RESIDUAL_THRESHOLDS:

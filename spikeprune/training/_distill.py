@@ -141,12 +141,12 @@ def distill_student(student: SpikingBertForSequenceClassification, teacher: nn.M
                     glue_dir: str | Path | None, out_dir: str | Path, preset: str | Preset = "quick", *,
                     tokenizer: Any, layer_map: list[int] | None = None,
                     teacher_heads: list[list[int]] | None = None, device: str = "cpu",
-                    seed: int = 0) -> SpikingBertForSequenceClassification:
-    """Distill ``teacher`` into ``student`` (surrogate gradients); write ``out_dir/student``.
+                    seed: int = 0, stage: str = "student") -> SpikingBertForSequenceClassification:
+    """Distill ``teacher`` into ``student`` (surrogate gradients); write ``out_dir/<stage>``.
 
     Loss weights and temperature come from the preset (with only ``label_weight`` above 0 it trains
     on gold labels and needs no teacher); override with ``dataclasses.replace(PRESETS[name], ...)``. Resumes from
-    ``out_dir/checkpoints/student``.
+    ``out_dir/checkpoints/<stage>``.
     """
     p = get_preset(preset)
     spec = get_task(task)
@@ -164,7 +164,7 @@ def distill_student(student: SpikingBertForSequenceClassification, teacher: nn.M
     student.to(device).train()
     if teacher is not None:
         teacher.to(device).eval()
-    ckpt_dir = out_dir / "checkpoints" / "student"
+    ckpt_dir = out_dir / "checkpoints" / stage
     if p.distill_examples == 0:  # no training: a converted student is already its teacher, quantized
         summary = {"steps": 0, "examples": 0, "elapsed_s": 0.0}
     else:
@@ -179,11 +179,11 @@ def distill_student(student: SpikingBertForSequenceClassification, teacher: nn.M
                              device=device, ckpt_dir=ckpt_dir, checkpoint_every=p.checkpoint_every,
                              desc=f"student {spec.name} T={student.config.timesteps[0]}", bucket=p.length_bucket)
     student.eval()
-    tmp = out_dir / ".tmp-student"
+    tmp = out_dir / f".tmp-{stage}"
     shutil.rmtree(tmp, ignore_errors=True)
     student.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    finish_stage(tmp, out_dir / "student", ckpt_dir,
+    finish_stage(tmp, out_dir / stage, ckpt_dir,
                   {**summary, "task": spec.name, "preset": p.name, "seed": seed, "layer_map": layer_map,
                    "loss_weights": weights, "temperature": p.temperature})
     return student

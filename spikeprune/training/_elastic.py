@@ -1,0 +1,218 @@
+"""Elastic training: one time-elastic student made good for every config of the search space.
+
+A trial keeps each layer's best heads and FFN neurons (in the base's importance order), runs it
+for T_l steps and rounds its weights to b_l bits, then only evaluates: there is no per-trial
+training. So the student is trained for all of those configs at once, with the sandwich rule
+(BigNAS): each batch, the loss of the largest config (every unit, T = 16, float weights), of the
+smallest one (``ElasticAxes.smallest``) and of ``sampled`` random ones, summed, one update. Each
+config is distilled from the teacher (logits, hidden states, attention scores: ``DistillLoss``).
+
+A sub-config is run on the full-size model, exactly as the trial's pruned model computes it:
+
+- **units**: a dropped head's context and a dropped FFN neuron's value are multiplied by 0 on
+  their way into attn_out / output: what pruning their rows and columns removes;
+- **steps**: ``config.timesteps`` (the θ table row of each layer's T);
+- **bits**: weights on the grid of per-channel scales fitted every ``refresh`` batches (fitting
+  costs seconds, a forward pass less), with straight-through gradients.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from spikeprune.data._glue import get_task
+from spikeprune.errors import SpikepruneError
+from spikeprune.models._compress import check_importance, pre_hooks
+from spikeprune.models._config import FLOAT_BITS, CompressionConfig
+from spikeprune.models._model import SpikingBertForSequenceClassification, SpikingOutput
+from spikeprune.models._quantize import QUANTIZED_LINEARS, grid_scales, quantize_with_scale
+
+from spikeprune.training._convert import default_layer_map
+from spikeprune.training._distill import DistillLoss, loss_weights, teacher_forward
+from spikeprune.training._loop import finish_stage, load_split, train_loop
+from spikeprune.training._presets import Preset
+
+#: Weight widths the training samples (the grid ones; 1 and 1.58 bits are not trained for).
+TRAINED_BITS: tuple[float, ...] = (2.0, 4.0, 8.0, FLOAT_BITS)
+
+
+@dataclass(frozen=True)
+class ElasticAxes:
+    """What the training samples per layer: at least ``min_heads`` heads and ``min_neurons`` FFN
+    neurons (in steps of ``neuron_step``), 1..``max_steps`` steps (the base's; log-uniform, so few
+    steps are drawn as often as many) and a width of ``TRAINED_BITS``."""
+
+    heads: int
+    neurons: int
+    min_heads: int
+    min_neurons: int
+    neuron_step: int
+    max_steps: int
+
+    @classmethod
+    def of(cls, student: SpikingBertForSequenceClassification, p: Preset) -> "ElasticAxes":
+        cfg = student.config
+        heads, neurons = max(cfg.heads), max(cfg.intermediate_sizes)
+        if any(h != heads for h in cfg.heads) or any(n != neurons for n in cfg.intermediate_sizes):
+            raise SpikepruneError("elastic training starts from an unpruned student; prune after it")
+        step = max(1, neurons // 24)
+        return cls(heads=heads, neurons=neurons, min_heads=max(1, math.ceil(p.elastic_min_width * heads)),
+                   min_neurons=max(step, math.ceil(p.elastic_min_width * neurons / step) * step),
+                   neuron_step=step, max_steps=max(cfg.timesteps))
+
+    def largest(self, layers: int) -> CompressionConfig:
+        return CompressionConfig([self.heads] * layers, [self.neurons] * layers, [self.max_steps] * layers,
+                                 [FLOAT_BITS] * layers)
+
+    def smallest(self, layers: int) -> CompressionConfig:
+        return CompressionConfig([self.min_heads] * layers, [self.min_neurons] * layers, [1] * layers,
+                                 [min(TRAINED_BITS)] * layers)
+
+    def sample(self, layers: int) -> CompressionConfig:
+        """A random config from torch's global generator (checkpointed, so a resumed run draws the same)."""
+        def uniform(low: int, high: int) -> list[int]:
+            return torch.randint(low, high + 1, (layers,)).tolist()
+        steps = torch.round(2.0 ** (torch.rand(layers) * math.log2(self.max_steps))).to(torch.int64)
+        return CompressionConfig(
+            heads=uniform(self.min_heads, self.heads),
+            neurons=[n * self.neuron_step for n in uniform(self.min_neurons // self.neuron_step,
+                                                           self.neurons // self.neuron_step)],
+            timesteps=steps.clamp(1, self.max_steps).tolist(),
+            weight_bits=[TRAINED_BITS[i] for i in torch.randint(len(TRAINED_BITS), (layers,)).tolist()])
+
+
+class ElasticRunner:
+    """Runs the full-size student as any config of the axes: unit masks, steps, weight grids."""
+
+    def __init__(self, student: SpikingBertForSequenceClassification, scores: dict[str, Tensor],
+                 refresh: int) -> None:
+        self.student = student
+        cfg = student.config
+        check_importance(scores, cfg, methods=("grad",))
+        #: Units best first: a trial keeping k keeps the first k (``select_units``' choice).
+        self.head_order = [_ranking(scores[f"grad.head.{l}"]) for l in range(cfg.num_layers)]
+        self.neuron_order = [_ranking(scores[f"grad.neuron.{l}"]) for l in range(cfg.num_layers)]
+        self.refresh = refresh
+        self.scales: dict[str, dict[float, Tensor]] = {}
+        self.calls = 0
+
+    def __call__(self, batch: dict[str, Tensor], config: CompressionConfig) -> SpikingOutput:
+        model = self.student
+        with self._masked(config), self._steps(config):
+            weights = self._weights(config)
+            return functional_call(model, weights, (batch["input_ids"], batch["attention_mask"],
+                                                    batch["token_type_ids"]), {"mode": "surrogate"})
+
+    def next_batch(self) -> None:
+        """Refit the weight grids' scales every ``refresh`` batches (and on the first)."""
+        if self.calls % self.refresh == 0:
+            self.scales.clear()
+        self.calls += 1
+
+    @contextmanager
+    def _masked(self, config: CompressionConfig) -> Iterator[None]:
+        hooks = {}
+        for l, layer in enumerate(self.student.layers):
+            if config.heads[l] < layer.num_heads:
+                keep = layer.attn_out.weight.new_zeros(layer.num_heads)
+                keep[self.head_order[l][:config.heads[l]]] = 1.0
+                mask = keep.repeat_interleave(layer.head_dim)
+                hooks[layer.attn_out] = lambda x, m=mask: x * m
+            if config.neurons[l] < layer.output.in_features:
+                keep = layer.output.weight.new_zeros(layer.output.in_features)
+                keep[self.neuron_order[l][:config.neurons[l]]] = 1.0
+                hooks[layer.output] = lambda x, m=keep: x * m
+        with pre_hooks(hooks):
+            yield
+
+    @contextmanager
+    def _steps(self, config: CompressionConfig) -> Iterator[None]:
+        model = self.student
+        full = model.config
+        model.config = dataclasses.replace(full, timesteps=list(config.timesteps))
+        try:
+            yield
+        finally:
+            model.config = full
+
+    def _weights(self, config: CompressionConfig) -> dict[str, Tensor]:
+        out = {}
+        for l, bits in enumerate(config.weight_bits):
+            if bits == FLOAT_BITS:
+                continue
+            for name in QUANTIZED_LINEARS:
+                key = f"layers.{l}.{name}.weight"
+                weight = self.student.get_parameter(key)
+                if key not in self.scales:
+                    self.scales[key] = grid_scales(weight)
+                out[key] = quantize_with_scale(weight, self.scales[key][bits], bits)
+        return out
+
+
+def _ranking(score: Tensor) -> Tensor:
+    """Unit indices, best first (ties to the lower index), as ``select_units`` ranks them."""
+    return torch.sort(score, descending=True, stable=True).indices
+
+
+def train_elastic(student: SpikingBertForSequenceClassification, teacher: nn.Module, scores: dict[str, Tensor],
+                  task: str, glue_dir: str | Path | None, out_dir: str | Path, p: Preset, *, tokenizer: Any,
+                  device: str = "cpu", seed: int = 0) -> SpikingBertForSequenceClassification:
+    """Train ``student`` (time-elastic family) for every config of the axes; write ``out_dir/student``.
+
+    Resumes from ``out_dir/checkpoints/elastic``, bit-identical to an uninterrupted run: configs
+    come from the checkpointed generator, and the weight grids are refitted on batches that are
+    multiples of ``checkpoint_every`` (where a resumed run starts)."""
+    if student.config.family != "elastic":
+        raise SpikepruneError(f"elastic training needs a time-elastic student, not {student.config.family}")
+    spec = get_task(task)
+    out_dir = Path(out_dir)
+    layers = student.config.num_layers
+    axes = ElasticAxes.of(student, p)
+    runner = ElasticRunner(student, scores, refresh=p.checkpoint_every)
+    weights = loss_weights(p)
+    torch.manual_seed(seed)
+    loss_fn = DistillLoss(student.config, teacher.config.hidden_size, teacher.config.num_attention_heads,
+                          default_layer_map(teacher.config.num_hidden_layers, layers),
+                          temperature=p.temperature, **weights).to(device)
+    student.to(device).train()
+    teacher.to(device).eval()
+
+    def step_loss(batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        runner.next_batch()
+        target = teacher_forward(teacher, batch, loss_fn.score_layers)
+        configs = [axes.largest(layers), axes.smallest(layers)] + [axes.sample(layers) for _ in range(p.elastic_sampled)]
+        total, shown = None, {}
+        for name, config in zip(("big", "small", *(f"r{i}" for i in range(p.elastic_sampled))), configs):
+            loss, _ = loss_fn(runner(batch, config), target, batch, student.loss)
+            total = loss if total is None else total + loss
+            shown[name] = loss.item()
+        return total, {k: shown[k] for k in ("big", "small")}
+
+    if p.elastic_examples == 0:  # the θ table alone
+        summary = {"steps": 0, "examples": 0, "elapsed_s": 0.0}
+    else:
+        data = load_split(spec.name, "train", glue_dir, tokenizer, p.max_length, p.elastic_examples, seed + 2)
+        summary = train_loop({"student": student, "loss": loss_fn}, step_loss, data, batch_size=p.batch_size,
+                             epochs=1, lr=p.elastic_lr, warmup_ratio=p.warmup_ratio, weight_decay=p.weight_decay,
+                             seed=seed + 2, pad_id=tokenizer.pad_token_id or 0, device=device,
+                             ckpt_dir=out_dir / "checkpoints" / "elastic", checkpoint_every=p.checkpoint_every,
+                             desc=f"elastic {spec.name} (sandwich of {2 + p.elastic_sampled})", bucket=p.length_bucket)
+    student.eval()
+    tmp = out_dir / ".tmp-student"
+    shutil.rmtree(tmp, ignore_errors=True)
+    student.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    finish_stage(tmp, out_dir / "student", out_dir / "checkpoints" / "elastic",
+                 {**summary, "task": spec.name, "layer_map": loss_fn.layer_map, "preset": p.name, "seed": seed, "axes": dataclasses.asdict(axes),
+                  "sampled": p.elastic_sampled, "loss_weights": weights, "temperature": p.temperature})
+    return student

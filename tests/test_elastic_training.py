@@ -1,0 +1,137 @@
+"""Elastic training: a sub-config run on the full-size student is the trial's pruned, shortened,
+quantized model; configs stay on the axes; ``prepare`` makes an elastic base whose training
+resumes bit-identically."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub: fail fast offline
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from spikeprune.models._compress import load_importance, prune, quantize_model, set_timesteps
+from spikeprune.models._config import CompressionConfig
+from spikeprune.models._evaluation import evaluate_model
+from spikeprune.models._model import SpikingBertForSequenceClassification
+from spikeprune.training import _prepare as prepare_module
+from spikeprune.training._convert import elastic_from_converted
+from spikeprune.training._elastic import TRAINED_BITS, ElasticAxes, ElasticRunner, train_elastic
+from spikeprune.training._loop import load_split
+from spikeprune.training._presets import PRESETS
+from spikeprune.data._glue import batches
+
+from test_elastic import tiny_batch, tiny_elastic
+
+# 24 examples in batches of 4: six steps of four configs, checkpoints (and grid refits) after steps 2 and 4.
+ELASTIC = dataclasses.replace(PRESETS["tiny"], teacher_examples=24, distill_examples=24, batch_size=4,
+                              eval_examples=16, checkpoint_every=2, family="elastic", elastic_examples=24)
+
+
+def scores_for(model: SpikingBertForSequenceClassification, seed: int = 3) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for l, layer in enumerate(model.layers):
+        out[f"grad.head.{l}"] = torch.rand(layer.num_heads, generator=generator)
+        out[f"grad.neuron.{l}"] = torch.rand(layer.output.in_features, generator=generator)
+    return out
+
+
+def run(model: SpikingBertForSequenceClassification, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], mode="surrogate").logits
+
+
+@pytest.mark.parametrize("heads, neurons, steps", [([2, 3], [8, 20], [3, 1]), ([4, 1], [32, 5], [16, 2])])
+def test_a_sub_config_on_the_full_model_is_the_pruned_shortened_model(heads, neurons, steps):
+    model = tiny_elastic([16, 16], seed=2)
+    scores = scores_for(model)
+    batch = tiny_batch()
+    config = CompressionConfig(heads, neurons, steps, [32.0, 32.0])
+    with torch.no_grad():
+        sub = ElasticRunner(model, scores, refresh=1)(batch, config).logits
+    trial = set_timesteps(prune(model, heads, neurons, scores), steps)
+    assert torch.allclose(sub, run(trial, batch), atol=1e-5)
+    assert model.config.timesteps == [16, 16]                      # the full model is left as it was
+    assert not torch.allclose(sub, run(model, batch), atol=1e-3)   # and the config did change the result
+
+
+def test_weight_widths_during_training_are_the_quantizer_s_grids():
+    model = tiny_elastic([8, 8], seed=4)
+    batch = tiny_batch()
+    runner = ElasticRunner(model, scores_for(model), refresh=1)
+    bits = [4.0, 2.0]
+    with torch.no_grad():
+        sub = runner(batch, CompressionConfig([4, 4], [32, 32], [8, 8], bits)).logits
+    assert torch.allclose(sub, run(quantize_model(model, bits), batch), atol=1e-5)
+    # Straight-through: the float weights get a gradient through their grid values.
+    out = runner(batch, CompressionConfig([4, 4], [32, 32], [8, 8], bits))
+    out.logits.sum().backward()
+    assert model.layers[0].query.weight.grad is not None and model.layers[0].query.weight.grad.abs().sum() > 0
+
+
+def test_sampled_configs_stay_on_the_axes_and_reach_both_ends():
+    model = tiny_elastic([16, 16])
+    axes = ElasticAxes.of(model, dataclasses.replace(ELASTIC, elastic_min_width=0.25))
+    assert (axes.heads, axes.min_heads, axes.neurons, axes.max_steps) == (4, 1, 32, 16)
+    torch.manual_seed(0)
+    configs = [axes.sample(2) for _ in range(400)]
+    heads = {h for c in configs for h in c.heads}
+    neurons = {n for c in configs for n in c.neurons}
+    steps = [t for c in configs for t in c.timesteps]
+    assert heads == {1, 2, 3, 4}
+    assert min(neurons) >= axes.min_neurons and max(neurons) == 32 and all(n % axes.neuron_step == 0 for n in neurons)
+    assert min(steps) == 1 and max(steps) == 16
+    assert sum(t <= 4 for t in steps) > len(steps) / 3             # few steps drawn as often as many
+    assert {b for c in configs for b in c.weight_bits} == set(TRAINED_BITS)
+    assert axes.smallest(2).timesteps == [1, 1] and axes.largest(2).weight_bits == [32.0, 32.0]
+
+
+def test_prepare_makes_an_elastic_base_from_its_converted_student(tmp_path, glue_dir, monkeypatch):
+    out = prepare_module.prepare("sst2", glue_dir, tmp_path, ELASTIC, seed=0)
+    student = SpikingBertForSequenceClassification.from_pretrained(out / "student")
+    converted = SpikingBertForSequenceClassification.from_pretrained(out / "converted")
+    assert student.config.family == "elastic" and converted.config.family == "converted"
+    report = json.loads((out / "prepare.json").read_text())
+    assert report["timings"]["elastic_train_s"] > 0
+    training = json.loads((out / "student" / "training.json").read_text())
+    assert training["steps"] == 6 and training["axes"]["max_steps"] == 2
+    # The recorded score is the twin's, which is the simulation's.
+    tok = AutoTokenizer.from_pretrained(out / "student")
+    dev = load_split("sst2", "validation", glue_dir, tok, ELASTIC.max_length, ELASTIC.eval_examples, 0)
+    simulated = evaluate_model(student, batches(dev, 16, sort_by_length=True), "sst2").metrics
+    assert simulated["metric"] == report["student_metrics"]["metric"]
+
+    # The elastic stage alone, from the same converted student: uninterrupted twice, and killed
+    # in step 5 (after the step-4 checkpoint) then re-run, all bit-identical.
+    teacher = AutoModelForSequenceClassification.from_pretrained(out / "teacher")
+    scores = load_importance(out / "importance.safetensors", converted.config)
+    calibration = load_split("sst2", "train", glue_dir, tok, ELASTIC.max_length, 8, 1)
+
+    def train(folder: str) -> dict[str, torch.Tensor]:
+        elastic = elastic_from_converted(converted, list(batches(calibration, 4)))
+        train_elastic(elastic, teacher, scores, "sst2", glue_dir, tmp_path / folder, ELASTIC, tokenizer=tok, seed=1)
+        return load_file(str(tmp_path / folder / "student" / "model.safetensors"))
+
+    first = train("a")
+    assert not all(torch.equal(first[k], v) for k, v in student.state_dict().items() if k in first)
+    original = SpikingBertForSequenceClassification.forward
+    calls = {"n": 0}
+
+    def crash(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4 * 4 + 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(SpikingBertForSequenceClassification, "forward", crash)
+        with pytest.raises(KeyboardInterrupt):
+            train("b")
+    assert [p.name for p in (tmp_path / "b" / "checkpoints" / "elastic").iterdir()] == ["step-00000004"]
+    resumed = train("b")
+    assert first.keys() == resumed.keys() and all(torch.equal(first[k], resumed[k]) for k in first)
