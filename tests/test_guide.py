@@ -85,6 +85,21 @@ def test_predicted_counts_and_sops_by_hand():
     assert report == count_ops(config, record)   # the same accounting as a trial, size included
 
 
+def test_a_sequential_family_s_layer_follows_its_own_steps_by_hand():
+    """In the elastic family a layer integrates its whole input before it fires, so a T = 4 layer
+    after a T = 2 one spikes at its own T = 4, not like the model at T = 2."""
+    config = dataclasses.replace(HAND, family="elastic")
+    stats = dataclasses.replace(hand_predictor().stats, family="elastic")
+    scores = hand_predictor().importance
+    predictor = CostPredictor(SpikingBertForSequenceClassification(config), scores, stats)
+    record = predictor.record(predictor.config(CompressionConfig(heads=[1, 2], neurons=[1, 2], timesteps=[2, 4])))
+    # Layer 0 as in the lockstep case; its products: only Q·Kᵀ is formed from spikes (query 2 of 6: 60 -> 20).
+    assert record.layers[0] == {"input": 3, "query": 2, "key": 1, "value": 2, "context": 2, "attn_out": 3,
+                                "intermediate": 3, "output": 2, "query_x_len": 20}
+    base = {k: v for k, v in BASE_COUNTS.items() if not k.endswith("_x_len") or k == "query_x_len"}
+    assert record.layers[1] == {**base, "input": 2}
+
+
 def random_converted(family: str) -> tuple[SpikingBertForSequenceClassification, dict, list]:
     model = tiny_model(family, levels=4, readout="cls", task="sst2")
     ids = torch.randint(1, 50, (6, 9))

@@ -9,9 +9,11 @@ remain. Per layer l running T_l steps, a population's count is
 
 where the kept channels (heads and FFN neurons chosen by the same importance ranking as ``prune``)
 come from the per-channel histograms, and the T factor is interpolated between the uniform-T
-simulations the statistics hold (0 at T = 0), at T*_l, the fewest steps of layers 0..l: a layer after a
-short one spikes like the whole model at that short T (this predicts SOPs better than each
-layer's own T; docs/RESULTS.md gives the predictor's error). The layer's input is the previous layer's predicted
+simulations the statistics hold (0 at T = 0), at T*_l. For a lockstep family T*_l is the fewest
+steps of layers 0..l: a layer after a short one spikes like the whole model at that short T (this
+predicts SOPs better than each layer's own T; docs/RESULTS.md gives the predictor's error). A
+sequential family's layer (the elastic one) integrates its whole input before it fires, so its
+counts follow its own T_l: T*_l = T_l. The layer's input is the previous layer's predicted
 output (layer 0: the encoder's train at T_0), as re-timing keeps counts; each ``*_x_len`` product
 scales with its population's kept share and has its own T factor. A config at a measured uniform T
 is therefore predicted exactly, pruning aside.
@@ -88,7 +90,8 @@ class CostPredictor:
         layers: list[dict[str, int]] = []
         previous_output = 0.0
         family = family_of(config.family)
-        for l, steps in enumerate(itertools.accumulate(config.timesteps, min)):   # the bottleneck so far
+        own = family.sequential   # else the bottleneck so far
+        for l, steps in enumerate(config.timesteps if own else itertools.accumulate(config.timesteps, min)):
             sums = self._kept(l, config.heads[l], config.intermediate_sizes[l])
             names = [*family.populations, *(["input"] if l == 0 else [])]
             kept = {name: float(sums[name] @ spikes) for name in names}   # at the base T
