@@ -37,9 +37,10 @@ def test_joint_preset_parameters_are_per_layer_and_coarse():
     config = s.suggest(trial)
     assert sorted(trial.params) == sorted(f"{k}_l{i}" for k in ("heads", "neurons", "timesteps", "weight_bits")
                                           for i in range(6))
-    assert all(h % 2 == 0 and 2 <= h <= 12 for h in config.heads)
-    assert all(n % 256 == 0 and 256 <= n <= 1536 for n in config.neurons)
-    assert all(t in (4, 8, 12, 16) for t in config.timesteps)
+    assert all(h % 2 == 0 and 4 <= h <= 12 for h in config.heads)
+    assert all(n % 256 == 0 and 512 <= n <= 1536 for n in config.neurons)
+    assert all(t in (1, 2, 3, 4, 6, 8, 12, 16) for t in config.timesteps)
+    assert all(b in (2, 4, 8, 32) for b in config.weight_bits)
     assert config.recovery_steps == 0
 
 
@@ -67,10 +68,11 @@ def test_seed_configs_start_with_the_dense_model_then_uniform_levels():
     seeds = s.seed_configs(QUICK)
     assert seeds[0].resolve(QUICK) == CompressionConfig().resolve(QUICK)
     # levels 3/4, 1/2, 1/4 of the way from the cheapest value to the baseline's, by index:
-    # heads [2..12 step 2] -> 10, 8, 4; neurons [256..1536] -> 1280, 1024, 512; T [4..16 step 4] -> 12, 12, 8;
-    # bits [1, 1.58, 2, 4, 8, 32] -> 8, 4, 1.58
+    # index = round-half-up(level * last index): heads [4..12 step 2] (last 4: 3, 2, 1) -> 10, 8, 6;
+    # neurons [512..1536 step 256] -> 1280, 1024, 768; T [1, 2, 3, 4, 6, 8, 12, 16] (last 7: 5.25, 3.5,
+    # 1.75 -> 5, 4, 2) -> 8, 6, 3; bits [2, 4, 8, 32] (last 3: 2.25, 1.5, 0.75 -> 2, 2, 1) -> 8, 8, 4
     assert [(c.heads, c.neurons, c.timesteps, c.weight_bits) for c in seeds[1:]] == [
-        (10, 1280, 12, 8.0), (8, 1024, 12, 4.0), (4, 512, 8, 1.58)]
+        (10, 1280, 8, 8.0), (8, 1024, 6, 8.0), (6, 768, 3, 4.0)]
 
 
 def test_baseline_seed_is_the_in_space_point_nearest_the_dense_model():
@@ -81,15 +83,15 @@ def test_baseline_seed_is_the_in_space_point_nearest_the_dense_model():
 
 def test_params_round_trip_through_enqueue_trial():
     s = SearchSpace.load("joint").check(QUICK)
-    config = CompressionConfig(heads=[12, 10, 8, 6, 4, 2], neurons=256, timesteps=[16, 12, 8, 4, 4, 8],
-                               weight_bits=[32, 8, 4, 2, 1.58, 1])
+    config = CompressionConfig(heads=[12, 10, 8, 6, 4, 4], neurons=512, timesteps=[16, 12, 8, 4, 2, 1],
+                               weight_bits=[32, 8, 4, 2, 2, 4])
     study = optuna.create_study(directions=s.directions)
     study.enqueue_trial(s.params(config, QUICK))
     assert s.suggest(study.ask()).resolve(QUICK) == config.resolve(QUICK)
 
 
 @pytest.mark.parametrize("config, message", [
-    (CompressionConfig(heads=5), "heads=5 is outside space.heads (allowed: 2, 4, 6, 8, 10, 12)"),
+    (CompressionConfig(heads=5), "heads=5 is outside space.heads (allowed: 4, 6, 8, 10, 12)"),
     (CompressionConfig(weight_bits=[32, 32, 32, 32, 32, 3]), "weight bit width 3 is not supported"),
 ])
 def test_params_refuse_configs_outside_the_space(config, message):

@@ -16,6 +16,9 @@ from spikeprune.errors import SpikepruneError
 #: Head/neuron importance (scored once per base) and the readout standardisation are computed
 #: on this many training batches.
 IMPORTANCE_BATCHES = 8
+#: The time-elastic student's θ table (16 rows, each a layer-by-layer fit) is fitted on the first
+#: this many of them: a quarter of the batches, a quarter of the time, and training refines it.
+THETA_TABLE_BATCHES = 2
 
 @dataclass(frozen=True)
 class Preset:
@@ -60,6 +63,14 @@ class Preset:
     #: "unit": the converted family's residual-stream populations get per-unit θ (models/_config.py);
     #: a SpikingBERT-family student ignores it
     residual_thresholds: str = "population"
+    #: for the "elastic" family: the sandwich-rule training that makes every config of the
+    #: search space good (training/_elastic.py): its sentences (0: none, the θ table alone), rate,
+    #: random configs per batch besides the largest and smallest, and the smallest's share of
+    #: each layer's heads and FFN neurons
+    elastic_examples: int | None = 0
+    elastic_lr: float = 5e-5
+    elastic_sampled: int = 2
+    elastic_min_width: float = 0.25
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -73,8 +84,9 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
-    # Seconds, for tests: a 2-layer random BERT of width 32 on a few dozen examples, and a student
-    # of the default family (the quick preset's) with 4 levels per sign.
+    # Seconds, for tests: a 2-layer random BERT of width 32 on a few dozen examples, and a converted
+    # student (the one the quick preset's elastic student is made from) with 4 levels per sign;
+    # --set family=elastic --set elastic_examples=24 makes the elastic one (tests/test_elastic_training.py).
     Preset("tiny", teacher_examples=48, teacher_epochs=1, teacher_lr=1e-3,
            teacher_arch=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                              intermediate_size=64),
@@ -86,27 +98,30 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            eval_examples=32, eval_batch_size=16, checkpoint_every=2,
            levels=4, residual_thresholds="unit"),
     # Minutes on a 2-core CPU. Teacher: 16,000 sentences at lr 1e-4 in length-bucketed batches.
-    # Student: the converted family (8 levels per sign, T = 16, per-unit θ on the residual stream),
-    # calibrated, then trained as the quantized network (QAT) on 16,000 sentences. A SpikingBERT-family
-    # student: --set family=spikingbert --set timesteps=4 --set distill_examples=8000 --set distill_lr=5e-4.
+    # Student: the time-elastic family, made from a converted one (8 levels per sign, T = 16,
+    # per-unit θ on the residual stream; calibrated, then trained as the quantized network on
+    # 16,000 sentences, kept as converted/), whose θ table is then fitted for every T and which is
+    # trained for every config of the shipped spaces on 8,000 sentences (sandwich rule).
+    # The converted student alone: --set family=converted. A SpikingBERT-family student:
+    # --set family=spikingbert --set timesteps=4 --set distill_examples=8000 --set distill_lr=5e-4.
     Preset("quick", teacher_examples=16000, teacher_epochs=1, teacher_lr=1e-4, teacher_arch=None,
            batch_size=32, max_length=64, warmup_ratio=0.1, weight_decay=0.01,
-           family="converted", timesteps=16, student_layers=None,
+           family="elastic", timesteps=16, student_layers=None,
            distill_examples=16000, distill_epochs=1, distill_lr=5e-5,
            hidden_weight=1.0, attention_weight=0.1, logit_weight=1.0, label_weight=0.0,
            temperature=1.0,
            eval_examples=None, eval_batch_size=64, checkpoint_every=25, length_bucket=50,
-           levels=8, calibration_percentile=99.9, residual_thresholds="unit"),
-    # For a GPU (--device cuda): the quick preset's student (the converted family) on the whole
+           levels=8, calibration_percentile=99.9, residual_thresholds="unit", elastic_examples=8000),
+    # For a GPU (--device cuda): the quick preset's student (the time-elastic family) on the whole
     # train set, several epochs.
     Preset("full", teacher_examples=None, teacher_epochs=3, teacher_lr=5e-5, teacher_arch=None,
            batch_size=32, max_length=128, warmup_ratio=0.1, weight_decay=0.01,
-           family="converted", timesteps=16, student_layers=None,
+           family="elastic", timesteps=16, student_layers=None,
            distill_examples=None, distill_epochs=3, distill_lr=5e-5,
            hidden_weight=1.0, attention_weight=0.1, logit_weight=1.0, label_weight=0.0,
            temperature=1.0,
            eval_examples=None, eval_batch_size=128, checkpoint_every=500, length_bucket=50,
-           levels=8, calibration_percentile=99.9, residual_thresholds="unit"),
+           levels=8, calibration_percentile=99.9, residual_thresholds="unit", elastic_examples=None),
 )}
 
 
