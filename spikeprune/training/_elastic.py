@@ -49,8 +49,8 @@ TRAINED_BITS: tuple[float, ...] = (2.0, 4.0, 8.0, FLOAT_BITS)
 @dataclass(frozen=True)
 class ElasticAxes:
     """What the training samples per layer: at least ``min_heads`` heads and ``min_neurons`` FFN
-    neurons (in steps of ``neuron_step``), 1..``max_steps`` steps (the base's; log-uniform, so few
-    steps are drawn as often as many) and a width of ``TRAINED_BITS``."""
+    neurons (in steps of ``neuron_step``), 1..``max_steps`` steps (the base's) and a width of
+    ``TRAINED_BITS``."""
 
     heads: int
     neurons: int
@@ -79,16 +79,24 @@ class ElasticAxes:
                                  [min(TRAINED_BITS)] * layers)
 
     def sample(self, layers: int) -> CompressionConfig:
-        """A random config from torch's global generator (checkpointed, so a resumed run draws the same)."""
-        def uniform(low: int, high: int) -> list[int]:
-            return torch.randint(low, high + 1, (layers,)).tolist()
-        steps = torch.round(2.0 ** (torch.rand(layers) * math.log2(self.max_steps))).to(torch.int64)
+        """A random config from torch's global generator (checkpointed, so a resumed run draws the
+        same). Each axis is compressed with probability 1/2, else left at its largest, and takes
+        one value for every layer or one per layer (1/2 each): configs that cut one or two axes,
+        and uniform ones, are what a search starts from and are drawn often."""
+        def axis(values: list) -> list:
+            if torch.rand(()) < 0.5:
+                return [values[-1]] * layers
+            if torch.rand(()) < 0.5:
+                return [values[int(torch.randint(len(values), ()))]] * layers
+            return [values[i] for i in torch.randint(len(values), (layers,)).tolist()]
+
+        # Steps log-uniform over 1..max_steps, so few steps are drawn as often as many.
+        steps = sorted({int(round(2.0 ** (k / 4))) for k in range(int(4 * math.log2(self.max_steps)) + 1)})
         return CompressionConfig(
-            heads=uniform(self.min_heads, self.heads),
-            neurons=[n * self.neuron_step for n in uniform(self.min_neurons // self.neuron_step,
-                                                           self.neurons // self.neuron_step)],
-            timesteps=steps.clamp(1, self.max_steps).tolist(),
-            weight_bits=[TRAINED_BITS[i] for i in torch.randint(len(TRAINED_BITS), (layers,)).tolist()])
+            heads=axis(list(range(self.min_heads, self.heads + 1))),
+            neurons=axis(list(range(self.min_neurons, self.neurons + 1, self.neuron_step))),
+            timesteps=axis(steps),
+            weight_bits=axis(list(TRAINED_BITS)))
 
 
 class ElasticRunner:

@@ -101,7 +101,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     # Student: the time-elastic family, made from a converted one (8 levels per sign, T = 16,
     # per-unit θ on the residual stream; calibrated, then trained as the quantized network on
     # 16,000 sentences, kept as converted/), whose θ table is then fitted for every T and which is
-    # trained for every config of the shipped spaces on 8,000 sentences (sandwich rule).
+    # trained for every config of the shipped spaces on 12,000 sentences (sandwich rule).
     # The converted student alone: --set family=converted. A SpikingBERT-family student:
     # --set family=spikingbert --set timesteps=4 --set distill_examples=8000 --set distill_lr=5e-4.
     Preset("quick", teacher_examples=16000, teacher_epochs=1, teacher_lr=1e-4, teacher_arch=None,
@@ -111,7 +111,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            hidden_weight=1.0, attention_weight=0.1, logit_weight=1.0, label_weight=0.0,
            temperature=1.0,
            eval_examples=None, eval_batch_size=64, checkpoint_every=25, length_bucket=50,
-           levels=8, calibration_percentile=99.9, residual_thresholds="unit", elastic_examples=8000),
+           levels=8, calibration_percentile=99.9, residual_thresholds="unit", elastic_examples=12000),
     # For a GPU (--device cuda): the quick preset's student (the time-elastic family) on the whole
     # train set, several epochs.
     Preset("full", teacher_examples=None, teacher_epochs=3, teacher_lr=5e-5, teacher_arch=None,
