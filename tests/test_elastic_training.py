@@ -6,6 +6,7 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub: fail fast offline
 
+import copy
 import dataclasses
 import json
 
@@ -115,8 +116,10 @@ def test_prepare_makes_an_elastic_base_from_its_converted_student(tmp_path, glue
     scores = load_importance(out / "importance.safetensors", converted.config)
     calibration = load_split("sst2", "train", glue_dir, tok, ELASTIC.max_length, 8, 1)
 
+    untrained = elastic_from_converted(converted, list(batches(calibration, 4)))
+
     def train(folder: str) -> dict[str, torch.Tensor]:
-        elastic = elastic_from_converted(converted, list(batches(calibration, 4)))
+        elastic = copy.deepcopy(untrained)
         train_elastic(elastic, teacher, scores, "sst2", glue_dir, tmp_path / folder, ELASTIC, tokenizer=tok, seed=1)
         return load_file(str(tmp_path / folder / "student" / "model.safetensors"))
 
