@@ -142,3 +142,13 @@ def test_compare_command_writes_the_relative_page(tmp_path, capsys):
     text = out.read_text()
     assert "at most 6 point(s) below" in text
     assert re.search(r'data-v="s-cola">.*?data-v="1">1</td><td data-v="-5.0">.*?data-v="0.2">', text, flags=re.S)
+
+
+def test_one_task_with_other_objectives_needs_relative(tmp_path):
+    a = task_study("sst2", ["metric", "sops"], SST2)
+    b = task_study("sst2", ["metric", "energy_uj"], SST2, name="b")
+    with pytest.raises(SpikepruneError, match=r"same objectives, or each relative to its dense student \(--relative\)"):
+        compare_fronts([a, b], tmp_path / "x.html")
+    assert not (tmp_path / "x.html").exists()
+    text = compare_fronts([a, b], tmp_path / "y.html", relative_to_dense=True).read_text()
+    assert plotted(text)["b"]["x"] == pytest.approx([1.0, 0.4, 0.1])   # front (metric, energy): 0, 1, 2 at their SOPs

@@ -125,7 +125,7 @@ def _absolute_sections(analyses: list[Analysis], labels: list[str]) -> list[str]
             raise SpikepruneError(
                 f"study {a.study_name!r} has objectives {[o.name for o in a.objectives]} but "
                 f"{analyses[0].study_name!r} has {[o.name for o in objectives]}; "
-                f"compare studies with the same objectives")
+                f"compare studies with the same objectives, or each relative to its dense student (--relative)")
     reference = next((a.reference for a in analyses if a.reference is not None), None)
     groups, rows = [], []
     for i, (label, a) in enumerate(zip(labels, analyses)):
