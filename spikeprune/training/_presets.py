@@ -138,8 +138,11 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 #: all-MiniLM-L6-v2 was least trained on: it gets the MRPC / STS-B teacher shape (3 epochs, batch 16,
 #: lr 5e-5) that worked on training sets of 3,668 and 5,749, and 2 epochs of QAT (SST-2's 16,000
 #: sentences) with SST-2's gold labels, because a teacher that misjudges many sentences should not
-#: be taught as right. WNLI (635 pairs) takes RTE's small-NLI recipe; its dev set reuses training
-#: sentences with the other answer, so no recipe is expected to beat its majority class (56.3 %).
+#: be taught as right (chosen by reasoning, not yet measured). WNLI (635 pairs) takes RTE's small-NLI
+#: recipe; its dev set reuses training sentences with the other answer, so what a model learns from
+#: the training pairs answers the dev pairs wrongly: measured, teacher and student both score far
+#: below the majority class (56.3 %), and compressing the student moves it towards chance
+#: (benchmarks/glue_table.py --tasks wnli).
 TASK_VALUES: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
         # Gold labels mixed into the QAT loss, so a teacher's wrong answer is not taught as right
