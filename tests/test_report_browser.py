@@ -84,6 +84,17 @@ def run_chromium(binary: Path, tmp: Path, page: Path, *args: str) -> tuple[str, 
     return proc.stdout, [l for l in proc.stderr.splitlines() if ":CONSOLE" in l]
 
 
+def run_probe(binary: Path, tmp: Path, page: Path, script: str) -> tuple[dict, list[str]]:
+    """Run ``page`` in headless Chromium with ``CATCH`` first in its head and the probe ``script``
+    at the end of its body; what the probe wrote into its <pre id="probe">, and the console messages."""
+    probe = tmp / f"{page.stem}-probe.html"
+    probe.write_text(page.read_text().replace("<head>", "<head>" + CATCH, 1).replace("</body>", script + "</body>", 1))
+    dom, console = run_chromium(binary, tmp, probe, "--dump-dom")
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, flags=re.S)
+    assert found, dom[-2000:]
+    return json.loads(found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")), console
+
+
 def png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
     """Decode an 8-bit, non-interlaced RGB/RGBA PNG: width, height, pixels (no PIL needed)."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -134,13 +145,7 @@ def report(tmp_path) -> Path:
 
 
 def test_report_runs_in_chromium(chromium_path, report, tmp_path):
-    text = report.read_text()
-    probe = tmp_path / "probe.html"
-    probe.write_text(text.replace("<head>", "<head>" + CATCH, 1).replace("</body>", PROBE + "</body>", 1))
-    dom, console = run_chromium(chromium_path, tmp_path, probe, "--dump-dom")
-    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, flags=re.S)
-    assert found, dom[-2000:]
-    out = json.loads(found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    out, console = run_probe(chromium_path, tmp_path, report, PROBE)
     assert out["errors"] == [] and console == []
     assert out["plots"] == ["pareto", "hypervolume", "layers", "ops"] and out["svgs"] >= 8
     assert out["names"] == ["dominated", "early-stopped", "infeasible", "dominated within noise",
@@ -203,12 +208,7 @@ window.addEventListener("load", function () {
 def test_report_shows_the_ann_references_in_chromium(chromium_path, tmp_path):
     study, ref = ann_study()
     page = write_report(study, tmp_path / "ann.html")[0]
-    probe = tmp_path / "ann-probe.html"
-    probe.write_text(page.read_text().replace("<head>", "<head>" + CATCH, 1).replace("</body>", ANN_PROBE + "</body>", 1))
-    dom, console = run_chromium(chromium_path, tmp_path, probe, "--dump-dom")
-    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, flags=re.S)
-    assert found, dom[-2000:]
-    out = json.loads(found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    out, console = run_probe(chromium_path, tmp_path, page, ANN_PROBE)
     assert out["errors"] == [] and console == []
     ann = ["fp32 ANN teacher", "int8 ANN teacher", "integer twins of the front"]
     assert out["names"][-3:] == ann and set(ann) <= set(out["legend"])
@@ -259,12 +259,7 @@ window.addEventListener("load", function () {
 def test_tasks_compared_relative_to_their_dense_students_in_chromium(chromium_path, tmp_path):
     """Two tasks' fronts side by side, each against its dense student: drawn, switchable, sortable."""
     page = compare_fronts(studies(), tmp_path / "tasks.html", labels=["SST-2", "CoLA"])
-    probe = tmp_path / "probe.html"
-    probe.write_text(page.read_text().replace("<head>", "<head>" + CATCH, 1).replace("</body>", COMPARE_PROBE + "</body>", 1))
-    dom, console = run_chromium(chromium_path, tmp_path, probe, "--dump-dom")
-    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, flags=re.S)
-    assert found, dom[-2000:]
-    out = json.loads(found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    out, console = run_probe(chromium_path, tmp_path, page, COMPARE_PROBE)
     assert out["errors"] == [] and console == []
     assert out["plots"] == ["fronts"] and out["names"] == ["SST-2", "CoLA", "dense student"]
     assert out["points"] == 3 + 3 + 1   # each task's front, and the one star every dense student sits on
