@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -35,18 +34,6 @@ STEPS = (1, 2, 4, 8, 16)
 FLOAT_GROUPS: dict[str, tuple[str, ...]] = {
     "none": (), "all": ("encoder", *CONVERTED.populations), "residual": ("encoder", *CONVERTED.residual),
     **{name: (name,) for name in ("encoder", *CONVERTED.populations)}, "query+key+value": ("query", "key", "value")}
-
-
-def majority(base: BaseBundle, examples: int) -> dict[str, float]:
-    """Metrics of always answering the most frequent dev label (the mean score for regression)."""
-    from spikeprune.data import compute_metrics
-
-    labels = np.array(base.dev["labels"][:examples])
-    if base.student.config.is_regression:
-        guess = np.full(len(labels), labels.mean())
-    else:
-        guess = np.full(len(labels), Counter(labels.tolist()).most_common(1)[0][0])
-    return compute_metrics(base.task, guess, labels)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -70,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
         name, cfg = main_metric(base.task), base.student.config
         examples = min(args.max_examples or base.dev_size, base.dev_size)
         entry = {"prepared": str(prepared), "task": base.task, "family": cfg.family, "metric": name,
-                 "teacher": record.teacher_metrics, "majority": majority(base, examples),
+                 "teacher": record.teacher_metrics, "majority": benchlib.majority(base, examples),
                  "base_timesteps": cfg.timesteps, "examples": examples, "students": []}
         for steps in args.steps:
             result = run_trial(base, CompressionConfig(timesteps=steps), max_examples=args.max_examples)

@@ -26,10 +26,11 @@ import platform
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numba
 import numpy as np
@@ -42,6 +43,9 @@ from spikeprune.data import batches
 from spikeprune.models import SimRecord, SpikingBertForSequenceClassification
 from spikeprune.errors import SpikepruneError
 from spikeprune.records import PreparedRecord, TrialRecord
+
+if TYPE_CHECKING:
+    from spikeprune.trial import BaseBundle
 
 #: The random stand-in for a prepared base: MiniLM-L6 shaped (6 layers, width 384, 12 heads of
 #: 32, FFN 1536), BERT's vocabulary, the SpikingBERT family (the config's default) at T = 4.
@@ -151,6 +155,19 @@ def load_base(args: argparse.Namespace, examples: int) -> Base:
             "token_type_ids": [[0] * len(x) for x in ids], "labels": rng.integers(0, 2, examples).tolist()}
     name = "tiny" if args.quick else "MiniLM-shaped"
     return Base(model, scores, data, 0, f"random {name} model, random {MIN_TOKENS}-{MAX_TOKENS} token examples")
+
+
+def majority(base: BaseBundle, examples: int) -> dict[str, float]:
+    """Metrics of always answering the most frequent of the first ``examples`` dev labels (the mean
+    score for regression): the floor a student must clear to have learnt anything."""
+    from spikeprune.data import compute_metrics
+
+    labels = np.array(base.dev["labels"][:examples])
+    if base.student.config.is_regression:
+        guess = np.full(len(labels), labels.mean())
+    else:
+        guess = np.full(len(labels), Counter(labels.tolist()).most_common(1)[0][0])
+    return compute_metrics(base.task, guess, labels)
 
 
 def describe(model: SpikingBertForSequenceClassification) -> str:

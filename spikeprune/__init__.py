@@ -56,7 +56,7 @@ _API: dict[str, str] = {
     "analyse_study": "spikeprune.results", "Analysis": "spikeprune.results",
     "write_report": "spikeprune.results",
     "trials_frame": "spikeprune.results", "write_trials": "spikeprune.results",
-    "compare_fronts": "spikeprune.results",
+    "compare_fronts": "spikeprune.results", "cheapest_within": "spikeprune.results",
     "select_trials": "spikeprune.results", "export_trial": "spikeprune.results",
     "ExportResult": "spikeprune.results",
 }

@@ -58,6 +58,13 @@ class Env:
             (folder / "dev.tsv").write_text(dev)
         return str(folder.parent)
 
+    def glue_without_train(self, folder: str, header: str) -> str:
+        """A GLUE folder whose task ``folder`` holds a one-row dev.tsv and no train.tsv."""
+        task = self.root / "glue" / folder
+        task.mkdir(parents=True)
+        (task / "dev.tsv").write_text(header + "0\tQ?\tS.\tentailment\n")
+        return str(task.parent)
+
     def study(self) -> None:
         """A journal study under ``run`` with one complete trial, as ``spikeprune search`` writes it."""
         from spikeprune.search._storage import default_storage, open_storage
@@ -155,6 +162,11 @@ CASES: dict[str, tuple[Callable[[Env], list[str]], str]] = {
                                           "--run-dir", str(e.run)], "expected a value like 48"),
     "prepare-glue-missing": (lambda e: ["prepare", "--task", "sst2", "--preset", "tiny", "--glue-dir",
                                         str(e.root / "no-glue"), "--run-dir", str(e.run)], "pass --glue-dir"),
+    # QNLI with its dev set but not its train set (as ../shared/glue has it), the hub offline
+    "prepare-glue-split-offline": (lambda e: ["prepare", "--task", "qnli", "--preset", "tiny", "--glue-dir",
+                                              e.glue_without_train("QNLI", "index\tquestion\tsentence\tlabel\n"),
+                                              "--run-dir", str(e.run)],
+                                   "QNLI/train.tsv not found and the Hugging Face hub is offline"),
     # ---- storage
     "storage-scheme": (lambda e: search(e, "--storage", "mysql://u@localhost/db"), "use a journal file path"),
     "storage-unreachable": (lambda e: search(e, "--storage", "postgresql+psycopg2://u:secret@127.0.0.1:1/db"),

@@ -241,3 +241,46 @@ def test_bench_timesteps_compares_single_layer_cuts_with_the_rule(tmp_path, tiny
     cuts = result["cuts"]["1"]
     assert sorted(cuts) == ["0", "1", "all"] and all(0 <= flips <= 1 for _, flips in cuts.values())
     assert set(result["mean_abs_error"]) == {"power", "additive"}
+
+
+@pytest.mark.integration
+def test_glue_table_prepares_searches_and_resumes(tmp_path, glue_dir, ray_local, capsys):
+    """Two tasks on the tiny preset: each row recomputed here from its stored study and base, the
+    rows kept as JSON as they finish, and a second run measuring nothing again."""
+    from collections import Counter
+
+    from spikeprune import BaseBundle, PreparedRecord, TrialRecord, load_study, open_storage
+    from spikeprune.search import default_storage
+
+    space = tmp_path / "joint.yaml"
+    space.write_text(f"name: joint\n{TINY_SPACES['joint']}sampler: guided\n")
+    out = tmp_path / "table.json"
+    args = ["--tasks", "sst2", "wnli", "--preset", "tiny", "--glue-dir", str(glue_dir), "--run-dir",
+            str(tmp_path / "runs"), "--space", str(space), "--n-trials", "4", "--max-examples", "16",
+            "--profile-examples", "16", "--quiet", "--out", str(out)]
+    result = _script("glue_table").main(args)
+    data = json.loads(out.read_text())
+    assert data["rows"] == json.loads(json.dumps(result["rows"])) and data["wall_s"] > 0
+    assert [r["task"] for r in data["rows"]] == ["sst2", "wnli"]
+    for row in data["rows"]:
+        assert json.loads((tmp_path / "table" / "rows" / f"{row['task']}.json").read_text()) == row
+        study = load_study(row["study"], open_storage(default_storage(tmp_path / "runs", row["study"])))
+        done = [t for t in study.get_trials() if t.state.name == "COMPLETE" and not TrialRecord.of(t).early_stopped
+                and TrialRecord.of(t).duplicate_of is None]
+        assert len(done) == row["full_trials"] and len(done) + row["early_stopped"] >= 4
+        dense = next(t for t in done if TrialRecord.of(t).baseline)
+        sops = lambda t: TrialRecord.of(t).report["sops"]  # noqa: E731
+        metric = lambda t: TrialRecord.of(t).metrics["metric"]  # noqa: E731
+        within = [t for t in done if metric(t) >= metric(dense) - 0.01 - 1e-9]
+        best = min(within, key=lambda t: (sops(t), -metric(t), t.number))
+        assert row["best"]["trial"] == best.number and row["dense"] == metric(dense)
+        assert row["best"]["ratios"]["sops"] == pytest.approx(sops(best) / sops(dense))
+        assert row["sops_target_met"] == (sops(best) <= 0.5 * sops(dense))
+        assert row["teacher"] == PreparedRecord.read(row["prepared"]).teacher_metrics["accuracy"]
+        labels = BaseBundle.load(row["prepared"], glue_dir).dev["labels"][:16]
+        assert row["dev_examples"] == 16 and row["majority"] == Counter(labels).most_common(1)[0][1] / 16
+    assert "each relative to its dense student" in out.with_suffix(".html").read_text()
+    capsys.readouterr()
+    again = _script("glue_table").main(args)   # both rows are kept: nothing is prepared or searched again
+    assert json.loads(json.dumps(again["rows"])) == data["rows"]
+    assert capsys.readouterr().out.count("measured before") == 2

@@ -165,6 +165,33 @@ def test_missing_folder_and_file(tmp_path):
         load_glue("rte", "validation", tmp_path)
 
 
+@pytest.mark.parametrize("task,split", [("qnli", "train"), ("qqp", "train"), ("qqp", "validation"),
+                                        ("mnli", "train"), ("mnli", "validation_matched")])
+def test_split_missing_locally_is_refused_offline_naming_the_file(tmp_path, task, split):
+    """A split the folder lacks would come from the hub; offline it is one line that says which file
+    is missing and where it goes (the task's other splits may be there, as QNLI's dev set is here)."""
+    spec = TASKS[task]
+    (tmp_path / spec.folder).mkdir()
+    missing = tmp_path / spec.folder / spec.files[split]
+    with pytest.raises(SpikepruneError) as err:
+        load_glue(task, split, tmp_path)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"GLUE {task} {split}: {missing} not found and the Hugging Face hub is offline "
+                              "(HF_HUB_OFFLINE=1)")
+    assert message.endswith(f"put {spec.folder}/{spec.files[split]} there (the download_glue_data.py layout), "
+                            "or run where the hub is reachable")
+
+
+def test_the_shared_folder_lacks_qnli_train_and_says_so(glue_dir):
+    """The real folder: QNLI's dev set loads from it, its train set is refused offline."""
+    if (glue_dir / "QNLI" / "train.tsv").is_file():
+        pytest.skip(f"{glue_dir} has QNLI/train.tsv")
+    assert len(load_glue("qnli", "validation", glue_dir)) == 5463
+    with pytest.raises(SpikepruneError, match=re.escape(f"{glue_dir / 'QNLI' / 'train.tsv'} not found")):
+        load_glue("qnli", "train", glue_dir)
+
+
 def test_wrong_column_count_names_line(tmp_path):
     path = _write(tmp_path, "RTE/dev.tsv",
                   "index\tsentence1\tsentence2\tlabel\n0\tP\tH\tentailment\n1\tP\tentailment\n")
@@ -209,7 +236,7 @@ def test_unknown_task_and_split(glue_dir):
 
 
 def test_hub_path_offline_says_pass_glue_dir():
-    with pytest.raises(SpikepruneError, match="Hugging Face hub.*--glue-dir") as err:
+    with pytest.raises(SpikepruneError, match=r"hub is offline.*--glue-dir with a folder holding RTE/dev\.tsv") as err:
         load_glue("rte", "validation")
     assert "\n" not in str(err.value)
 

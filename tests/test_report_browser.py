@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from spikeprune import write_report
+from spikeprune import compare_fronts, write_report
 
 from test_ann import ann_study
+from test_compare import studies
 from test_results import make_study, random_study, toy_trials
 
 pytestmark = pytest.mark.integration  # a browser
@@ -83,6 +84,17 @@ def run_chromium(binary: Path, tmp: Path, page: Path, *args: str) -> tuple[str, 
     return proc.stdout, [l for l in proc.stderr.splitlines() if ":CONSOLE" in l]
 
 
+def run_probe(binary: Path, tmp: Path, page: Path, script: str) -> tuple[dict, list[str]]:
+    """Run ``page`` in headless Chromium with ``CATCH`` first in its head and the probe ``script``
+    at the end of its body; what the probe wrote into its <pre id="probe">, and the console messages."""
+    probe = tmp / f"{page.stem}-probe.html"
+    probe.write_text(page.read_text().replace("<head>", "<head>" + CATCH, 1).replace("</body>", script + "</body>", 1))
+    dom, console = run_chromium(binary, tmp, probe, "--dump-dom")
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, flags=re.S)
+    assert found, dom[-2000:]
+    return json.loads(found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")), console
+
+
 def png_pixels(data: bytes) -> tuple[int, int, list[bytes]]:
     """Decode an 8-bit, non-interlaced RGB/RGBA PNG: width, height, pixels (no PIL needed)."""
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
@@ -133,13 +145,7 @@ def report(tmp_path) -> Path:
 
 
 def test_report_runs_in_chromium(chromium_path, report, tmp_path):
-    text = report.read_text()
-    probe = tmp_path / "probe.html"
-    probe.write_text(text.replace("<head>", "<head>" + CATCH, 1).replace("</body>", PROBE + "</body>", 1))
-    dom, console = run_chromium(chromium_path, tmp_path, probe, "--dump-dom")
-    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, flags=re.S)
-    assert found, dom[-2000:]
-    out = json.loads(found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    out, console = run_probe(chromium_path, tmp_path, report, PROBE)
     assert out["errors"] == [] and console == []
     assert out["plots"] == ["pareto", "hypervolume", "layers", "ops"] and out["svgs"] >= 8
     assert out["names"] == ["dominated", "early-stopped", "infeasible", "dominated within noise",
@@ -202,12 +208,7 @@ window.addEventListener("load", function () {
 def test_report_shows_the_ann_references_in_chromium(chromium_path, tmp_path):
     study, ref = ann_study()
     page = write_report(study, tmp_path / "ann.html")[0]
-    probe = tmp_path / "ann-probe.html"
-    probe.write_text(page.read_text().replace("<head>", "<head>" + CATCH, 1).replace("</body>", ANN_PROBE + "</body>", 1))
-    dom, console = run_chromium(chromium_path, tmp_path, probe, "--dump-dom")
-    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, flags=re.S)
-    assert found, dom[-2000:]
-    out = json.loads(found.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+    out, console = run_probe(chromium_path, tmp_path, page, ANN_PROBE)
     assert out["errors"] == [] and console == []
     ann = ["fp32 ANN teacher", "int8 ANN teacher", "integer twins of the front"]
     assert out["names"][-3:] == ann and set(ann) <= set(out["legend"])
@@ -217,3 +218,60 @@ def test_report_shows_the_ann_references_in_chromium(chromium_path, tmp_path):
     assert out["line_x"] == pytest.approx([e, e])
     # The x axis (energy) reaches from below the int8 teacher to beyond the fp32 teacher.
     assert out["xrange"][0] < ref.teacher_int8.energy_uj and out["xrange"][1] > 3 * e
+
+
+COMPARE_PROBE = """<script>
+window.addEventListener("load", function () {
+  const out = {errors: window.__errors || []};
+  const done = () => { const pre = document.createElement("pre"); pre.id = "probe";
+                       pre.textContent = JSON.stringify(out); document.body.appendChild(pre); };
+  try {
+    const gd = document.getElementById("fronts");
+    out.plots = Array.from(document.querySelectorAll(".js-plotly-plot")).map(d => d.id);
+    out.points = gd.querySelectorAll(".scatterlayer .point").length;
+    out.names = gd.data.map(t => t.name);
+    out.sst2_before = [gd.data[0].x, gd.data[0].y];
+    out.hover = gd.data[1].text[0];
+    out.ytitle = gd.layout.yaxis.title.text;
+    gd.querySelector(".updatemenu-header").dispatchEvent(new MouseEvent("click", {bubbles: true}));
+    setTimeout(function () {
+      try {
+        const buttons = Array.from(gd.querySelectorAll(".updatemenu-dropdown-button"));
+        out.buttons = buttons.map(b => b.textContent);
+        buttons[2].dispatchEvent(new MouseEvent("click", {bubbles: true}));   // x axis := energy / dense
+        out.sst2_after = gd.data[0].x;
+        out.xtitle = gd.layout.xaxis.title.text;
+        const th = Array.from(document.querySelectorAll("table.sortable th"));
+        const rows = () => Array.from(document.querySelectorAll("table.sortable tbody tr")).map(r => r.cells[0].textContent);
+        const col = th.findIndex(h => h.textContent === "SOPs / dense");
+        th[col].click();
+        out.sorted = rows();
+        th[col].click();
+        out.sorted_desc = rows();
+      } catch (e) { out.errors.push(String(e)); }
+      done();
+    }, 500);
+  } catch (e) { out.errors.push(String(e)); done(); }
+});
+</script>"""
+
+
+def test_tasks_compared_relative_to_their_dense_students_in_chromium(chromium_path, tmp_path):
+    """Two tasks' fronts side by side, each against its dense student: drawn, switchable, sortable."""
+    page = compare_fronts(studies(), tmp_path / "tasks.html", labels=["SST-2", "CoLA"])
+    out, console = run_probe(chromium_path, tmp_path, page, COMPARE_PROBE)
+    assert out["errors"] == [] and console == []
+    assert out["plots"] == ["fronts"] and out["names"] == ["SST-2", "CoLA", "dense student"]
+    assert out["points"] == 3 + 3 + 1   # each task's front, and the one star every dense student sits on
+    # SST-2's front: 0, -0.5 and -5 points from its dense student at 1, 0.4 and 0.1 of its SOPs
+    assert out["sst2_before"][0] == pytest.approx([1.0, 0.4, 0.1]) and out["sst2_before"][1] == pytest.approx([0, -0.5, -5])
+    assert out["ytitle"] == "metric − dense student's (points)"
+    assert out["hover"].startswith("<b>CoLA</b> (cola)<br>Matthews correlation")
+    assert out["buttons"] == ["metric − dense", "SOPs / dense", "energy / dense", "Σ T / dense", "size / dense"]
+    assert out["sst2_after"] == pytest.approx([1.0, 0.45, 0.1]) and out["xtitle"] == "energy / dense student's"
+    # sorted by the cheapest config's SOPs within 1 point: 0.4 of SST-2's dense student's, 0.8 of CoLA's
+    assert out["sorted"] == ["SST-2", "CoLA"] and out["sorted_desc"] == ["CoLA", "SST-2"]
+    shot = tmp_path / "shot.png"
+    _, console = run_chromium(chromium_path, tmp_path, page, f"--screenshot={shot}", "--window-size=1280,1400")
+    assert console == []
+    assert_not_blank(shot.read_bytes(), min_colours=50)

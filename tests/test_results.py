@@ -24,7 +24,8 @@ from spikeprune.pareto import (NoiseRule, front_hypervolume, hypervolume, hyperv
 from spikeprune.results import analyse_study
 from spikeprune.search import load_study
 from spikeprune.results._report import write_report
-from spikeprune.results._tables import compare_fronts, read_trials, trials_frame, write_trials
+from spikeprune.results._compare import compare_fronts
+from spikeprune.results._tables import read_trials, trials_frame, write_trials
 from spikeprune.results._report import objective_importances
 from spikeprune.objectives import Objective, parse_reference
 

@@ -170,11 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="table format (default: from --out's suffix, csv when printing)")
     p.add_argument("--out", type=Path, default=None, help="file to write (default: print CSV/JSON to stdout)")
 
-    p = add("compare", c.cmd_compare, "overlay the Pareto fronts of several studies",
-            "Overlay the fronts of several studies with the same objectives in one HTML plot, e.g.\n"
-            "the spatial-only, temporal-only, quantization-only and joint searches.")
+    p = add("compare", c.cmd_compare, "put the Pareto fronts of several studies side by side",
+            "Overlay the fronts of several studies in one HTML page. Studies of one task with the same\n"
+            "objectives (e.g. the spatial-only, temporal-only, quantization-only and joint searches) are\n"
+            "shown as measured; studies of different tasks (or with --relative) each relative to their\n"
+            "own dense student: metric minus the dense student's in points, costs as ratios to its costs,\n"
+            "with the config with the fewest SOPs within --max-drop of each dense student.")
     add_study_args(p, many=True)
     p.add_argument("--labels", nargs="+", default=None, help="legend label per study (default: study names)")
+    p.add_argument("--relative", action="store_true", default=None,
+                   help="normalise each study to its dense student even when all are of one task")
+    p.add_argument("--max-drop", type=NON_NEGATIVE, default=0.01,
+                   help="metric drop from the dense student the relative table allows (default 0.01: one point)")
     p.add_argument("--out", type=Path, default=Path("runs/compare.html"), help="HTML file to write (default runs/compare.html)")
 
     p = add("export", c.cmd_export, "export trials as config + packed checkpoint + re-measured metrics",

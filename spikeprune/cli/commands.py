@@ -101,7 +101,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     output_file(args.out, "--out")
     studies = [open_study(args, name) for name in args.studies]
-    print(f"wrote {compare_fronts(studies, args.out, labels=args.labels)}")
+    print(f"wrote {compare_fronts(studies, args.out, labels=args.labels, relative_to_dense=args.relative, max_drop=args.max_drop)}")
     return 0
 
 

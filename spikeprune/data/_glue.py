@@ -12,6 +12,10 @@ loaded.
 
 Labels are class ids in the order of ``TaskSpec.labels`` (the same order as the HF ``glue``
 dataset), or float scores for STS-B (``labels is None``, ``num_labels == 1``).
+
+A split whose file the local folder lacks (QNLI's train set, QQP and MNLI are too large for some
+copies) comes from the hub through ``datasets``; offline (``HF_HUB_OFFLINE=1``, nothing cached) it
+is refused in one line naming the missing file and where it goes.
 """
 
 from __future__ import annotations
@@ -136,7 +140,8 @@ class GlueSplit:
 
 
 def load_glue(task: str, split: str, glue_dir: str | Path | None = None) -> GlueSplit:
-    """Load a split from ``glue_dir`` (classic layout), or from the HF hub when it is None."""
+    """Load a split from ``glue_dir`` (classic layout), or from the HF hub when it is None or
+    lacks the split's file (a mistyped folder is an error, not a download)."""
     spec = get_task(task)
     if split not in spec.files:
         raise SpikepruneError(
@@ -150,16 +155,14 @@ def load_glue(task: str, split: str, glue_dir: str | Path | None = None) -> Glue
             f"GLUE folder {root} does not exist; pass --glue-dir with the folder that holds "
             f"{spec.folder}/ (the download_glue_data.py layout)"
         )
-    return _read_tsv(spec, split, root / spec.folder / spec.files[split])
+    path = root / spec.folder / spec.files[split]
+    if not path.is_file():
+        return _load_hub(spec, split, missing=path)
+    return _read_tsv(spec, split, path)
 
 
 def _read_tsv(spec: TaskSpec, split: str, path: Path) -> GlueSplit:
     """Parse one classic GLUE file strictly: every row must have every column and a valid label."""
-    if not path.is_file():
-        raise SpikepruneError(
-            f"{path} not found; GLUE {spec.name} {split} needs "
-            f"<glue-dir>/{spec.folder}/{spec.files[split]} (the download_glue_data.py layout)"
-        )
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")  # MRPC train/dev start with a byte-order mark
@@ -221,17 +224,32 @@ def _parse_score(value: str, where: str) -> float:
     return score
 
 
-def _load_hub(spec: TaskSpec, split: str) -> GlueSplit:
-    """Online path: the HF ``glue`` dataset, mapped to our columns (its label ids match ours)."""
+def _hub_offline() -> bool:
+    """Whether Hugging Face hub access is switched off (``HF_HUB_OFFLINE``, as the hub client reads it)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _load_hub(spec: TaskSpec, split: str, missing: Path | None = None) -> GlueSplit:
+    """The HF ``glue`` dataset (the hub, or its local cache offline), mapped to our columns (its
+    label ids match ours); ``missing`` is the local file it stands in for, named when it fails."""
+    name = spec.files[split]
     try:
         from datasets import load_dataset
 
         data = load_dataset(HF_DATASET, spec.name, split=split)
     except Exception as exc:  # offline, hub down, no cache: all end the same way for the user
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        why = ("the Hugging Face hub is offline (HF_HUB_OFFLINE=1) and has no cached copy" if _hub_offline()
+               else f"the Hugging Face hub could not provide it ({(str(exc).splitlines() or [type(exc).__name__])[0]})")
+        if missing is not None:
+            raise SpikepruneError(
+                f"GLUE {spec.name} {split}: {missing} not found and {why}; put {spec.folder}/{name} "
+                f"there (the download_glue_data.py layout), or run where the hub is reachable"
+            ) from None
         raise SpikepruneError(
-            f"could not load GLUE {spec.name} {split} from the Hugging Face hub ({reason}); "
-            "pass --glue-dir with a local GLUE folder (the download_glue_data.py layout)"
+            f"could not load GLUE {spec.name} {split}: {why}; pass --glue-dir with a folder holding "
+            f"{spec.folder}/{name} (the download_glue_data.py layout)"
         ) from None
     texts = [list(data[name]) for name in spec.hf_text_columns]
     labels = [float(v) for v in data["label"]] if spec.is_regression else list(data["label"])

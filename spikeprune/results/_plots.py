@@ -90,36 +90,47 @@ def scatter_with_axis_menus(groups: Sequence[tuple[str, list[FrozenTrial], dict,
                             references: Sequence[ReferenceTrace] = ()) -> go.Figure:
     """Scatter of trial groups, and any ``references``, with x / y dropdowns over the objectives.
 
-    ``groups`` holds (legend name, trials, marker style, hover texts). Each dropdown button
-    re-assigns the x (or y) data of every trace, so any pair of objectives can be viewed.
+    ``groups`` holds (legend name, trials, marker style, hover texts); see ``menu_scatter``.
     """
-    xi, yi = _default_axes(objectives)
+    axes = [(o.shown, f"{o.shown} ({o.direction})") for o in objectives]
+    lines = [(ref, [ref.values.get(o.name, [None] * len(ref.hover)) for o in objectives]) for ref in references]
+    return menu_scatter([(name, [t.number for t in trials], [list(t.values) for t in trials], marker, hover)
+                         for name, trials, marker, hover in groups], axes, title, _default_axes(objectives), lines)
+
+
+def menu_scatter(groups: Sequence[tuple[str, list[int], list[list[float]], dict, list[str]]],
+                 axes: Sequence[tuple[str, str]], title: str, default: tuple[int, int],
+                 references: Sequence[tuple[ReferenceTrace, list[list[float | None]]]] = ()) -> go.Figure:
+    """Scatter of point groups, and any reference traces, with x / y dropdowns over the columns of
+    their rows.
+
+    ``groups`` holds (legend name, trial numbers, one row of values per trial, marker style, hover
+    texts); ``axes`` a (menu label, axis title) per column; ``default`` the (x, y) columns shown
+    first; ``references`` a (trace, one list of values per column) each. Each dropdown button
+    re-assigns the x (or y) data of every trace, so any pair of columns can be viewed.
+    """
+    xi, yi = default
     fig = go.Figure()
-    columns = []  # per trace: one array of values per objective
-    for name, trials, marker, hover in groups:
-        cols = [[t.values[k] for t in trials] for k in range(len(objectives))]
+    columns = []  # per trace: one array of values per column
+    for name, numbers, rows, marker, hover in groups:
+        cols = [[row[k] for row in rows] for k in range(len(axes))]
         columns.append(cols)
         fig.add_trace(go.Scatter(
             x=cols[xi], y=cols[yi], mode="markers", name=name, marker=marker, text=hover,
-            customdata=[t.number for t in trials], hovertemplate="%{text}<extra></extra>"))
-    for ref in references:
-        size = len(ref.hover)
-        cols = [ref.values.get(o.name, [None] * size) for o in objectives]
+            customdata=list(numbers), hovertemplate="%{text}<extra></extra>"))
+    for ref, cols in references:
         columns.append(cols)
         fig.add_trace(go.Scatter(x=cols[xi], y=cols[yi], name=ref.name, text=ref.hover,
                                  hovertemplate="%{text}<extra></extra>", **ref.style))
 
     def buttons(axis: str) -> list[dict]:
-        return [dict(label=o.shown, method="update",
-                     args=[{axis: [cols[k] for cols in columns]},
-                           {f"{axis}axis.title.text": f"{o.shown} ({o.direction})"}])
-                for k, o in enumerate(objectives)]
+        return [dict(label=label, method="update",
+                     args=[{axis: [cols[k] for cols in columns]}, {f"{axis}axis.title.text": axis_title}])
+                for k, (label, axis_title) in enumerate(axes)]
 
     fig.update_layout(
         title=title, height=560, hovermode="closest", legend=dict(orientation="h", y=-0.15),
-        xaxis_title=f"{objectives[xi].shown} ({objectives[xi].direction})",
-        yaxis_title=f"{objectives[yi].shown} ({objectives[yi].direction})",
-        margin=dict(t=110),
+        xaxis_title=axes[xi][1], yaxis_title=axes[yi][1], margin=dict(t=110),
         updatemenus=[
             dict(buttons=buttons("x"), active=xi, direction="down", x=0.62, y=1.2, xanchor="left", yanchor="top"),
             dict(buttons=buttons("y"), active=yi, direction="down", x=0.88, y=1.2, xanchor="left", yanchor="top"),

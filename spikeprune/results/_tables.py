@@ -1,4 +1,4 @@
-"""Trials as a pandas table (CSV / Parquet / JSON) and an overlay of several studies' fronts.
+"""Trials as a pandas table (CSV / Parquet / JSON).
 
 One row per trial. Nested user attributes are flattened to dotted columns (``compression.heads.0``,
 ``report.sops``, ``metrics.accuracy``, ``timing.total_s``, ``param.heads_l0``, ``constraint.sops_max``,
@@ -8,7 +8,6 @@ ANN teacher's, the int8 teacher's and its integer twin's.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,9 @@ import optuna
 import pandas as pd
 
 from spikeprune.errors import SpikepruneError
-from spikeprune.pareto import front_hypervolume, is_feasible
+from spikeprune.pareto import is_feasible
 from spikeprune.records import StudyRecord, TrialRecord
 
-from spikeprune.results import _plots as plots
 from spikeprune.results._analysis import Analysis, analyse_study
 
 FORMATS = ("csv", "parquet", "json")
@@ -133,45 +131,3 @@ def read_trials(path: str | Path, fmt: str | None = None) -> pd.DataFrame:
         if col in frame:
             frame[col] = pd.to_datetime(frame[col], format="ISO8601")
     return frame
-
-
-def compare_fronts(studies: Sequence[optuna.Study], out_html: str | Path,
-                   labels: Sequence[str] | None = None) -> Path:
-    """One offline HTML page overlaying the Pareto fronts of several studies.
-
-    The studies must share their objectives. Hypervolumes are all measured from the first study's
-    reference point so the numbers are comparable.
-    """
-    if not studies:
-        raise SpikepruneError("compare_fronts needs at least one study")
-    labels = list(labels) if labels is not None else [s.study_name for s in studies]
-    if len(labels) != len(studies):
-        raise SpikepruneError(f"got {len(labels)} labels for {len(studies)} studies; give one label per study")
-    analyses = [analyse_study(s) for s in studies]
-    objectives = analyses[0].objectives
-    for a in analyses[1:]:
-        if a.objectives != objectives:
-            raise SpikepruneError(
-                f"study {a.study_name!r} has objectives {[o.name for o in a.objectives]} but "
-                f"{analyses[0].study_name!r} has {[o.name for o in objectives]}; "
-                f"compare studies with the same objectives")
-    reference = next((a.reference for a in analyses if a.reference is not None), None)
-    groups = []
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-    rows = []
-    for i, (label, a) in enumerate(zip(labels, analyses)):
-        front = a.split.front
-        hover = [f"<b>{label}</b><br>" + plots.trial_hover(t, objectives, "front") for t in front]
-        groups.append((label, front, dict(color=colours[i % len(colours)], size=9), hover))
-        hv = front_hypervolume(front, reference) if reference is not None else None
-        rows.append([label, a.study_name, len(a.trials), len(front), hv])
-    fig = plots.scatter_with_axis_menus(groups, objectives, "Pareto fronts")
-    table = plots.html_table(["label", "study", "trials", "front size", "hypervolume"], rows)
-    note = ("hypervolume from the reference point of the first study with a baseline"
-            if reference is not None else "no study has a baseline, so no hypervolume")
-    out = Path(out_html)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(plots.page("spikeprune: Pareto fronts compared", [
-        "<h1>Pareto fronts compared</h1>", plots.figure_div(fig, "fronts"),
-        f'<h2>Studies</h2><p class="note">{note}</p>', table]), encoding="utf-8")
-    return out
