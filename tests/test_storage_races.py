@@ -1,9 +1,15 @@
 """Two writers of one trial while the storage drops its connection, on the journal and on PostgreSQL
 (real storages, with the fault injected into the storage object the driver's ``RetryingStorage``
-wraps): drivers that all find a dead driver's trial RUNNING (they start together after a restart)
-queue it again once, whichever of them gets there first and wherever the other is cut off. The
-chaos run of seed 35 died with ``UpdateFinishedTrialError`` when one driver's re-queue, held up by
-a PostgreSQL restart, found the trial re-queued by the other.
+wraps):
+
+- a tell whose commit landed before the connection dropped is retried, finds its trial finished
+  with its own result and is done, counted once;
+- a tell cut off by a lost connection while another process finished the trial with another
+  result stops with one line naming the trial (the stored result stands);
+- drivers that all find a dead driver's trial RUNNING (they start together after a restart) queue
+  it again once, whichever of them gets there first and wherever the other is cut off: the chaos
+  run of seed 35 died with ``UpdateFinishedTrialError`` when one driver's re-queue, held up by a
+  PostgreSQL restart, found the trial re-queued by the other.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from optuna.trial import TrialState
 
 from spikeprune import open_storage
 from spikeprune.search._resume import Resume
-from spikeprune.search._storage import RetryingStorage
+from spikeprune.search._storage import RetryingStorage, StorageConflict
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -70,6 +76,44 @@ def new_study(location: str) -> tuple[str, Driver, optuna.Study]:
     name = f"race-{uuid.uuid4().hex[:8]}"
     driver = Driver(location)
     return name, driver, optuna.create_study(storage=driver.storage, study_name=name, directions=DIRECTIONS)
+
+
+def test_a_tell_that_committed_before_the_connection_dropped_is_done(location):
+    name, driver, study = new_study(location)
+    trial = study.ask(X)
+
+    dropped = []
+
+    def commit_then_drop(real, *args, **kwargs):
+        real(*args, **kwargs)
+        dropped.append(True)
+        raise lost_connection(location)
+
+    driver.next_call("set_trial_state_values", commit_then_drop)
+    study.tell(trial, [0.5, 10.0])
+    assert dropped
+    stored = optuna.load_study(study_name=name, storage=open_storage(location)).get_trials()
+    assert [(t.state, t.values) for t in stored] == [(TrialState.COMPLETE, [0.5, 10.0])]
+
+
+def test_a_tell_cut_off_while_another_process_finished_the_trial_is_a_conflict(location):
+    name, driver, study = new_study(location)
+    trial = study.ask(X)
+    other = optuna.load_study(study_name=name, storage=open_storage(location))
+
+    def other_tells_then_drop(real, *args, **kwargs):
+        other.tell(trial.number, [0.25, 20.0])
+        raise lost_connection(location)
+
+    driver.next_call("set_trial_state_values", other_tells_then_drop)
+    with pytest.raises(StorageConflict) as error:
+        study.tell(trial, [0.5, 10.0])
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("trial #0 was finished by another process (COMPLETE 0.25, 20) while this driver "
+                              "told it COMPLETE 0.5, 10 over a lost connection"), message
+    stored = optuna.load_study(study_name=name, storage=open_storage(location)).get_trials()
+    assert [(t.state, t.values) for t in stored] == [(TrialState.COMPLETE, [0.25, 20.0])]
 
 
 @pytest.mark.parametrize("cut", ["outage-before-its-first-write", "after-its-error-note", "outage-during-its-fail"])
