@@ -133,13 +133,14 @@ def open_storage(url_or_path: str | Path) -> BaseStorage:
                               f"use postgresql+psycopg2://user@host:port/db") from None
     try:
         return RDBStorage(text, engine_kwargs={"pool_pre_ping": True})
-    except sqlalchemy.exc.OperationalError as e:
-        reason = str(e.orig).strip().splitlines()[0] if e.orig else "connection failed"
-        raise SpikepruneError(f"cannot connect to storage {describe(text)} ({reason}); is the database server "
-                              f"running and the URL right?") from None
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as e:
         raise SpikepruneError(f"storage URL {describe(text)} needs a database driver that is not installed ({e})") from None
-    except optuna.exceptions.StorageInternalError as e:
+    except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError) as e:
+        # A connection lost while Optuna checks its tables comes wrapped as a StorageInternalError
+        # ("invalid data in the commit"): it is the server going away all the same.
+        if _unreachable(e):
+            raise SpikepruneError(f"cannot connect to storage {describe(text)} ({_reason(e)}); is the database "
+                                  f"server running and the URL right?") from None
         raise SpikepruneError(f"storage {describe(text)} cannot be used: {str(e).splitlines()[0]}") from None
 
 
