@@ -8,7 +8,11 @@ faults it found, each reproduced on its own:
 - the disk filling while a trial's parameters are drawn stops the driver with that line too (it
   used to be taken for a bad config, whose error could not be recorded either: a raw OSError);
 - a PostgreSQL connection lost while the trials are read is waited out (it stopped a driver with
-  a traceback).
+  a traceback);
+- a PostgreSQL connection lost while a driver opens the storage is said to be one (it was reported
+  as Optuna's "invalid data in the commit");
+- drivers re-queuing one dead driver's trial together, one of them held up by a PostgreSQL restart,
+  queue it once (it stopped a driver with ``UpdateFinishedTrialError``): tests/test_storage_races.py.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import pytest
 from optuna.trial import TrialState
 
 from spikeprune import BaseBundle, SearchSettings, SearchSpace
+from spikeprune.errors import SpikepruneError
 from spikeprune.search._driver import Driver
 from spikeprune.search._journal import inspect_journal
 from spikeprune.search._storage import RetryingStorage, StorageOutage, default_storage, open_storage
@@ -159,3 +164,39 @@ def test_a_connection_lost_while_trials_are_read_is_waited_out(postgres_url):
     trials = storage.get_all_trials(rdb.get_study_id_from_name(name))
     assert dropped, "the connection was not dropped while the trials were read"
     assert [t.values for t in trials] == [[0.0], [1.0], [2.0]]
+
+
+@pytest.mark.integration
+def test_a_connection_lost_while_the_storage_opens_is_a_connection_failure(postgres_url):
+    """PostgreSQL ends the connection while Optuna checks its tables on opening: Optuna wraps that
+    as a StorageInternalError about "invalid data in the commit"; the driver says it cannot
+    connect, with the server's reason, like any refused connection."""
+    import psycopg2
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine, make_url
+
+    url = make_url(postgres_url)
+    dropped: list[int] = []
+
+    def drop_connection(conn, cursor, statement, *args) -> None:
+        """The server ends this connection just before Optuna reads its schema version."""
+        if "FROM version_info" in statement and not dropped:
+            dropped.append(cursor.connection.info.backend_pid)
+            admin = psycopg2.connect(host=url.host, port=url.port, user=url.username, dbname=url.database)
+            try:
+                admin.cursor().execute("SELECT pg_terminate_backend(%s, 10000)", (dropped[0],))  # waits for it
+                admin.commit()
+            finally:
+                admin.close()
+
+    event.listen(Engine, "before_cursor_execute", drop_connection)   # the engine is made inside open_storage
+    try:
+        with pytest.raises(SpikepruneError) as error:
+            open_storage(postgres_url)
+    finally:
+        event.remove(Engine, "before_cursor_execute", drop_connection)
+    assert dropped, "the connection was not dropped while the storage opened"
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot connect to storage {postgres_url} (server closed the connection "
+                              f"unexpectedly); is the database server running"), message

@@ -246,9 +246,9 @@ class Driver:
             leader = self.storage.get_trial(self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number))
             if leader.state == TrialState.RUNNING:
                 owner = TrialRecord.of(leader).driver or {}
-                if not self.resume.alive(owner.get("id"), self.resume.beats()):
-                    self.resume.requeue(number, leader.params, leader.user_attrs,
-                                        f"driver {self.resume.who(owner)} stopped while the trial ran")
+                gone = not self.resume.alive(owner.get("id"), self.resume.beats())
+                reason = f"driver {self.resume.who(owner)} stopped while the trial ran"
+                if gone and self.resume.requeue(number, leader.params, leader.user_attrs, reason):
                     self.stats.re_queued.append(number)
                 continue
             del self.foreign[number]

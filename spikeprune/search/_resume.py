@@ -5,6 +5,10 @@ each trial it asks with its identity (user attr ``driver``). A driver is alive w
 runs (same host) or its heartbeat is recent (another host: within ``stale_after_s``). Trials left
 RUNNING by a driver that is not alive are failed and their parameters enqueued again, keeping the
 seed flags, so no finished trial is re-run and no config is lost.
+
+Several live drivers may find the same dead driver's trial (all of them start together after a
+restart): the one whose FAIL lands re-queues it; the others find it finished and leave it, so it
+is queued once.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import uuid
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 HEARTBEAT_KEY = "spikeprune:driver:"
@@ -59,8 +64,8 @@ class Resume:
                 continue
             # An enqueued config (a seed, a retry) may die before all of it was drawn: keep it whole.
             params = {**t.system_attrs.get("fixed_params", {}), **t.params}
-            self.requeue(t.number, params, t.user_attrs, f"driver {self.who(owner)} stopped while the trial ran")
-            re_queued.append(t.number)
+            if self.requeue(t.number, params, t.user_attrs, f"driver {self.who(owner)} stopped while the trial ran"):
+                re_queued.append(t.number)
         return re_queued
 
     @staticmethod
@@ -95,11 +100,22 @@ class Resume:
                                                {"time": now, "host": self.host, "pid": self.pid})
             self.last_beat = now
 
-    def requeue(self, number: int, params: dict[str, Any], attrs: dict[str, Any], reason: str) -> None:
-        """Fail a RUNNING trial and enqueue its parameters again (keeping its seed flags)."""
+    def requeue(self, number: int, params: dict[str, Any], attrs: dict[str, Any], reason: str) -> bool:
+        """Fail a RUNNING trial and enqueue its parameters again (keeping its seed flags); False when
+        the trial was finished meanwhile (another driver re-queued it first), and then nothing is done.
+
+        The FAIL goes to the storage, which takes one finishing write per trial: a driver whose FAIL
+        finds the trial finished did not re-queue it, so a config is queued once however many
+        drivers find the trial. A FAIL retried after a lost connection cannot tell the two apart
+        (``RetryingStorage`` sees the FAIL it meant to write), so a retry already queued for the
+        trial is not queued again."""
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
-        self.storage.set_trial_user_attr(trial_id, "error", f"{reason}; re-queued")
-        self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-        if params:
+        try:
+            self.storage.set_trial_user_attr(trial_id, "error", f"{reason}; re-queued")
+            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            return False
+        if params and not any(t.user_attrs.get("retry_of") == number for t in self.study.get_trials(deepcopy=False)):
             flags = {k: attrs[k] for k in ("seeded", "baseline") if k in attrs}
             self.study.enqueue_trial(params, user_attrs={**flags, "retry_of": number})
+        return True

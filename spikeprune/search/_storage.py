@@ -133,13 +133,14 @@ def open_storage(url_or_path: str | Path) -> BaseStorage:
                               f"use postgresql+psycopg2://user@host:port/db") from None
     try:
         return RDBStorage(text, engine_kwargs={"pool_pre_ping": True})
-    except sqlalchemy.exc.OperationalError as e:
-        reason = str(e.orig).strip().splitlines()[0] if e.orig else "connection failed"
-        raise SpikepruneError(f"cannot connect to storage {describe(text)} ({reason}); is the database server "
-                              f"running and the URL right?") from None
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as e:
         raise SpikepruneError(f"storage URL {describe(text)} needs a database driver that is not installed ({e})") from None
-    except optuna.exceptions.StorageInternalError as e:
+    except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError) as e:
+        # A connection lost while Optuna checks its tables comes wrapped as a StorageInternalError
+        # ("invalid data in the commit"): it is the server going away all the same.
+        if _unreachable(e):
+            raise SpikepruneError(f"cannot connect to storage {describe(text)} ({_reason(e)}); is the database "
+                                  f"server running and the URL right?") from None
         raise SpikepruneError(f"storage {describe(text)} cannot be used: {str(e).splitlines()[0]}") from None
 
 
@@ -187,6 +188,14 @@ class StorageOutage(SpikepruneError):
     """The storage stayed out of reach past the patience: the run must stop (nothing to record it in)."""
 
 
+class StorageConflict(SpikepruneError):
+    """Two processes finished one trial with different results: the first one stored stands."""
+
+
+def _result(state: optuna.trial.TrialState, values: list[float] | None) -> str:
+    return state.name if values is None else f"{state.name} {', '.join(f'{v:.6g}' for v in values)}"
+
+
 class RetryingStorage(optuna.storages.BaseStorage):
     """Any Optuna storage, with every call retried while the storage is out of reach.
 
@@ -194,7 +203,9 @@ class RetryingStorage(optuna.storages.BaseStorage):
     (``RETRY_DELAYS_S``) for up to ``patience`` seconds; then the outage becomes one
     ``StorageOutage`` (a ``SpikepruneError``) and later calls fail at once (so the way out does not wait again). Each
     storage call is one transaction, so retrying it alone is safe; the one call that is not
-    idempotent, finishing a trial, is recognised when a retry finds the first attempt did commit.
+    idempotent, finishing a trial, may have committed before the connection dropped: a retry that
+    finds the trial finished reads it back, and the tell is done when it holds the state and values
+    this tell meant to write, a ``StorageConflict`` when it holds another result.
     """
 
     def __init__(self, inner: optuna.storages.BaseStorage, where: str, patience: float) -> None:
@@ -214,9 +225,9 @@ class RetryingStorage(optuna.storages.BaseStorage):
             try:
                 result = method(*args, **kwargs)
             except optuna.exceptions.UpdateFinishedTrialError:
-                if first_failure is not None and name == "set_trial_state_values":
-                    return True  # the attempt that seemed to fail had committed
-                raise
+                if first_failure is None or name != "set_trial_state_values":
+                    raise
+                result = self._told_already(*args, **kwargs)  # the attempt that seemed to fail may have committed
             except Exception as e:
                 if self._gave_up or not _unreachable(e):
                     raise
@@ -241,6 +252,17 @@ class RetryingStorage(optuna.storages.BaseStorage):
                 LOG.warning("storage %s is reachable again after %.0f s", self._where,
                             time.monotonic() - first_failure)
             return result
+
+    def _told_already(self, trial_id: int, state: optuna.trial.TrialState, values: Any = None) -> bool:
+        """A retried tell found its trial finished: done if the trial holds what the tell meant to
+        write (the attempt that seemed to fail had committed), else another process finished it."""
+        stored = self._call("get_trial", (trial_id,), {})
+        meant = None if values is None else [float(v) for v in values]
+        if stored.state == state and stored.values == meant:
+            return True
+        raise StorageConflict(f"trial #{stored.number} was finished by another process "
+                              f"({_result(stored.state, stored.values)}) while this driver told it "
+                              f"{_result(state, meant)} over a lost connection; the stored result stands")
 
 
 def _retrying(name: str) -> Any:
