@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     start = time.perf_counter()
-    name = f"judged-{args.space}-{args.sampler or 'default'}-{args.seed}"
+    # A space given as a file is named by its stem, so the study name stays a valid one.
+    name = f"judged-{Path(args.space).stem}-{args.sampler or 'default'}-{args.seed}"
     study = run_search(SearchSettings(prepared=args.prepared, space=args.space, study_name=name, n_trials=args.n_trials,
                                       workers=args.workers, run_dir=args.run_dir, seed=args.seed, sampler=args.sampler,
                                       glue_dir=args.glue_dir, energy="int45nm",
