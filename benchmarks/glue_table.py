@@ -10,7 +10,9 @@ early stopping as shipped (the ``joint`` preset: the guided sampler), and prints
 - the config with the fewest synaptic operations whose metric is at most ``--max-drop`` below the
   dense student's (``spikeprune.cheapest_within``): its metric, and its SOPs, Σ T and energy as
   ratios to the dense student's, with whether it needs at least 2× fewer SOPs and by how much it
-  falls short when not.
+  falls short when not;
+- the energy of the dense student and of that config against the fp32 ANN teacher's on the same
+  tokens (the trials' stored ANN references).
 
 Each row is written to ``<out>/rows/<task>.json`` (``--out`` without its suffix) as soon as its task
 finishes, and a re-run skips tasks whose row was made with the same settings (prepare and the
@@ -54,6 +56,17 @@ def settings_of(args: Any) -> dict[str, Any]:
             "max_examples": args.max_examples, "max_drop": args.max_drop, "seed": args.seed}
 
 
+def ann_energy(study: Any, numbers: dict[str, int]) -> dict[str, float]:
+    """Each named trial's energy as a multiple of the fp32 ANN teacher's on the same tokens."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    ratios = {name: TrialRecord.of(trials[n]).ann_ratios for name, n in numbers.items()}
+    missing = [name for name, r in ratios.items() if r is None]
+    if missing:
+        raise SpikepruneError(f"study {study.study_name}: the {' and '.join(missing)} trial holds no ANN reference; "
+                              "delete its row and study to measure them again")
+    return {name: r["teacher"] for name, r in ratios.items()}
+
+
 def measure(task: str, args: Any) -> dict[str, Any]:
     """Prepare (or reuse) the task's base, run (or resume) its search and build its row."""
     started = time.perf_counter()
@@ -76,7 +89,8 @@ def measure(task: str, args: Any) -> dict[str, Any]:
         "metric": name, "dev_examples": examples,
         "teacher": record.teacher_metrics[name], "student_prepared": record.student_metrics[name],
         "dense": dense.metric, "majority": benchlib.majority(base, examples)[name],
-        "dense_costs": dense.costs,
+        "dense_trial": dense.number, "dense_costs": dense.costs,
+        "x_ann_fp32": ann_energy(study, {"dense": dense.number, "best": best.number}),
         "best": {"trial": best.number, "metric": best.metric, "delta_points": best.delta * 100,
                  "costs": best.costs, "ratios": best.ratios,
                  "config": next(t.params for t in trials if t.number == best.number)},
@@ -94,14 +108,16 @@ def verdict(row: dict[str, Any]) -> str:
 
 
 def print_table(rows: list[dict[str, Any]], max_drop: float) -> list[list[str]]:
-    header = ["task", "metric", "teacher", "dense student", "majority", "best trial", "its metric (Δ points)",
-              "SOPs / dense", "Σ T / dense", "energy / dense", "SOPs saved (target 2×)"]
+    header = ["task", "metric", "teacher", "dense student", "majority", "dense / ANN energy", "best trial",
+              "its metric (Δ points)", "SOPs / dense", "Σ T / dense", "energy / dense", "best / ANN energy",
+              "SOPs saved (target 2×)"]
     lines = []
     for r in rows:
-        b = r["best"]
+        b, ann = r["best"], r["x_ann_fp32"]
         lines.append([r["task"], r["metric"], f"{r['teacher']:.4f}", f"{r['dense']:.4f}", f"{r['majority']:.4f}",
-                      f"#{b['trial']}", f"{b['metric']:.4f} ({b['delta_points']:+.2f})", f"{b['ratios']['sops']:.3f}",
-                      f"{b['ratios']['sum_t']:.3f}", f"{b['ratios']['energy_uj']:.3f}", verdict(r)])
+                      f"{ann['dense']:.2f}", f"#{b['trial']}", f"{b['metric']:.4f} ({b['delta_points']:+.2f})",
+                      f"{b['ratios']['sops']:.3f}", f"{b['ratios']['sum_t']:.3f}", f"{b['ratios']['energy_uj']:.3f}",
+                      f"{ann['best']:.3f}", verdict(r)])
     print(f"\nbest config: the fewest SOPs with a metric at most {max_drop * 100:g} point(s) below the dense student")
     print(benchlib.table(header, lines))
     return lines

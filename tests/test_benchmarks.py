@@ -276,6 +276,10 @@ def test_glue_table_prepares_searches_and_resumes(tmp_path, glue_dir, ray_local,
         assert row["best"]["trial"] == best.number and row["dense"] == metric(dense)
         assert row["best"]["ratios"]["sops"] == pytest.approx(sops(best) / sops(dense))
         assert row["sops_target_met"] == (sops(best) <= 0.5 * sops(dense))
+        fp32 = lambda t: TrialRecord.of(t).ann["teacher"]["energy_uj"]  # noqa: E731
+        assert row["dense_trial"] == dense.number
+        assert row["x_ann_fp32"] == pytest.approx({"dense": TrialRecord.of(dense).report["energy_uj"] / fp32(dense),
+                                                   "best": TrialRecord.of(best).report["energy_uj"] / fp32(best)})
         assert row["teacher"] == PreparedRecord.read(row["prepared"]).teacher_metrics["accuracy"]
         labels = BaseBundle.load(row["prepared"], glue_dir).dev["labels"][:16]
         assert row["dev_examples"] == 16 and row["majority"] == Counter(labels).most_common(1)[0][1] / 16

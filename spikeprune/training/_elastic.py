@@ -211,7 +211,7 @@ def train_elastic(student: SpikingBertForSequenceClassification, teacher: nn.Mod
     else:
         data = load_split(spec.name, "train", glue_dir, tokenizer, p.max_length, p.elastic_examples, seed + 2)
         summary = train_loop({"student": student, "loss": loss_fn}, step_loss, data, batch_size=p.batch_size,
-                             epochs=1, lr=p.elastic_lr, warmup_ratio=p.warmup_ratio, weight_decay=p.weight_decay,
+                             epochs=p.elastic_epochs, lr=p.elastic_lr, warmup_ratio=p.warmup_ratio, weight_decay=p.weight_decay,
                              seed=seed + 2, pad_id=tokenizer.pad_token_id or 0, device=device,
                              ckpt_dir=out_dir / "checkpoints" / "elastic", checkpoint_every=p.checkpoint_every,
                              desc=f"elastic {spec.name} (sandwich of {2 + p.elastic_sampled})", bucket=p.length_bucket)

@@ -64,10 +64,11 @@ class Preset:
     #: a SpikingBERT-family student ignores it
     residual_thresholds: str = "population"
     #: for the "elastic" family: the sandwich-rule training that makes every config of the
-    #: search space good (training/_elastic.py): its sentences (0: none, the θ table alone), rate,
-    #: random configs per batch besides the largest and smallest, and the smallest's share of
-    #: each layer's heads and FFN neurons
+    #: search space good (training/_elastic.py): its sentences (0: none, the θ table alone) and
+    #: passes over them, rate, random configs per batch besides the largest and smallest, and the
+    #: smallest's share of each layer's heads and FFN neurons
     elastic_examples: int | None = 0
+    elastic_epochs: int = 1
     elastic_lr: float = 5e-5
     elastic_sampled: int = 2
     elastic_min_width: float = 0.25
