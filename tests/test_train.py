@@ -298,7 +298,7 @@ def test_named_presets_take_their_task_values_before_any_set():
     assert get_preset("quick") == PRESETS["quick"]                    # no task: the preset as it is
     assert get_preset("quick", "qnli") == PRESETS["quick"]           # a task without values takes the preset's
     cola = get_preset("quick", "CoLA")                               # single sentences: the preset's length
-    assert (cola.max_length, cola.teacher_epochs, cola.batch_size, cola.label_weight) == (64, 3, 16, 0.5)
+    assert (cola.max_length, cola.teacher_epochs, cola.batch_size, cola.label_weight) == (64, 4, 16, 0.5)
     assert get_preset("quick", "wnli").distill_lr == get_preset("quick", "rte").distill_lr == 2e-5
     assert override_preset("quick", ["max_length=96"], "mrpc").max_length == 96
     assert override_preset("quick", [], "mrpc").teacher_epochs == 3
