@@ -19,6 +19,7 @@ from spikeprune.models._compress import load_importance, prune, quantize_model, 
 from spikeprune.models._config import CompressionConfig
 from spikeprune.models._evaluation import evaluate_model
 from spikeprune.models._model import SpikingBertForSequenceClassification
+from spikeprune.spaces import SearchSpace, preset_names
 from spikeprune.training import _prepare as prepare_module
 from spikeprune.training._convert import elastic_from_converted
 from spikeprune.training._elastic import TRAINED_BITS, ElasticAxes, ElasticRunner, train_elastic
@@ -78,21 +79,32 @@ def test_weight_widths_during_training_are_the_quantizer_s_grids():
 def test_sampled_configs_stay_on_the_axes_and_reach_both_ends():
     model = tiny_elastic([16, 16])
     axes = ElasticAxes.of(model, dataclasses.replace(ELASTIC, elastic_min_width=0.25))
-    assert (axes.heads, axes.min_heads, axes.neurons, axes.max_steps) == (4, 1, 32, 16)
+    # Units in sixths of the layer's, counted down from the whole: 32 - 5k neurons, at least 8.
+    assert (axes.heads, axes.min_heads, axes.neurons, axes.min_neurons, axes.max_steps) == (4, 1, 32, 12, 16)
     torch.manual_seed(0)
     configs = [axes.sample(2) for _ in range(400)]
-    heads = {h for c in configs for h in c.heads}
-    neurons = {n for c in configs for n in c.neurons}
-    steps = {t for c in configs for t in c.timesteps}
-    assert heads == {1, 2, 3, 4}
-    assert min(neurons) >= axes.min_neurons and max(neurons) == 32 and all(n % axes.neuron_step == 0 for n in neurons)
-    assert steps == {1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 13, 16}      # log-spaced: as many values below 4 as above 8
+    assert {h for c in configs for h in c.heads} == {1, 2, 3, 4}
+    assert {n for c in configs for n in c.neurons} == {12, 17, 22, 27, 32}
+    assert {t for c in configs for t in c.timesteps} == {1, 2, 3, 4, 6, 8, 12, 16}   # the shipped spaces' steps
     assert {b for c in configs for b in c.weight_bits} == set(TRAINED_BITS)
     # Each axis is left whole in about half the configs, and cut uniformly or per layer in the rest.
     whole = sum(c.timesteps == [16, 16] for c in configs) / len(configs)
     mixed = sum(c.heads[0] != c.heads[1] for c in configs) / len(configs)
     assert 0.4 < whole < 0.65 and 0.1 < mixed < 0.3
     assert axes.smallest(2).timesteps == [1, 1] and axes.largest(2).weight_bits == [32.0, 32.0]
+
+
+def test_the_quick_base_trains_on_the_grids_the_shipped_spaces_search():
+    """12 heads and 1,536 neurons at a quarter at least: 4-12 heads in 2s, 512-1,536 in 256s."""
+    axes = ElasticAxes(heads=12, neurons=1536, min_heads=4, min_neurons=512, head_step=2, neuron_step=256, max_steps=16)
+    assert ElasticAxes.of(tiny_elastic([16, 16]), ELASTIC).step_choices() == [1, 2, 3, 4, 6, 8, 12, 16]
+    torch.manual_seed(0)
+    configs = [axes.sample(6) for _ in range(300)]
+    for name in preset_names():
+        space = SearchSpace.load(name)
+        for axis in ("heads", "neurons", "timesteps"):
+            if space.knobs[axis].searched:
+                assert set(space.knobs[axis].values()) == {v for c in configs for v in getattr(c, axis)}, (name, axis)
 
 
 def test_prepare_makes_an_elastic_base_from_its_converted_student(tmp_path, glue_dir, monkeypatch):

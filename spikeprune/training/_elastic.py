@@ -48,14 +48,16 @@ TRAINED_BITS: tuple[float, ...] = (2.0, 4.0, 8.0, FLOAT_BITS)
 
 @dataclass(frozen=True)
 class ElasticAxes:
-    """What the training samples per layer: at least ``min_heads`` heads and ``min_neurons`` FFN
-    neurons (in steps of ``neuron_step``), 1..``max_steps`` steps (the base's) and a width of
-    ``TRAINED_BITS``."""
+    """What the training samples per layer: heads and FFN neurons in steps of a sixth of the
+    layer's (at least ``min_heads`` and ``min_neurons``), steps 1, 2, 3, 4, 6, 8, ... up to
+    ``max_steps`` (the base's) and a width of ``TRAINED_BITS``: the grids the shipped spaces search,
+    so the training spends its configs where trials are evaluated."""
 
     heads: int
     neurons: int
     min_heads: int
     min_neurons: int
+    head_step: int
     neuron_step: int
     max_steps: int
 
@@ -65,10 +67,10 @@ class ElasticAxes:
         heads, neurons = max(cfg.heads), max(cfg.intermediate_sizes)
         if any(h != heads for h in cfg.heads) or any(n != neurons for n in cfg.intermediate_sizes):
             raise SpikepruneError("elastic training starts from an unpruned student; prune after it")
-        step = max(1, neurons // 24)
-        return cls(heads=heads, neurons=neurons, min_heads=max(1, math.ceil(p.elastic_min_width * heads)),
-                   min_neurons=max(step, math.ceil(p.elastic_min_width * neurons / step) * step),
-                   neuron_step=step, max_steps=max(cfg.timesteps))
+        head_step, neuron_step = max(1, heads // 6), max(1, neurons // 6)
+        return cls(heads=heads, neurons=neurons, min_heads=_smallest_on_grid(heads, head_step, p.elastic_min_width),
+                   min_neurons=_smallest_on_grid(neurons, neuron_step, p.elastic_min_width),
+                   head_step=head_step, neuron_step=neuron_step, max_steps=max(cfg.timesteps))
 
     def largest(self, layers: int) -> CompressionConfig:
         return CompressionConfig([self.heads] * layers, [self.neurons] * layers, [self.max_steps] * layers,
@@ -77,6 +79,12 @@ class ElasticAxes:
     def smallest(self, layers: int) -> CompressionConfig:
         return CompressionConfig([self.min_heads] * layers, [self.min_neurons] * layers, [1] * layers,
                                  [min(TRAINED_BITS)] * layers)
+
+    def step_choices(self) -> list[int]:
+        """1, 2, 3, 4, 6, 8, 12, 16, ...: powers of two and the midpoints between them (up to the
+        base's steps, always included), so few steps are drawn as often as many."""
+        values = {k for b in (1, 3) for k in (b * 2 ** e for e in range(self.max_steps.bit_length()))}
+        return sorted({1, self.max_steps} | {k for k in values if k <= self.max_steps})
 
     def sample(self, layers: int) -> CompressionConfig:
         """A random config from torch's global generator (checkpointed, so a resumed run draws the
@@ -90,12 +98,10 @@ class ElasticAxes:
                 return [values[int(torch.randint(len(values), ()))]] * layers
             return [values[i] for i in torch.randint(len(values), (layers,)).tolist()]
 
-        # Steps log-uniform over 1..max_steps, so few steps are drawn as often as many.
-        steps = sorted({int(round(2.0 ** (k / 4))) for k in range(int(4 * math.log2(self.max_steps)) + 1)})
         return CompressionConfig(
-            heads=axis(list(range(self.min_heads, self.heads + 1))),
-            neurons=axis(list(range(self.min_neurons, self.neurons + 1, self.neuron_step))),
-            timesteps=axis(steps),
+            heads=axis(list(range(self.heads, self.min_heads - 1, -self.head_step))[::-1]),
+            neurons=axis(list(range(self.neurons, self.min_neurons - 1, -self.neuron_step))[::-1]),
+            timesteps=axis(self.step_choices()),
             weight_bits=axis(list(TRAINED_BITS)))
 
 
@@ -165,6 +171,11 @@ class ElasticRunner:
                     self.scales[key] = grid_scales(weight)
                 out[key] = quantize_with_scale(weight, self.scales[key][bits], bits)
         return out
+
+
+def _smallest_on_grid(top: int, step: int, share: float) -> int:
+    """The fewest units on the grid top, top - step, ... that keep at least ``share`` of top."""
+    return top - (top - math.ceil(share * top)) // step * step
 
 
 def _ranking(score: Tensor) -> Tensor:
