@@ -96,7 +96,8 @@ def test_sampled_configs_stay_on_the_axes_and_reach_both_ends():
 
 def test_the_quick_base_trains_on_the_grids_the_shipped_spaces_search():
     """12 heads and 1,536 neurons at a quarter at least: 4-12 heads in 2s, 512-1,536 in 256s."""
-    axes = ElasticAxes(heads=12, neurons=1536, min_heads=4, min_neurons=512, head_step=2, neuron_step=256, max_steps=16)
+    axes = ElasticAxes.for_sizes(12, 1536, 16, PRESETS["quick"].elastic_min_width)
+    assert (axes.min_heads, axes.head_step, axes.min_neurons, axes.neuron_step) == (4, 2, 512, 256)
     assert ElasticAxes.of(tiny_elastic([16, 16]), ELASTIC).step_choices() == [1, 2, 3, 4, 6, 8, 12, 16]
     torch.manual_seed(0)
     configs = [axes.sample(6) for _ in range(300)]

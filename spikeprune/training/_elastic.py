@@ -67,10 +67,16 @@ class ElasticAxes:
         heads, neurons = max(cfg.heads), max(cfg.intermediate_sizes)
         if any(h != heads for h in cfg.heads) or any(n != neurons for n in cfg.intermediate_sizes):
             raise SpikepruneError("elastic training starts from an unpruned student; prune after it")
+        return cls.for_sizes(heads, neurons, max(cfg.timesteps), p.elastic_min_width)
+
+    @classmethod
+    def for_sizes(cls, heads: int, neurons: int, max_steps: int, min_width: float) -> "ElasticAxes":
+        """The axes of a layer with ``heads`` heads and ``neurons`` FFN neurons, cut to at least
+        ``min_width`` of each."""
         head_step, neuron_step = max(1, heads // 6), max(1, neurons // 6)
-        return cls(heads=heads, neurons=neurons, min_heads=_smallest_on_grid(heads, head_step, p.elastic_min_width),
-                   min_neurons=_smallest_on_grid(neurons, neuron_step, p.elastic_min_width),
-                   head_step=head_step, neuron_step=neuron_step, max_steps=max(cfg.timesteps))
+        return cls(heads=heads, neurons=neurons, min_heads=_smallest_on_grid(heads, head_step, min_width),
+                   min_neurons=_smallest_on_grid(neurons, neuron_step, min_width),
+                   head_step=head_step, neuron_step=neuron_step, max_steps=max_steps)
 
     def largest(self, layers: int) -> CompressionConfig:
         return CompressionConfig([self.heads] * layers, [self.neurons] * layers, [self.max_steps] * layers,
@@ -83,8 +89,8 @@ class ElasticAxes:
     def step_choices(self) -> list[int]:
         """1, 2, 3, 4, 6, 8, 12, 16, ...: powers of two and the midpoints between them (up to the
         base's steps, always included), so few steps are drawn as often as many."""
-        values = {k for b in (1, 3) for k in (b * 2 ** e for e in range(self.max_steps.bit_length()))}
-        return sorted({1, self.max_steps} | {k for k in values if k <= self.max_steps})
+        values = {b * 2 ** e for b in (1, 3) for e in range(self.max_steps.bit_length())}
+        return sorted({k for k in values if k <= self.max_steps} | {self.max_steps})
 
     def sample(self, layers: int) -> CompressionConfig:
         """A random config from torch's global generator (checkpointed, so a resumed run draws the
@@ -99,8 +105,8 @@ class ElasticAxes:
             return [values[i] for i in torch.randint(len(values), (layers,)).tolist()]
 
         return CompressionConfig(
-            heads=axis(list(range(self.heads, self.min_heads - 1, -self.head_step))[::-1]),
-            neurons=axis(list(range(self.neurons, self.min_neurons - 1, -self.neuron_step))[::-1]),
+            heads=axis(_grid(self.heads, self.head_step, self.min_heads)),
+            neurons=axis(_grid(self.neurons, self.neuron_step, self.min_neurons)),
             timesteps=axis(self.step_choices()),
             weight_bits=axis(list(TRAINED_BITS)))
 
@@ -176,6 +182,11 @@ class ElasticRunner:
 def _smallest_on_grid(top: int, step: int, share: float) -> int:
     """The fewest units on the grid top, top - step, ... that keep at least ``share`` of top."""
     return top - (top - math.ceil(share * top)) // step * step
+
+
+def _grid(top: int, step: int, smallest: int) -> list[int]:
+    """smallest, ..., top - step, top: unit counts counted down from the whole, ascending."""
+    return list(range(top, smallest - 1, -step))[::-1]
 
 
 def _ranking(score: Tensor) -> Tensor:
