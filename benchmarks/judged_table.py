@@ -8,6 +8,9 @@ by how much. Trials of an elastic base evaluate its exact twin; ``--simulate`` a
 dense row through the step-by-step simulation, which must give the same metric and counts, and
 ``--converted`` the dense trial of a converted base (the one the elastic student was made from
 is kept in the prepared folder as ``converted/``: pass a prepared converted base).
+``--recovery-steps N`` gives every row N steps of per-trial recovery (distillation from the
+teacher) before it is measured, and reports their seconds: per-trial recovery against the elastic
+training at equal wall time.
 
     python benchmarks/judged_table.py --prepared runs/prepared/sst2-quick --simulate
 """
@@ -43,8 +46,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-examples", type=int, default=None, help="first N dev examples only")
     p.add_argument("--simulate", action="store_true", help="also run the dense row by full simulation")
     p.add_argument("--converted", type=Path, default=None, help="time the dense trial of this converted base too")
+    p.add_argument("--recovery-steps", type=int, default=0, help="per-trial recovery steps for every row (default 0)")
     p.add_argument("--out", type=Path, default=Path("runs/benchmarks/judged_table.json"))
     args = p.parse_args(argv)
+    if args.recovery_steps < 0:
+        p.error(f"--recovery-steps must be >= 0, got {args.recovery_steps}")
 
     record = PreparedRecord.read(args.prepared)
     base = BaseBundle.load(args.prepared, args.glue_dir)
@@ -59,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     rows, dense_sops = [], None
     for label in (["dense"] if "dense" not in args.rows else []) + args.rows:
-        result = trial(CompressionConfig(**ROWS[label]))
+        result = trial(CompressionConfig(**ROWS[label], recovery_steps=args.recovery_steps))
         report = result.report
         dense_sops = dense_sops or report.sops
         ann_uj = result.ann.teacher.energy_uj
@@ -72,12 +78,13 @@ def main(argv: list[str] | None = None) -> dict:
             verdict += f"; energy {report.energy_uj / ann_uj:.2f}x the ANN"
         figures["rows"][label] = {"metric": result.metrics[name], "sops": report.sops, "sum_t": report.sum_t,
                                   "energy_uj": report.energy_uj, "ann_fp32_uj": ann_uj, "gate_points": None if gate is None else 100 * gate,
-                                  "verdict": verdict, "eval_s": result.timing["eval_s"], "examples": result.examples}
+                                  "verdict": verdict, "eval_s": result.timing["eval_s"], "recover_s": result.timing["recover_s"],
+                                  "examples": result.examples}
         if label in args.rows:
             rows.append([label, f"{result.metrics[name]:.4f}", f"{result.metrics[name] - teacher:+.4f}",
                          f"{report.sops:.3g}", f"{report.sops / dense_sops:.2f}", str(report.sum_t),
                          f"{report.energy_uj:.0f}", f"{report.energy_uj / ann_uj:.2f}",
-                         f"{result.timing['eval_s']:.0f}", "" if gate is None else f"{100 * gate:g}", verdict])
+                         f"{result.timing['eval_s']:.0f}", f"{result.timing['recover_s']:.0f}", "" if gate is None else f"{100 * gate:g}", verdict])
             print(rows[-1], flush=True)
         if label == "dense" and args.simulate:
             simulated = trial(CompressionConfig(), simulate=True)
@@ -95,10 +102,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"converted base, dense (T = {resolved.timesteps}): {old.metrics[name]:.4f}, SOPs {old.report.sops:.3g}, "
               f"{old.report.energy_uj:.0f} µJ, eval {old.timing['eval_s']:.0f} s = {old.timing['eval_s'] / twin_s:.1f}x "
               f"the elastic twin's {twin_s:.0f} s", flush=True)
-    print(f"{base.task} dev, {args.max_examples or base.dev_size} examples, no recovery; teacher {name} {teacher:.4f}; "
+    recovery = f"{args.recovery_steps} recovery steps per trial" if args.recovery_steps else "no recovery"
+    print(f"{base.task} dev, {args.max_examples or base.dev_size} examples, {recovery}; teacher {name} {teacher:.4f}; "
           f"energy int45nm against the fp32 ANN teacher on the same tokens")
     print(benchlib.table(["config", name, "vs teacher", "SOPs", "x dense", "ΣT", "energy µJ", "x ANN", "eval s",
-                          "gate (pts)", "verdict"], rows))
+                          "recover s", "gate (pts)", "verdict"], rows))
     benchlib.write_json(args.out, figures)
     print(f"wrote {args.out}")
     return figures
