@@ -154,3 +154,28 @@ def test_prepare_makes_an_elastic_base_from_its_converted_student(tmp_path, glue
     assert [p.name for p in (tmp_path / "b" / "checkpoints" / "elastic").iterdir()] == ["step-00000004"]
     resumed = train("b")
     assert first.keys() == resumed.keys() and all(torch.equal(first[k], resumed[k]) for k in first)
+
+
+def test_grid_weights_are_the_quantizer_s_values_with_straight_through_gradients():
+    from spikeprune.models._quantize import quantize
+    from spikeprune.training._grids import GridWeights
+
+    model = tiny_elastic([8, 8], seed=5)
+    grids = GridWeights(model, refresh=2)
+    grids.next_batch()
+    weights = grids.weights([1.58, 8.0])
+    assert all(k.startswith(("layers.0.", "layers.1.")) for k in weights) and len(weights) == 12
+    for key, bits in (("layers.0.value.weight", 1.58), ("layers.1.output.weight", 8.0)):
+        assert torch.equal(weights[key], quantize(model.get_parameter(key).detach(), bits))
+    weights["layers.0.value.weight"].sum().backward()
+    assert torch.equal(model.layers[0].value.weight.grad, torch.ones_like(model.layers[0].value.weight))
+    assert grids.weights([32.0, 32.0]) == {}
+    # The 2-8-bit scales are kept until the refresh: moved weights stay on the old grid until then.
+    with torch.no_grad():
+        model.layers[1].output.weight.mul_(3.0)
+    grids.next_batch()
+    stale = grids.weights([32.0, 8.0])["layers.1.output.weight"]
+    assert not torch.equal(stale, quantize(model.layers[1].output.weight.detach(), 8.0))
+    grids.next_batch()
+    assert torch.equal(grids.weights([32.0, 8.0])["layers.1.output.weight"],
+                       quantize(model.layers[1].output.weight.detach(), 8.0))

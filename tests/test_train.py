@@ -341,3 +341,29 @@ def test_a_recovery_source_reaches_a_fresh_ray_worker_whole(tiny_prepared, glue_
     assert len(after.hidden) == len(layers) + 1
     assert all(torch.equal(a, b) for a, b in zip(before.hidden, after.hidden))
     assert all(torch.equal(before.scores[l], after.scores[l]) for l in layers)
+
+
+@pytest.mark.parametrize("bits", [None, [2.0, 4.0], [1.0, 1.58]])
+def test_recovery_trains_the_model_at_the_widths_it_will_be_quantized_to(tiny_prepared, glue_dir, monkeypatch, bits):
+    """Every recovery step runs the student on the weights ``quantize_model`` will give it (float
+    when no widths are given), and the gradient reaches the float weights through them."""
+    from spikeprune.models._compress import quantize_model
+    from spikeprune.training._recovery import RecoverySource, recover
+
+    source = RecoverySource.load(tiny_prepared, glue_dir)
+    student = SpikingBertForSequenceClassification.from_pretrained(tiny_prepared / "student")
+    before = student.layers[1].intermediate.weight.detach().clone()
+    expected = quantize_model(student, bits).layers[1].intermediate.weight.detach() if bits else before
+    seen = []
+    original = SpikingBertForSequenceClassification.forward
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.layers[1].intermediate.weight.detach().clone())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(SpikingBertForSequenceClassification, "forward", spy)
+    recover(student, source, steps=2, weight_bits=bits)
+    assert len(seen) == 2 and torch.equal(seen[0], expected)
+    assert not torch.equal(student.layers[1].intermediate.weight, before)   # the float weights were trained
+    if bits:   # the second step sees the trained weights quantized (on the first step's scales at 2-8 bits)
+        assert not torch.equal(seen[1], seen[0])

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from spikeprune.models._config import SpikingBertConfig
 from spikeprune.data._glue import get_task
@@ -95,10 +96,12 @@ class DistillLoss(nn.Module):
         return sorted(set(self.layer_map)) if self.weights["attention"] else []
 
     def step(self, student: SpikingBertForSequenceClassification, teacher: nn.Module | None,
-             batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """The loss of one batch: the teacher's targets, the student's surrogate forward, the sum."""
+             batch: dict[str, Tensor], weights: dict[str, Tensor] | None = None) -> tuple[Tensor, dict[str, float]]:
+        """The loss of one batch: the teacher's targets, the student's surrogate forward (with
+        ``weights`` in place of its own parameters of those names), the sum."""
         target = teacher_forward(teacher, batch, self.score_layers) if self.needs_teacher else None
-        out = student(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], mode="surrogate")
+        out = functional_call(student, weights or {}, (batch["input_ids"], batch["attention_mask"],
+                                                        batch["token_type_ids"]), {"mode": "surrogate"})
         return self(out, target, batch, student.loss)
 
     def forward(self, student: Any, teacher: TeacherOutput | None, batch: dict[str, Tensor],

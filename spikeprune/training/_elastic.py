@@ -35,9 +35,9 @@ from spikeprune.errors import SpikepruneError
 from spikeprune.models._compress import check_importance, pre_hooks
 from spikeprune.models._config import FLOAT_BITS, CompressionConfig
 from spikeprune.models._model import SpikingBertForSequenceClassification, SpikingOutput
-from spikeprune.models._quantize import QUANTIZED_LINEARS, grid_scales, quantize_with_scale
 
 from spikeprune.training._convert import default_layer_map
+from spikeprune.training._grids import GridWeights
 from spikeprune.training._distill import DistillLoss, loss_weights, teacher_forward
 from spikeprune.training._loop import finish_stage, load_split, train_loop
 from spikeprune.training._presets import Preset
@@ -122,22 +122,17 @@ class ElasticRunner:
         #: Units best first: a trial keeping k keeps the first k (``select_units``' choice).
         self.head_order = [_ranking(scores[f"grad.head.{l}"]) for l in range(cfg.num_layers)]
         self.neuron_order = [_ranking(scores[f"grad.neuron.{l}"]) for l in range(cfg.num_layers)]
-        self.refresh = refresh
-        self.scales: dict[str, dict[float, Tensor]] = {}
-        self.calls = 0
+        self.grids = GridWeights(student, refresh)
 
     def __call__(self, batch: dict[str, Tensor], config: CompressionConfig) -> SpikingOutput:
         model = self.student
         with self._masked(config), self._steps(config):
-            weights = self._weights(config)
-            return functional_call(model, weights, (batch["input_ids"], batch["attention_mask"],
+            return functional_call(model, self.grids.weights(config.weight_bits), (batch["input_ids"], batch["attention_mask"],
                                                     batch["token_type_ids"]), {"mode": "surrogate"})
 
     def next_batch(self) -> None:
         """Refit the weight grids' scales every ``refresh`` batches (and on the first)."""
-        if self.calls % self.refresh == 0:
-            self.scales.clear()
-        self.calls += 1
+        self.grids.next_batch()
 
     @contextmanager
     def _masked(self, config: CompressionConfig) -> Iterator[None]:
@@ -164,19 +159,6 @@ class ElasticRunner:
             yield
         finally:
             model.config = full
-
-    def _weights(self, config: CompressionConfig) -> dict[str, Tensor]:
-        out = {}
-        for l, bits in enumerate(config.weight_bits):
-            if bits == FLOAT_BITS:
-                continue
-            for name in QUANTIZED_LINEARS:
-                key = f"layers.{l}.{name}.weight"
-                weight = self.student.get_parameter(key)
-                if key not in self.scales:
-                    self.scales[key] = grid_scales(weight)
-                out[key] = quantize_with_scale(weight, self.scales[key][bits], bits)
-        return out
 
 
 def _smallest_on_grid(top: int, step: int, share: float) -> int:

@@ -21,8 +21,13 @@ from spikeprune.models._model import SpikingBertForSequenceClassification
 from spikeprune.records import PreparedRecord
 
 from spikeprune.training._distill import DistillLoss, loss_weights
+from spikeprune.training._grids import GridWeights
 from spikeprune.training._loop import optimizer_step
 from spikeprune.training._presets import Preset
+
+#: Recovery refits its 2-, 4- and 8-bit weight scales every this many steps (as the elastic
+#: training's preset does every checkpoint_every = 25 batches).
+RECOVERY_REFRESH = 25
 
 
 @dataclass(frozen=True)
@@ -73,11 +78,15 @@ def _cached(prepared: str, glue_dir: str | None) -> RecoverySource:
 
 
 def recover(student: SpikingBertForSequenceClassification, source: RecoverySource, *, steps: int,
-            teacher_heads: list[list[int]] | None = None, seed: int = 0,
-            device: str = "cpu") -> SpikingBertForSequenceClassification:
+            teacher_heads: list[list[int]] | None = None, weight_bits: list[float] | None = None,
+            seed: int = 0, device: str = "cpu") -> SpikingBertForSequenceClassification:
     """Train ``student`` in place for ``steps`` optimizer steps at the preset's batch size and
     distillation learning rate, on ``steps`` batches of training examples drawn with ``seed``;
-    ``teacher_heads`` are the teacher heads each pruned layer kept, for the attention loss."""
+    ``teacher_heads`` are the teacher heads each pruned layer kept, for the attention loss.
+
+    The student stays float; with ``weight_bits`` (the widths it will be quantized to) each step
+    runs it on its quantized weights with straight-through gradients, so recovery trains the model
+    that is evaluated, not a float one that rounding then moves away from (``GridWeights``)."""
     p = source.preset
     teacher = source.teacher.to(device)
     torch.manual_seed(seed)
@@ -89,7 +98,11 @@ def recover(student: SpikingBertForSequenceClassification, source: RecoverySourc
     optimizer = torch.optim.AdamW(params, lr=p.distill_lr, weight_decay=p.weight_decay)
     student.to(device).train()
     order = batches(data, p.batch_size, shuffle=True, seed=seed, pad_id=source.tokenizer.pad_token_id or 0)
+    grids = GridWeights(student, refresh=RECOVERY_REFRESH)
+    bits = weight_bits or list(student.config.weight_bits)
     for batch in itertools.islice(order, steps):
-        loss, _ = loss_fn.step(student, teacher, {k: v.to(device) for k, v in batch.items()})
+        batch = {k: v.to(device) for k, v in batch.items()}
+        grids.next_batch()
+        loss, _ = loss_fn.step(student, teacher, batch, weights=grids.weights(bits))
         optimizer_step(loss, optimizer, params)
     return student.eval()

@@ -113,8 +113,9 @@ def build_compressed(base: BaseBundle, compression: CompressionConfig, seed: int
                      ) -> tuple[SpikingBertForSequenceClassification, CompressionConfig, dict[str, float]]:
     """Apply a compression config to the base student: prune, set timesteps, recover, quantize.
 
-    Recovery (a short distillation from the teacher) runs on the float pruned model and the
-    weights are quantized afterwards, so the evaluated model is exactly what export stores. The
+    Recovery (a short distillation from the teacher) trains the float pruned model through its
+    quantized weights, which are then quantized for good, so the evaluated model is exactly what
+    export stores. The
     model ends on ``device``, where ``measure`` then evaluates it.
     """
     torch.manual_seed(seed)
@@ -127,7 +128,7 @@ def build_compressed(base: BaseBundle, compression: CompressionConfig, seed: int
     t1 = time.perf_counter()
     if resolved.recovery_steps:
         model = recover(model, base.recovery_source(), steps=resolved.recovery_steps, teacher_heads=kept_heads,
-                        seed=seed, device=device)
+                        weight_bits=resolved.weight_bits, seed=seed, device=device)
     t2 = time.perf_counter()
     model = quantize_model(model, resolved.weight_bits).eval()
     t3 = time.perf_counter()
