@@ -127,8 +127,9 @@ class ElasticRunner:
     def __call__(self, batch: dict[str, Tensor], config: CompressionConfig) -> SpikingOutput:
         model = self.student
         with self._masked(config), self._steps(config):
-            return functional_call(model, self.grids.weights(config.weight_bits), (batch["input_ids"], batch["attention_mask"],
-                                                    batch["token_type_ids"]), {"mode": "surrogate"})
+            return functional_call(model, self.grids.weights(config.weight_bits),
+                                   (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]),
+                                   {"mode": "surrogate"})
 
     def next_batch(self) -> None:
         """Refit the weight grids' scales every ``refresh`` batches (and on the first)."""

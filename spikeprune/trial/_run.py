@@ -115,8 +115,7 @@ def build_compressed(base: BaseBundle, compression: CompressionConfig, seed: int
 
     Recovery (a short distillation from the teacher) trains the float pruned model through its
     quantized weights, which are then quantized for good, so the evaluated model is exactly what
-    export stores. The
-    model ends on ``device``, where ``measure`` then evaluates it.
+    export stores. The model ends on ``device``, where ``measure`` then evaluates it.
     """
     torch.manual_seed(seed)
     resolved = compression.resolve(base.student.config)
