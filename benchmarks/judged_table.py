@@ -10,7 +10,7 @@ dense row through the step-by-step simulation, which must give the same metric a
 is kept in the prepared folder as ``converted/``: pass a prepared converted base).
 ``--recovery-steps N`` gives every row N steps of per-trial recovery (distillation from the
 teacher) before it is measured, and reports their seconds: per-trial recovery against the elastic
-training at equal training compute (38 steps per trial of a 40-trial search, docs/RESULTS.md).
+training when N spends its wall time over a search's trials (docs/RESULTS.md, "Per-trial recovery").
 
     python benchmarks/judged_table.py --prepared runs/prepared/sst2-quick --simulate
 """
