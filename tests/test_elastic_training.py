@@ -179,3 +179,44 @@ def test_grid_weights_are_the_quantizer_s_values_with_straight_through_gradients
     grids.next_batch()
     assert torch.equal(grids.weights([32.0, 8.0])["layers.1.output.weight"],
                        quantize(model.layers[1].output.weight.detach(), 8.0))
+
+
+def test_in_place_targets_are_the_largest_config_s_outputs_in_the_teacher_s_places():
+    from spikeprune.training._distill import DistillLoss
+    from spikeprune.training._elastic import _inplace_target
+
+    model = tiny_elastic([16, 16], seed=2)
+    batch = tiny_batch()
+    loss_fn = DistillLoss(model.config, 16, 4, [1, 3], hidden_weight=1.0, attention_weight=1.0, logit_weight=1.0,
+                          label_weight=0.0, temperature=1.0)
+    with torch.no_grad():
+        loss_fn.projections[1].weight.mul_(2.0)
+    big = ElasticRunner(model, scores_for(model), refresh=1)(batch, CompressionConfig([4, 4], [32, 32], [16, 16], [32.0, 32.0]))
+    target = _inplace_target(big, loss_fn, 5)
+    assert torch.equal(target.logits, big.logits) and not target.logits.requires_grad
+    assert target.hidden[0] is None and target.hidden[1] is None and target.hidden[3] is None
+    assert torch.equal(target.hidden[2], loss_fn.projections[0](big.hidden_rates[0]))
+    assert torch.equal(target.hidden[4], 2.0 * big.hidden_rates[1] + loss_fn.projections[1].bias)
+    assert set(target.scores) == {1, 3} and torch.equal(target.scores[3], big.attention_scores[1])
+    # Against its own outputs the largest config's hidden and attention losses are zero.
+    _, parts = loss_fn(big, target, batch, model.loss)
+    assert parts["hid"] == 0.0 and parts["att"] == 0.0 and parts["log"] > 0.0
+
+
+@pytest.mark.parametrize("changes", [{"elastic_targets": "largest"}, {"elastic_bf16": True}])
+def test_training_options_train_another_float32_student(tmp_path, tiny_prepared, glue_dir, changes):
+    teacher = AutoModelForSequenceClassification.from_pretrained(tiny_prepared / "teacher")
+    tok = AutoTokenizer.from_pretrained(tiny_prepared / "teacher")
+    converted = SpikingBertForSequenceClassification.from_pretrained(tiny_prepared / "student")
+    scores = load_importance(tiny_prepared / "importance.safetensors", converted.config)
+    untrained = elastic_from_converted(converted, list(batches(load_split("sst2", "train", glue_dir, tok, 32, 8, 1), 4)))
+
+    def train(folder: str, preset) -> dict[str, torch.Tensor]:
+        train_elastic(copy.deepcopy(untrained), teacher, scores, "sst2", glue_dir, tmp_path / folder, preset,
+                      tokenizer=tok, seed=1)
+        return load_file(str(tmp_path / folder / "student" / "model.safetensors"))
+
+    plain, other = train("plain", ELASTIC), train("other", dataclasses.replace(ELASTIC, **changes))
+    assert plain.keys() == other.keys() and all(v.dtype == plain[k].dtype for k, v in other.items())
+    assert other["layers.0.query.weight"].dtype == torch.float32
+    assert not torch.equal(plain["layers.0.query.weight"], other["layers.0.query.weight"])

@@ -68,6 +68,22 @@ def test_a_cache_that_does_not_match_is_refused(run_root, glue_dir, change, extr
     assert sorted(p.name for p in base.rglob("*")) == before
 
 
+def test_a_record_older_than_a_preset_field_was_made_at_its_default(run_root, glue_dir, capsys):
+    path = run_root / "prepared" / "sst2-tiny" / "prepare.json"
+    original = path.read_text()
+    data = json.loads(original)
+    for name in ("elastic_targets", "elastic_bf16"):
+        del data["key"]["preset"][name]
+    path.write_text(json.dumps(data))
+    try:
+        assert run_cli(prepare(run_root, glue_dir)) == 0
+        assert "cached in" in capsys.readouterr().out
+        assert run_cli(prepare(run_root, glue_dir, "--set", "elastic_targets=largest")) == 2
+        assert "(elastic_targets differ)" in capsys.readouterr().err
+    finally:
+        path.write_text(original)
+
+
 def test_an_older_record_is_reused_but_said_unverified(run_root, glue_dir, capsys):
     path = run_root / "prepared" / "sst2-tiny" / "prepare.json"
     data = json.loads(path.read_text())

@@ -8,6 +8,7 @@ checks here run before any work, so a bad value costs no training.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from pathlib import Path
@@ -18,7 +19,7 @@ from spikeprune.models._families import FAMILIES
 from spikeprune.errors import SpikepruneError
 from spikeprune.records import PreparedRecord
 
-from spikeprune.training._presets import Preset
+from spikeprune.training._presets import ELASTIC_TARGETS, Preset
 
 #: Preset fields that may be 0 (loss weights, ratios); every other number must be > 0.
 MAY_BE_ZERO = ("warmup_ratio", "weight_decay", "hidden_weight", "attention_weight", "logit_weight", "label_weight",
@@ -44,6 +45,8 @@ def check_preset(p: Preset) -> None:
     if p.residual_thresholds not in RESIDUAL_THRESHOLDS:
         raise SpikepruneError(f"preset residual_thresholds={p.residual_thresholds!r} is unknown; use one of "
                               f"{', '.join(RESIDUAL_THRESHOLDS)}")
+    if p.elastic_targets not in ELASTIC_TARGETS:
+        raise SpikepruneError(f"preset elastic_targets={p.elastic_targets!r} is unknown; use one of {', '.join(ELASTIC_TARGETS)}")
     if p.calibration_percentile > 100:
         raise SpikepruneError(f"preset calibration_percentile={p.calibration_percentile!r} must be at most 100")
 
@@ -107,7 +110,10 @@ def key_difference(had: dict[str, Any], wanted: dict[str, Any]) -> str | None:
         if had.get(name) != wanted.get(name):
             return f"{name} {had.get(name)!r:.80} (this command: {wanted.get(name)!r:.80})" if name != "data" else \
                 "GLUE files (changed since)"
-    changed = sorted(k for k, v in wanted["preset"].items() if had.get("preset", {}).get(k) != v)
+    # A field newer than the base's record was made at its default (before it existed, no preset changed it).
+    defaults = {f.name: f.default for f in dataclasses.fields(Preset) if f.default is not dataclasses.MISSING}
+    had_preset = had.get("preset", {})
+    changed = sorted(k for k, v in wanted["preset"].items() if had_preset.get(k, defaults.get(k)) != v)
     return f"set of preset values ({', '.join(changed)} differ)" if changed else None
 
 

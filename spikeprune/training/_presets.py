@@ -19,6 +19,8 @@ IMPORTANCE_BATCHES = 8
 #: The time-elastic student's θ table (16 rows, each a layer-by-layer fit) is fitted on the first
 #: this many of them: a quarter of the batches, a quarter of the time, and training refines it.
 THETA_TABLE_BATCHES = 2
+#: What the elastic training's smaller configs learn from (``Preset.elastic_targets``).
+ELASTIC_TARGETS: tuple[str, ...] = ("teacher", "largest")
 
 @dataclass(frozen=True)
 class Preset:
@@ -72,6 +74,11 @@ class Preset:
     elastic_lr: float = 5e-5
     elastic_sampled: int = 2
     elastic_min_width: float = 0.25
+    #: what the configs other than the largest learn from: "teacher" (the ANN, as the largest
+    #: does) or "largest" (in-place distillation: the largest config's outputs of the same batch)
+    elastic_targets: str = "teacher"
+    #: run the elastic training's forward passes (student and teacher) in bfloat16 autocast
+    elastic_bf16: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
