@@ -22,7 +22,7 @@ from spikeprune.models._model import SpikingBertForSequenceClassification
 from spikeprune.spaces import SearchSpace, preset_names
 from spikeprune.training import _prepare as prepare_module
 from spikeprune.training._convert import elastic_from_converted
-from spikeprune.training._elastic import TRAINED_BITS, ElasticAxes, ElasticRunner, train_elastic
+from spikeprune.training._elastic import TRAINED_BITS, ElasticAxes, ElasticRunner, _learns_from_largest, train_elastic
 from spikeprune.training._loop import load_split
 from spikeprune.training._presets import PRESETS
 from spikeprune.data._glue import batches
@@ -203,6 +203,18 @@ def test_in_place_targets_are_the_largest_config_s_outputs_in_the_teacher_s_plac
     assert parts["hid"] == 0.0 and parts["att"] == 0.0 and parts["log"] > 0.0
 
 
+def test_mixed_targets_send_only_full_width_configs_to_the_largest():
+    largest = CompressionConfig([4, 4], [32, 32], [16, 16], [32.0, 32.0])
+    fewer_steps_and_bits = CompressionConfig([4, 4], [32, 32], [2, 16], [2.0, 32.0])
+    one_head_less = CompressionConfig([4, 3], [32, 32], [16, 16], [32.0, 32.0])
+    fewer_neurons = CompressionConfig([4, 4], [32, 24], [1, 1], [2.0, 2.0])
+    assert _learns_from_largest("mixed", fewer_steps_and_bits, largest)
+    assert not _learns_from_largest("mixed", one_head_less, largest)
+    assert not _learns_from_largest("mixed", fewer_neurons, largest)
+    assert all(_learns_from_largest("largest", c, largest) for c in (fewer_steps_and_bits, one_head_less))
+    assert not any(_learns_from_largest("teacher", c, largest) for c in (fewer_steps_and_bits, one_head_less))
+
+
 def test_training_options_train_another_float32_student(tmp_path, tiny_prepared, glue_dir):
     teacher = AutoModelForSequenceClassification.from_pretrained(tiny_prepared / "teacher")
     tok = AutoTokenizer.from_pretrained(tiny_prepared / "teacher")
@@ -216,7 +228,9 @@ def test_training_options_train_another_float32_student(tmp_path, tiny_prepared,
         return load_file(str(tmp_path / folder / "student" / "model.safetensors"))
 
     plain = train("plain", ELASTIC)
-    for option, changes in {"largest": {"elastic_targets": "largest"}, "bf16": {"elastic_bf16": True}}.items():
+    options = {"largest": {"elastic_targets": "largest"}, "mixed": {"elastic_targets": "mixed"},
+               "bf16": {"elastic_bf16": True}}
+    for option, changes in options.items():
         other = train(option, dataclasses.replace(ELASTIC, **changes))
         assert plain.keys() == other.keys() and all(v.dtype == plain[k].dtype for k, v in other.items()), option
         assert other["layers.0.query.weight"].dtype == torch.float32, option

@@ -20,7 +20,7 @@ IMPORTANCE_BATCHES = 8
 #: this many of them: a quarter of the batches, a quarter of the time, and training refines it.
 THETA_TABLE_BATCHES = 2
 #: What the elastic training's smaller configs learn from (``Preset.elastic_targets``).
-ELASTIC_TARGETS: tuple[str, ...] = ("teacher", "largest")
+ELASTIC_TARGETS: tuple[str, ...] = ("teacher", "largest", "mixed")
 
 @dataclass(frozen=True)
 class Preset:
@@ -75,7 +75,8 @@ class Preset:
     elastic_sampled: int = 2
     elastic_min_width: float = 0.25
     #: what the configs other than the largest learn from: "teacher" (the ANN, as the largest
-    #: does) or "largest" (in-place distillation: the largest config's outputs of the same batch)
+    #: does), "largest" (in-place distillation: the largest config's outputs of the same batch) or
+    #: "mixed" (the largest's for configs that keep every unit, the teacher's for those that cut units)
     elastic_targets: str = "teacher"
     #: run the elastic training's forward passes (student and teacher) in bfloat16 autocast
     elastic_bf16: bool = False
