@@ -22,7 +22,8 @@ from spikeprune.models._model import SpikingBertForSequenceClassification
 from spikeprune.spaces import SearchSpace, preset_names
 from spikeprune.training import _prepare as prepare_module
 from spikeprune.training._convert import elastic_from_converted
-from spikeprune.training._elastic import TRAINED_BITS, ElasticAxes, ElasticRunner, _learns_from_largest, train_elastic
+from spikeprune.training._elastic import (TRAINED_BITS, ElasticAxes, ElasticRunner, WeightAverage, _learns_from_largest,
+                                          train_elastic)
 from spikeprune.training._loop import load_split
 from spikeprune.training._presets import PRESETS
 from spikeprune.data._glue import batches
@@ -131,29 +132,31 @@ def test_prepare_makes_an_elastic_base_from_its_converted_student(tmp_path, glue
 
     untrained = elastic_from_converted(converted, list(batches(calibration, 4)))
 
-    def train(folder: str) -> dict[str, torch.Tensor]:
+    def train(folder: str, preset=ELASTIC) -> dict[str, torch.Tensor]:
         elastic = copy.deepcopy(untrained)
-        train_elastic(elastic, teacher, scores, "sst2", glue_dir, tmp_path / folder, ELASTIC, tokenizer=tok, seed=1)
+        train_elastic(elastic, teacher, scores, "sst2", glue_dir, tmp_path / folder, preset, tokenizer=tok, seed=1)
         return load_file(str(tmp_path / folder / "student" / "model.safetensors"))
 
-    first = train("a")
-    assert not all(torch.equal(first[k], v) for k, v in student.state_dict().items() if k in first)
     original = SpikingBertForSequenceClassification.forward
-    calls = {"n": 0}
+    # The weight average is checkpointed with the student, so it too resumes bit-identically.
+    for name, preset in {"plain": ELASTIC, "averaged": dataclasses.replace(ELASTIC, elastic_average=0.5)}.items():
+        first = train(f"{name}-a", preset)
+        assert not all(torch.equal(first[k], v) for k, v in student.state_dict().items() if k in first)
+        calls = {"n": 0}
 
-    def crash(self, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4 * 4 + 2:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
+        def crash(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 4 * 4 + 2:
+                raise KeyboardInterrupt
+            return original(self, *args, **kwargs)
 
-    with monkeypatch.context() as m:
-        m.setattr(SpikingBertForSequenceClassification, "forward", crash)
-        with pytest.raises(KeyboardInterrupt):
-            train("b")
-    assert [p.name for p in (tmp_path / "b" / "checkpoints" / "elastic").iterdir()] == ["step-00000004"]
-    resumed = train("b")
-    assert first.keys() == resumed.keys() and all(torch.equal(first[k], resumed[k]) for k in first)
+        with monkeypatch.context() as m:
+            m.setattr(SpikingBertForSequenceClassification, "forward", crash)
+            with pytest.raises(KeyboardInterrupt):
+                train(f"{name}-b", preset)
+        assert [p.name for p in (tmp_path / f"{name}-b" / "checkpoints" / "elastic").iterdir()] == ["step-00000004"]
+        resumed = train(f"{name}-b", preset)
+        assert first.keys() == resumed.keys() and all(torch.equal(first[k], resumed[k]) for k in first), name
 
 
 def test_grid_weights_are_the_quantizer_s_values_with_straight_through_gradients():
@@ -203,6 +206,20 @@ def test_in_place_targets_are_the_largest_config_s_outputs_in_the_teacher_s_plac
     assert parts["hid"] == 0.0 and parts["att"] == 0.0 and parts["log"] > 0.0
 
 
+def test_the_weight_average_moves_by_one_minus_its_decay_and_is_not_trained():
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 3.0]]))
+    average = WeightAverage(model, decay=0.75)
+    assert list(average.parameters()) == [] and set(average.state_dict()) == {"weight", "bias"}
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[5.0, -1.0]]))
+    average.update(model)                              # 0.75 * old + 0.25 * new
+    assert torch.equal(average.get_buffer("weight"), torch.tensor([[2.0, 2.0]]))
+    average.copy_to(model)
+    assert torch.equal(model.weight, torch.tensor([[2.0, 2.0]]))
+
+
 def test_mixed_targets_send_only_full_width_configs_to_the_largest():
     largest = CompressionConfig([4, 4], [32, 32], [16, 16], [32.0, 32.0])
     fewer_steps_and_bits = CompressionConfig([4, 4], [32, 32], [2, 16], [2.0, 32.0])
@@ -229,7 +246,7 @@ def test_training_options_train_another_float32_student(tmp_path, tiny_prepared,
 
     plain = train("plain", ELASTIC)
     options = {"largest": {"elastic_targets": "largest"}, "mixed": {"elastic_targets": "mixed"},
-               "bf16": {"elastic_bf16": True}}
+               "bf16": {"elastic_bf16": True}, "averaged": {"elastic_average": 0.5}}
     for option, changes in options.items():
         other = train(option, dataclasses.replace(ELASTIC, **changes))
         assert plain.keys() == other.keys() and all(v.dtype == plain[k].dtype for k, v in other.items()), option

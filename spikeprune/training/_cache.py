@@ -23,7 +23,7 @@ from spikeprune.training._presets import ELASTIC_TARGETS, Preset
 
 #: Preset fields that may be 0 (loss weights, ratios); every other number must be > 0.
 MAY_BE_ZERO = ("warmup_ratio", "weight_decay", "hidden_weight", "attention_weight", "logit_weight", "label_weight",
-               "length_bucket", "distill_examples", "elastic_examples", "elastic_sampled")
+               "length_bucket", "distill_examples", "elastic_examples", "elastic_sampled", "elastic_average")
 #: Bookkeeping files that are not part of the base (the records themselves, stage summaries).
 NOT_HASHED = (PreparedRecord.FILE, PreparedRecord.KEY_FILE)
 
@@ -47,6 +47,9 @@ def check_preset(p: Preset) -> None:
                               f"{', '.join(RESIDUAL_THRESHOLDS)}")
     if p.elastic_targets not in ELASTIC_TARGETS:
         raise SpikepruneError(f"preset elastic_targets={p.elastic_targets!r} is unknown; use one of {', '.join(ELASTIC_TARGETS)}")
+    if p.elastic_average >= 1:
+        raise SpikepruneError(f"preset elastic_average={p.elastic_average!r} is the weight average's decay per step; "
+                              f"pick a value in [0, 1), e.g. 0.99 (0: off)")
     if p.calibration_percentile > 100:
         raise SpikepruneError(f"preset calibration_percentile={p.calibration_percentile!r} must be at most 100")
 

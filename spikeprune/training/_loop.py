@@ -137,11 +137,13 @@ def optimizer_step(loss: Tensor, optimizer: torch.optim.Optimizer, params: list[
 def train_loop(modules: dict[str, nn.Module], step_loss: Callable[[dict[str, Tensor]], tuple[Tensor, dict[str, float]]],
                encoded: dict[str, list], *, batch_size: int, epochs: int, lr: float, warmup_ratio: float,
                weight_decay: float, seed: int, pad_id: int, device: str | torch.device,
-               ckpt_dir: Path, checkpoint_every: int, desc: str, bucket: int = 0) -> dict[str, Any]:
+               ckpt_dir: Path, checkpoint_every: int, desc: str, bucket: int = 0,
+               after_step: Callable[[], None] | None = None) -> dict[str, Any]:
     """AdamW + linear warmup/decay over shuffled, dynamically padded batches, resumable.
 
-    ``modules`` are what the optimizer trains and the checkpoint stores (e.g. the student and
-    the distillation projections). ``step_loss(batch)`` returns the loss and numbers to show.
+    ``modules`` are what the optimizer trains (their parameters that require a gradient) and the
+    checkpoint stores (e.g. the student and the distillation projections). ``step_loss(batch)``
+    returns the loss and numbers to show; ``after_step()`` runs after each update, before a checkpoint.
     A checkpoint in ``ckpt_dir`` is resumed from. Returns {"steps", "examples", "elapsed_s"};
     elapsed time sums over resumed sessions.
     """
@@ -170,6 +172,8 @@ def train_loop(modules: dict[str, nn.Module], step_loss: Callable[[dict[str, Ten
             loss, shown = step_loss(batch)
             optimizer_step(loss, optimizer, params)
             scheduler.step()
+            if after_step is not None:
+                after_step()
             step += 1
             seen += len(batch["input_ids"])
             now = time.perf_counter() - start

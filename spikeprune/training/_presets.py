@@ -80,6 +80,9 @@ class Preset:
     elastic_targets: str = "teacher"
     #: run the elastic training's forward passes (student and teacher) in bfloat16 autocast
     elastic_bf16: bool = False
+    #: keep an exponential moving average of the student's weights with this decay per step and
+    #: publish it instead of the last weights (0: off)
+    elastic_average: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
