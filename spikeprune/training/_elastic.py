@@ -9,9 +9,10 @@ config is distilled from the teacher (logits, hidden states, attention scores: `
 or, with ``elastic_targets="largest"``, every config but the largest from the largest's outputs
 on the same batch (BigNAS's in-place distillation); ``"mixed"`` does that for the configs that keep
 every unit (fewer steps or bits only) and keeps the teacher for the ones that cut heads or neurons.
-``elastic_average`` publishes an exponential moving average of the weights, not the last ones. ``elastic_bf16`` runs the forward passes in
-bfloat16 autocast (weights, gradients and the loss stay float32): measured on SST-2, a 1.17×
-faster stage in 28 % less memory, a student within the seeds' spread (docs/RESULTS.md).
+``elastic_average`` publishes an exponential moving average of the weights, not the last ones.
+``elastic_bf16`` runs the forward passes in bfloat16 autocast (weights, gradients and the loss
+stay float32): measured on SST-2, a 1.17× faster stage in 28 % less memory. None of these options
+beat the default's gates over two seeds (docs/RESULTS.md, "Elastic-training recipes").
 
 A sub-config is run on the full-size model, exactly as the trial's pruned model computes it:
 
@@ -202,8 +203,8 @@ class WeightAverage(nn.Module):
 
 def _learns_from_largest(targets: str, config: CompressionConfig, largest: CompressionConfig) -> bool:
     """Whether ``config`` (not the largest) learns from the largest config's outputs: all do with
-    "largest", those that keep every head and neuron with "mixed" (in-place targets measured better
-    for few steps and bits, the teacher's for cut widths), none with "teacher"."""
+    "largest", those that keep every head and neuron with "mixed" (in-place distillation lifted
+    few steps and bits and cost the width rows), none with "teacher"."""
     if targets == "mixed":
         return config.heads == largest.heads and config.neurons == largest.neurons
     return targets == "largest"
