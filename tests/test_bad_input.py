@@ -217,6 +217,7 @@ for _field, _value in [("distill_examples", "-5"), ("teacher_lr", "-1e-3"),
                        ("temperature", "0"), ("weight_decay", "-0.1"), ("max_length", "many"),
                        ("family", "snn"), ("levels", "0"), ("calibration_percentile", "101"),
                        ("residual_thresholds", "channel"), ("elastic_targets", "student"), ("elastic_average", "1"),
+                       ("elastic_small_weight", "0"),
                        ("length_bucket", "-1")]:
     CASES[f"gen-prepare-set-{_field}={_value}"] = (
         lambda e, f=_field, v=_value: _prepare(e, "--set", f"{f}={v}"), f"{_field}")

@@ -246,7 +246,8 @@ def test_training_options_train_another_float32_student(tmp_path, tiny_prepared,
 
     plain = train("plain", ELASTIC)
     options = {"largest": {"elastic_targets": "largest"}, "mixed": {"elastic_targets": "mixed"},
-               "bf16": {"elastic_bf16": True}, "averaged": {"elastic_average": 0.5}}
+               "bf16": {"elastic_bf16": True}, "averaged": {"elastic_average": 0.5},
+               "small weight": {"elastic_small_weight": 0.5}}
     for option, changes in options.items():
         other = train(option, dataclasses.replace(ELASTIC, **changes))
         assert plain.keys() == other.keys() and all(v.dtype == plain[k].dtype for k, v in other.items()), option

@@ -83,6 +83,9 @@ class Preset:
     #: keep an exponential moving average of the student's weights with this decay per step and
     #: publish it instead of the last weights (0: off)
     elastic_average: float = 0.0
+    #: the weight of the smallest config's loss in each batch's sum (its loss is about three times
+    #: the others', so at 1 it pulls the shared weights hardest)
+    elastic_small_weight: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
