@@ -295,7 +295,7 @@ def test_named_presets_take_their_task_values_before_any_set():
 
     assert get_preset("quick", "MRPC").max_length == TASK_VALUES["quick"]["mrpc"]["max_length"] == 128
     assert get_preset("quick", "sst2") == dataclasses.replace(PRESETS["quick"], label_weight=0.5, elastic_examples=18000,
-                                                              elastic_lr=1e-4) != PRESETS["quick"]
+                                                              elastic_lr=1e-4, elastic_small_weight=0.5) != PRESETS["quick"]
     assert get_preset("quick") == PRESETS["quick"]                    # no task: the preset as it is
     assert get_preset("quick", "qnli") == PRESETS["quick"]           # a task without values takes the preset's
     cola = get_preset("quick", "CoLA")                               # single sentences: the preset's length
